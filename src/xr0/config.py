@@ -1,0 +1,143 @@
+"""Typed configuration and the named presets: the one place for every model default.
+
+Conventions used everywhere in xr0:
+- Flow time t = 0 is pure noise, t = 1 is data (XR-0's convention; openpi/LeRobot use the reverse).
+- Chunks are (B, T, D): T = chunk length, D = 32 padded action dims. K/V are (B, H, L, Dh).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+
+# Token ids of the real Qwen3-VL vocabulary (the tokenizer built by xr0.processing.tokenizer).
+IMAGE_TOKEN_ID = 151655
+VIDEO_TOKEN_ID = 151656
+VISION_START_TOKEN_ID = 151652
+VISION_END_TOKEN_ID = 151653
+QWEN_VOCAB_SIZE = 151936  # embedding rows in every Qwen3-VL checkpoint (>= the 151,669 tokenizer entries)
+
+
+@dataclass
+class ExpertConfig:
+    """The DiT action expert (spec §2.3-2.5). Width = num_heads x head_dim must equal the VLM's KV width."""
+
+    num_layers: int = 16
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_heads: int = 8
+    head_dim: int = 128
+    time_embed_dim: int = 256
+    rms_eps: float = 1e-6
+    local_window: int | None = 4  # Λ-shape band; None = plain causal attention among action tokens
+    rope_offset: int = 10  # extra RoPE shift of every noisy (non-prefix) action token; 0 disables it
+
+
+@dataclass
+class PolicyConfig:
+    """Everything needed to rebuild a policy: VLM config (transformers' Qwen3VLConfig kwargs) + expert + I/O."""
+
+    name: str
+    vlm: dict
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    chunk_len: int = 30  # T
+    action_dim: int = 32  # D (padded)
+    state_dim: int = 32
+    image_size: tuple[int, int] = (256, 256)  # (H, W), multiples of 32
+    cameras: tuple[str, ...] = ("Base View", "Left-Wrist View")
+    num_steps: int = 5  # Euler steps at inference
+    control_hz: float = 30.0
+    max_prefix: int = 6  # longest clean action prefix seen in async training
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PolicyConfig":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown policy config field(s): {sorted(unknown)}")
+        d["expert"] = ExpertConfig(**d.get("expert", {}))
+        d["image_size"] = tuple(d.get("image_size", (256, 256)))
+        d["cameras"] = tuple(d.get("cameras", ()))
+        return cls(**d)
+
+    @property
+    def text(self) -> dict:
+        return self.vlm["text_config"]
+
+    def validate(self) -> None:
+        t, e = self.text, self.expert
+        if e.num_heads != t["num_key_value_heads"] or e.head_dim != t["head_dim"]:
+            raise ValueError(
+                f"expert heads x head_dim ({e.num_heads}x{e.head_dim}) must equal the VLM's KV heads x head_dim "
+                f"({t['num_key_value_heads']}x{t['head_dim']}): DiT queries read the VLM K/V head by head"
+            )
+        if e.num_layers > t["num_hidden_layers"]:
+            raise ValueError(f"expert has {e.num_layers} layers but the VLM only {t['num_hidden_layers']}")
+        unit = 32  # patch 16 x spatial merge 2
+        if self.image_size[0] % unit or self.image_size[1] % unit:
+            raise ValueError(f"image_size {self.image_size} must be multiples of {unit}")
+        if not self.cameras:
+            raise ValueError("at least one camera is required")
+
+
+def _vlm(text: dict, vision: dict) -> dict:
+    head_dim = text["head_dim"]
+    rope = dict(rope_type="default", rope_theta=5_000_000.0, mrope_interleaved=True)
+    # mrope_section must sum to head_dim / 2; Qwen's [24, 20, 20] is for head_dim 128.
+    half = head_dim // 2
+    hw = (half * 5 // 16)
+    rope["mrope_section"] = [24, 20, 20] if head_dim == 128 else [half - 2 * hw, hw, hw]
+    text = dict(vocab_size=QWEN_VOCAB_SIZE, rms_norm_eps=1e-6, max_position_embeddings=262144,
+                hidden_act="silu", rope_parameters=rope, **text)
+    vision = dict(patch_size=16, temporal_patch_size=2, spatial_merge_size=2, in_channels=3,
+                  hidden_act="gelu_pytorch_tanh", out_hidden_size=text["hidden_size"], **vision)
+    return dict(text_config=text, vision_config=vision, image_token_id=IMAGE_TOKEN_ID, video_token_id=VIDEO_TOKEN_ID,
+                vision_start_token_id=VISION_START_TOKEN_ID, vision_end_token_id=VISION_END_TOKEN_ID,
+                tie_word_embeddings=True)
+
+
+PRESETS: dict[str, PolicyConfig] = {
+    # CPU unit tests: ~1M parameters outside the (real-vocabulary) token embedding.
+    "tiny": PolicyConfig(
+        name="tiny",
+        vlm=_vlm(dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=16),
+                 dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, num_position_embeddings=64,
+                      deepstack_visual_indexes=[0, 1])),
+        expert=ExpertConfig(num_layers=2, hidden_size=32, intermediate_size=128, num_heads=2, head_dim=16,
+                            time_embed_dim=32),
+        chunk_len=10, image_size=(64, 64), control_hz=10.0,
+    ),
+    # CPU training and benchmarks: ~13M parameters outside the token embedding.
+    "small": PolicyConfig(
+        name="small",
+        vlm=_vlm(dict(hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=4,
+                      num_key_value_heads=4, head_dim=64),
+                 dict(depth=4, hidden_size=128, intermediate_size=512, num_heads=4, num_position_embeddings=256,
+                      deepstack_visual_indexes=[1, 3])),
+        expert=ExpertConfig(num_layers=6, hidden_size=256, intermediate_size=1024, num_heads=4, head_dim=64,
+                            time_embed_dim=128),
+        chunk_len=10, image_size=(128, 128), control_hz=10.0,
+    ),
+    # The released model: Qwen3-VL-4B-Instruct + a 16 x 1024 DiT (spec §2).
+    "xr0-4b": PolicyConfig(
+        name="xr0-4b",
+        vlm=_vlm(dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+                      num_key_value_heads=8, head_dim=128),
+                 dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, num_position_embeddings=2304,
+                      deepstack_visual_indexes=[5, 11, 17])),
+        expert=ExpertConfig(),
+        chunk_len=30, image_size=(256, 256), control_hz=30.0,
+    ),
+}
+
+
+def get_preset(name: str) -> PolicyConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])

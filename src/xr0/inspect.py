@@ -1,0 +1,79 @@
+"""`xr0 inspect`: parameter counts per part, and whether the non-VLM layout equals the official checkpoint's."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+from .config import PRESETS
+
+# name<TAB>[shape] of the 219 non-VLM tensors of the released checkpoints (../shared/docs/official_layout.tsv).
+OFFICIAL_LAYOUT = pathlib.Path(__file__).parent / "assets" / "official_layout.tsv"
+
+PARTS = {  # first matching prefix wins
+    "vlm.token_embedding": "vlm.model.language_model.embed_tokens.",
+    "vlm.text": "vlm.model.language_model.",
+    "vlm.vision": "vlm.model.visual.",
+    "expert.dit_layers": "dit.",
+    "expert.other": "",
+}
+
+
+def official_layout() -> dict[str, tuple[int, ...]]:
+    layout = {}
+    for line in OFFICIAL_LAYOUT.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, shape = line.split("\t")
+            layout[name] = tuple(json.loads(shape))
+    return layout
+
+
+def report(preset: str) -> dict:
+    from .model.policy import XR0Policy, count_parameters
+
+    policy = XR0Policy.from_preset(preset, device="meta")
+    state = policy.state_dict()
+    if policy.vlm.config.tie_word_embeddings:
+        state.pop("vlm.lm_head.weight", None)  # tied to the token embedding; not stored
+    parts = dict.fromkeys(PARTS, 0)
+    for name, tensor in state.items():
+        part = next(p for p, prefix in PARTS.items() if name.startswith(prefix))
+        parts[part] += math.prod(tensor.shape)
+    expert = {k: tuple(v.shape) for k, v in state.items() if not k.startswith("vlm.")}
+    out = {
+        "preset": preset,
+        "total_parameters": count_parameters(policy),
+        "parameters_without_token_embedding": count_parameters(policy) - parts["vlm.token_embedding"],
+        "parts": parts,
+        "tensors": {"vlm": sum(k.startswith("vlm.") for k in state), "expert": len(expert)},
+        "expert_parameters": sum(math.prod(s) for s in expert.values()),
+    }
+    if preset == "xr0-4b":
+        official = official_layout()
+        out["official_layout_match"] = expert == official
+        out["official_layout_diff"] = {
+            "missing": sorted(set(official) - set(expert)),
+            "unexpected": sorted(set(expert) - set(official)),
+            "shape": sorted(k for k in set(official) & set(expert) if official[k] != expert[k]),
+        }
+    return out
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--preset", default="xr0-4b", choices=sorted(PRESETS))
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args) -> int:
+    out = report(args.preset)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"preset {out['preset']}: {out['total_parameters'] / 1e6:,.1f}M parameters "
+          f"({out['parameters_without_token_embedding'] / 1e6:,.1f}M without the token embedding)")
+    for part, n in out["parts"].items():
+        print(f"  {part:<20} {n / 1e6:>10,.2f}M")
+    if "official_layout_match" in out:
+        print("official layout:", "MATCH" if out["official_layout_match"] else f"MISMATCH {out['official_layout_diff']}")
+    return 0

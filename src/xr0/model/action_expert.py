@@ -1,0 +1,228 @@
+"""The DiT action expert (spec §2.3): reads the VLM's per-layer K/V and predicts a flow velocity per action slot.
+
+Module names are the official checkpoint's (`dit.layers.{i}.attn.qkv_proj`, `state_projector.layers.0`, `sink`, ...),
+so released weights load strictly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRotaryEmbedding, rotate_half
+
+from ..config import ExpertConfig
+from .masks import FIRST_ACTION
+
+
+@dataclass
+class Prefix:
+    """What the VLM hands the expert: post-RoPE, post-k-norm K/V of the layers the expert reads, plus positions.
+
+    keys/values: one (B, H, L, Dh) tensor per expert layer (VLM layer L_vlm - N + i for expert layer i).
+    position_ids: (3, B, L) M-RoPE ids of the prompt. pad_mask: (B, L) bool, True on real tokens.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    position_ids: torch.Tensor
+    pad_mask: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.pad_mask.shape[0]
+
+    def max_position(self) -> torch.Tensor:
+        """(3, B) per-axis maximum position over real (non-padding) tokens: P in spec §2.4."""
+        pos = self.position_ids.masked_fill(~self.pad_mask[None], -1)
+        return pos.amax(dim=-1)
+
+    def repeat_interleave(self, r: int) -> "Prefix":
+        """Reuse one VLM pass for r noise/time draws per sample (training_repeat)."""
+        if r == 1:
+            return self
+        rep = lambda x, d=0: x.repeat_interleave(r, dim=d)  # noqa: E731
+        return Prefix([rep(k) for k in self.keys], [rep(v) for v in self.values],
+                      rep(self.position_ids, 1), rep(self.pad_mask))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class MLP2(nn.Module):
+    """Linear -> GELU(tanh) -> Linear, no biases; `layers.0` / `layers.2` as in the official checkpoint."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(d_in, d_hidden, bias=False), nn.GELU(approximate="tanh"),
+                                    nn.Linear(d_hidden, d_out, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class TimestepEmbedder(nn.Module):
+    """t in [0, 1] -> 1000 t -> sinusoid [cos, sin] (max period 1e4) -> Linear -> SiLU -> Linear."""
+
+    def __init__(self, hidden: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden, bias=False), nn.SiLU(), nn.Linear(hidden, hidden, bias=False))
+
+    def sinusoid(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = (t.float() * 1000.0)[:, None] * freqs[None]
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.sinusoid(t).to(self.mlp[0].weight.dtype))
+
+
+class Linear1(nn.Module):
+    """A single Linear under the name `layers.0` (the official `t_projector`)."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(d_in, d_out, bias=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class ExpertAttention(nn.Module):
+    """Joint attention: the expert's queries over [VLM K/V of one layer ; the expert tokens' own K/V]."""
+
+    def __init__(self, cfg: ExpertConfig):
+        super().__init__()
+        self.heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        width = cfg.num_heads * cfg.head_dim
+        self.qkv_proj = nn.Linear(cfg.hidden_size, 3 * width, bias=True)
+        self.o_proj = nn.Linear(width, cfg.hidden_size, bias=False)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_eps)
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_eps)
+
+    def forward(self, x, vlm_k, vlm_v, cos, sin, mask):
+        B, S, _ = x.shape
+        q, k, v = self.qkv_proj(x).view(B, S, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k = torch.cat([vlm_k.to(k.dtype), k], dim=2)
+        v = torch.cat([vlm_v.to(v.dtype), v], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(out.transpose(1, 2).reshape(B, S, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class ExpertLayer(nn.Module):
+    """Sandwich-norm DiT block with adaLN-single modulation: rows of `mod` = shift/scale/gate for attn, then MLP."""
+
+    def __init__(self, cfg: ExpertConfig):
+        super().__init__()
+        h = cfg.hidden_size
+        self.attn = ExpertAttention(cfg)
+        self.mlp = SwiGLU(h, cfg.intermediate_size)
+        self.input_layernorm = RMSNorm(h, cfg.rms_eps)
+        self.middle_layernorm = RMSNorm(h, cfg.rms_eps)
+        self.post_layernorm = RMSNorm(h, cfg.rms_eps)
+        self.final_layernorm = RMSNorm(h, cfg.rms_eps)
+        self.adaln_table = nn.Parameter(torch.randn(6, h) / math.sqrt(h))
+
+    def forward(self, x, time_mod, vlm_k, vlm_v, cos, sin, mask):
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = (time_mod + self.adaln_table).unsqueeze(2).unbind(1)
+        h = x
+        x = self.input_layernorm(x) * (1 + scale_a) + shift_a
+        x = self.middle_layernorm(h + gate_a * self.attn(x, vlm_k, vlm_v, cos, sin, mask))
+        h = x
+        x = self.post_layernorm(x) * (1 + scale_m) + shift_m
+        return self.final_layernorm(h + gate_m * self.mlp(x))
+
+
+class ExpertStack(nn.Module):
+    """Holds the layers under the official name `dit.layers.{i}`."""
+
+    def __init__(self, cfg: ExpertConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(ExpertLayer(cfg) for _ in range(cfg.num_layers))
+
+
+@dataclass
+class ExpertContext:
+    """Everything about one expert call that does not change across denoising steps (computed once per chunk)."""
+
+    prefix: Prefix
+    state_token: torch.Tensor  # (B, 1, H)
+    cos: torch.Tensor  # (B, 1, S, Dh)
+    sin: torch.Tensor
+    mask: torch.Tensor  # (B, 1, S, L + S) bool
+    action_mask: torch.Tensor  # (B, T, D)
+    prefix_len: int
+
+
+class ActionExpert(nn.Module):
+    """The flow-matching DiT. Subclassed by XR0Policy, so its parameter names sit at the checkpoint's top level."""
+
+    def __init__(self, cfg: ExpertConfig, action_dim: int, state_dim: int, text_config):
+        super().__init__()
+        h = cfg.hidden_size
+        self.expert_config = cfg
+        self.dit = ExpertStack(cfg)
+        self.state_projector = MLP2(state_dim, h, h)
+        self.action_projector = MLP2(action_dim, h, h)
+        self.action_output_layer = MLP2(h, h, action_dim)
+        self.t_embedder = TimestepEmbedder(h, cfg.time_embed_dim)
+        self.t_projector = Linear1(h, 6 * h)
+        self.sink = nn.Embedding(1, h)
+        # Qwen3-VL's own text rotary module: with all three M-RoPE axes equal it is plain 1-D RoPE (theta 5e6).
+        self.rotary = Qwen3VLTextRotaryEmbedding(text_config)
+
+    def prepare(self, prefix: Prefix, state: torch.Tensor, action_mask: torch.Tensor, self_mask: torch.Tensor,
+                positions: torch.Tensor, prefix_len: int) -> ExpertContext:
+        """Precompute what every denoising step shares: state token, RoPE tables, the full boolean mask."""
+        dtype = self.sink.weight.dtype
+        B = prefix.batch_size
+        state_token = self.state_projector(state.to(dtype)).unsqueeze(1)
+        cos, sin = self.rotary(state_token, positions)
+        S = self_mask.shape[-1]
+        mask = torch.cat([prefix.pad_mask[:, None, None, :].expand(B, 1, S, -1),
+                          self_mask.expand(B, 1, S, S)], dim=-1)
+        return ExpertContext(prefix, state_token, cos.unsqueeze(1).to(dtype), sin.unsqueeze(1).to(dtype), mask,
+                             action_mask, prefix_len)
+
+    def velocity(self, ctx: ExpertContext, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Predicted velocity (B, T, D) for actions x (B, T, D) at times t (B,); zero on the prefix and masked dims."""
+        dtype = self.sink.weight.dtype
+        B = x.shape[0]
+        time_mod = self.t_projector(self.t_embedder(t)).view(B, 6, -1)
+        actions = self.action_projector((x * ctx.action_mask).to(dtype))
+        h = torch.cat([self.sink.weight.expand(B, 1, -1), ctx.state_token, actions], dim=1)
+        for layer, k, v in zip(self.dit.layers, ctx.prefix.keys, ctx.prefix.values):
+            h = layer(h, time_mod, k, v, ctx.cos, ctx.sin, ctx.mask)
+        out = self.action_output_layer(h[:, FIRST_ACTION:]).to(x.dtype) * ctx.action_mask
+        if ctx.prefix_len:
+            out[:, : ctx.prefix_len] = 0
+        return out

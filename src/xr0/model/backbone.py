@@ -1,0 +1,54 @@
+"""The VLM: stock transformers Qwen3-VL, run once per observation into a `Prefix` of per-layer K/V."""
+
+from __future__ import annotations
+
+import torch
+from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+from transformers.cache_utils import DynamicCache
+
+from .action_expert import Prefix
+
+
+def build_vlm(vlm_config: dict) -> Qwen3VLForConditionalGeneration:
+    """A Qwen3-VL built from its config (random weights; no download). Attention runs through torch SDPA."""
+    cfg = Qwen3VLConfig(**vlm_config)
+    cfg._attn_implementation = "sdpa"
+    cfg.text_config._attn_implementation = "sdpa"
+    cfg.vision_config._attn_implementation = "sdpa"
+    return Qwen3VLForConditionalGeneration(cfg)
+
+
+def vlm_position_ids(vlm: Qwen3VLForConditionalGeneration, batch: dict) -> torch.Tensor:
+    """The 3-axis M-RoPE position ids (3, B, L), computed explicitly (never via the model's stored rope_deltas)."""
+    pos, _ = vlm.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"],
+                                      image_grid_thw=batch["image_grid_thw"], attention_mask=batch["attention_mask"])
+    return pos
+
+
+def encode(vlm: Qwen3VLForConditionalGeneration, batch: dict, num_layers: int,
+           inputs_embeds: torch.Tensor | None = None) -> tuple[Prefix, torch.Tensor]:
+    """Run the VLM once over prompts + images and keep the K/V of its last `num_layers` layers.
+
+    batch: input_ids, attention_mask, mm_token_type_ids (B, L); pixel_values (N, C*2*16*16); image_grid_thw (n_img, 3).
+    inputs_embeds (optional) replaces the token embeddings (stage 1 splices in state/choice tokens).
+    Returns (Prefix, last hidden states (B, L, H_vlm)). The K/V are post-RoPE and post k-norm, as cached by Qwen3-VL.
+    """
+    position_ids = vlm_position_ids(vlm, batch)
+    cache = DynamicCache(config=vlm.config.text_config)
+    out = vlm.model(
+        input_ids=None if inputs_embeds is not None else batch["input_ids"],
+        inputs_embeds=inputs_embeds,
+        attention_mask=batch["attention_mask"],
+        pixel_values=batch["pixel_values"],
+        image_grid_thw=batch["image_grid_thw"],
+        mm_token_type_ids=batch["mm_token_type_ids"],
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    layers = out.past_key_values.layers
+    first = len(layers) - num_layers
+    keys = [layers[i].keys for i in range(first, len(layers))]
+    values = [layers[i].values for i in range(first, len(layers))]
+    pad_mask = batch["attention_mask"].bool()
+    return Prefix(keys, values, position_ids, pad_mask), out.last_hidden_state

@@ -1,0 +1,334 @@
+"""XR0Policy: Qwen3-VL + the DiT action expert, with sample() for users and loss() for training."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Qwen3VLConfig
+
+from ..config import PolicyConfig, get_preset
+from ..processing import Processor, RobotSpec, stats_hash
+from .action_expert import ActionExpert, ExpertContext, Prefix
+from .backbone import build_vlm, encode
+from .flow import euler_sample, interpolate, sample_time
+from .masks import expert_mask, expert_positions
+
+WEIGHTS, CONFIG, NORMS = "model.safetensors", "config.json", "normalization.safetensors"
+FORMAT = "xr0"
+
+
+@dataclass
+class LossOptions:
+    """Switches of the flow-matching objective (spec §6.3-6.4); the defaults are synchronous post-training."""
+
+    prefix_len: int = 0
+    hidden_prefix: torch.Tensor | None = None  # prefix dropout draw (bool (p,)), shared by the batch
+    repeat: int = 1  # training_repeat: noise/time draws per VLM pass
+    reweight: bool = False  # L1 re-weighting from a no-grad rollout (async samples with p > 0)
+    reweight_steps: int = 5
+    freq_weight: float = 0.0  # c of the rFFT term
+    generator: torch.Generator | None = None
+
+
+class XR0Policy(ActionExpert):
+    """The whole VLA. Parameter names: `vlm.*` (transformers' Qwen3-VL) + the official expert names at top level."""
+
+    def __init__(self, config: PolicyConfig, robots: dict[str, RobotSpec] | None = None):
+        config.validate()
+        text_config = Qwen3VLConfig(**config.vlm).text_config
+        super().__init__(config.expert, config.action_dim, config.state_dim, text_config)
+        self.config = config
+        self.vlm = build_vlm(config.vlm)
+        self.robots = robots or {"default": RobotSpec.identity(config.chunk_len, config.action_dim, config.state_dim,
+                                                               config.action_dim, config.state_dim)}
+        self._processor: Processor | None = None
+
+    # ------------------------------------------------------------------ construction / checkpoints
+    @classmethod
+    def from_preset(cls, name: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                    seed: int = 0, robots: dict[str, RobotSpec] | None = None, **overrides) -> "XR0Policy":
+        """Random weights for a named preset. device="meta" builds the layout without allocating memory."""
+        cfg = get_preset(name)
+        for k, v in overrides.items():
+            if not hasattr(cfg, k):
+                raise ValueError(f"unknown config field {k!r}")
+            setattr(cfg, k, v)
+        torch.manual_seed(seed)
+        with torch.device(device):
+            policy = cls(cfg, robots)
+        if dtype is not None:
+            policy.to(dtype)
+        return policy.eval()
+
+    @classmethod
+    def from_pretrained(cls, path: str | pathlib.Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None) -> "XR0Policy":
+        """Load a folder written by save_pretrained (safetensors only; strict: every tensor must match)."""
+        path = pathlib.Path(path)
+        cfg_file = path / CONFIG
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"{cfg_file} not found: not an xr0 checkpoint folder")
+        try:
+            meta = json.loads(cfg_file.read_text())
+            config = PolicyConfig.from_dict(meta["policy"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{cfg_file} is not a valid xr0 config: {e}") from e
+        robots = load_robots(path / NORMS, meta.get("robots", {}))
+        with torch.device("meta"):
+            policy = cls(config, robots)
+        state = _load_safetensors(path / WEIGHTS)
+        policy.load_weights(state, device=device)
+        if dtype is not None:
+            policy.to(dtype)
+        return policy.eval()
+
+    def load_weights(self, state: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> None:
+        """Strict load (the tied lm_head may be absent); lists every missing/unexpected/mis-shaped tensor."""
+        expected = {k: v.shape for k, v in self.state_dict().items()}
+        tied = "vlm.lm_head.weight" if self.vlm.config.tie_word_embeddings else None
+        missing = sorted(set(expected) - set(state) - {tied})
+        unexpected = sorted(set(state) - set(expected))
+        wrong = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k])}"
+                       for k in set(state) & set(expected) if state[k].shape != expected[k])
+        if missing or unexpected or wrong:
+            raise ValueError("checkpoint does not match the model:\n"
+                             + "".join(f"  {title} ({len(keys)}): {keys[:20]}{' ...' if len(keys) > 20 else ''}\n"
+                                       for title, keys in (("missing", missing), ("unexpected", unexpected),
+                                                           ("shape mismatch", wrong)) if keys))
+        # Fresh (aligned) copies: tensors viewing a file buffer can take other SIMD paths and change results in
+        # the last bit. Popping keeps peak memory near one copy.
+        state = {k: state.pop(k).to(device, copy=True) for k in list(state)}
+        if tied and tied not in state:
+            state[tied] = state["vlm.model.language_model.embed_tokens.weight"]
+        self.load_state_dict(state, strict=True, assign=True)
+        if tied:
+            self.vlm.lm_head.weight = self.vlm.model.language_model.embed_tokens.weight
+        self.reset_rope_buffers(device)
+
+    def reset_rope_buffers(self, device: str | torch.device = "cpu") -> None:
+        """Recompute the (non-persistent, fp32) RoPE frequency tables after a meta-device build or a dtype cast."""
+        for m in self.modules():
+            if isinstance(getattr(m, "inv_freq", None), torch.Tensor) and hasattr(m, "config"):
+                fresh = type(m)(m.config)
+                m.inv_freq = fresh.inv_freq.to(device)
+                m.original_inv_freq = fresh.original_inv_freq.to(device)
+
+    def to(self, *args, **kwargs):
+        out = super().to(*args, **kwargs)
+        self.reset_rope_buffers(self.sink.weight.device)  # keep RoPE tables in fp32 whatever the weights' dtype
+        return out
+
+    def save_pretrained(self, path: str | pathlib.Path, dtype: torch.dtype | None = None) -> None:
+        """Write config.json, model.safetensors (tied lm_head omitted) and normalization.safetensors."""
+        path = pathlib.Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in self.state_dict().items()}
+        if self.vlm.config.tie_word_embeddings:
+            state.pop("vlm.lm_head.weight", None)
+        _atomic(path / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
+        norms = {f"{name}.{key}": torch.from_numpy(arr) for name, spec in self.robots.items()
+                 for key, arr in spec.arrays().items()}
+        _atomic(path / NORMS, lambda tmp: save_file(norms, tmp, metadata={"format": FORMAT}))
+        meta = {"format": FORMAT, "policy": self.config.to_dict(),
+                "robots": {n: {"action_dim": s.action_dim, "state_dim": s.state_dim} for n, s in self.robots.items()},
+                "norm_stats_hash": stats_hash(self.robots)}
+        _atomic(path / CONFIG, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(meta, indent=2)))
+
+    # ------------------------------------------------------------------ model core
+    @property
+    def processor(self) -> Processor:
+        if self._processor is None:
+            self._processor = Processor(self.config)
+        return self._processor
+
+    def robot(self, robot_type: str | None = None) -> RobotSpec:
+        if robot_type is None:
+            if len(self.robots) != 1:
+                raise ValueError(f"robot_type is required: this checkpoint has {sorted(self.robots)}")
+            return next(iter(self.robots.values()))
+        if robot_type not in self.robots:
+            raise ValueError(f"unknown robot_type {robot_type!r}; this checkpoint has {sorted(self.robots)}")
+        return self.robots[robot_type]
+
+    def encode(self, batch: dict, inputs_embeds: torch.Tensor | None = None) -> Prefix:
+        """One VLM pass -> the K/V the expert reads (its last `num_layers` layers)."""
+        batch = {k: (v.to(self.sink.weight.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        if batch.get("pixel_values") is not None:
+            batch["pixel_values"] = batch["pixel_values"].to(self.vlm.dtype)
+        prefix, _ = encode(self.vlm, batch, self.config.expert.num_layers, inputs_embeds)
+        return prefix
+
+    def context(self, prefix: Prefix, state: torch.Tensor, action_mask: torch.Tensor, prefix_len: int = 0,
+                hidden_prefix: torch.Tensor | None = None) -> ExpertContext:
+        """The per-chunk expert inputs: Λ mask, RoPE positions (+offset on noisy tokens), state token."""
+        e, T = self.config.expert, self.config.chunk_len
+        dev = self.sink.weight.device
+        mask = expert_mask(T, prefix_len, e.local_window, hidden_prefix, device=dev)
+        positions = expert_positions(prefix.max_position(), T, prefix_len, e.rope_offset)
+        return self.prepare(prefix, state.to(dev), action_mask.to(dev), mask, positions, prefix_len)
+
+    def denoise(self, ctx: ExpertContext, noise: torch.Tensor, steps: int | None = None,
+                prefix_actions: torch.Tensor | None = None) -> torch.Tensor:
+        """Euler-integrate the expert's velocity from noise (B, T, D); prefix slots stay fixed."""
+        return euler_sample(lambda x, t: self.velocity(ctx, x, t), noise, steps or self.config.num_steps,
+                            prefix_actions)
+
+    # ------------------------------------------------------------------ inference
+    @torch.inference_mode()
+    def sample(self, images, instruction: str, state, prefix=None, steps: int | None = None, seed: int = 0,
+               robot_type: str | None = None) -> np.ndarray:
+        """One action chunk (T, action_dim) in physical units, from camera images, an instruction and the state.
+
+        images: dict camera -> (H, W, 3) uint8 (or a list in `config.cameras` order). state: (state_dim,).
+        prefix: optional (p, action_dim) committed actions (async execution); they come back unchanged in rows :p.
+        """
+        robot = self.robot(robot_type)
+        T, D = self.config.chunk_len, self.config.action_dim
+        state = _vector("state", state, robot.state_dim)
+        if prefix is not None:
+            prefix = np.asarray(prefix, dtype=np.float32)
+            if prefix.ndim != 2 or prefix.shape[1] != robot.action_dim:
+                raise ValueError(f"prefix must have shape (p, {robot.action_dim}), got {prefix.shape}")
+            if prefix.shape[0] > T:
+                raise ValueError(f"prefix has {prefix.shape[0]} actions, longer than the chunk length T={T}")
+            if not np.isfinite(prefix).all():
+                raise ValueError("prefix contains NaN or inf")
+        if steps is not None and (not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        batch = self.processor(images, instruction)
+        dev, dtype = self.sink.weight.device, self.sink.weight.dtype
+        state_t = torch.from_numpy(robot.normalize_state(state))[None]
+        mask = torch.from_numpy(robot.action_mask).expand(1, T, D)
+        gen = torch.Generator().manual_seed(int(seed))
+        noise = torch.randn((1, T, D), generator=gen).to(dev, dtype)
+        p = 0 if prefix is None else prefix.shape[0]
+        prefix_t = None if prefix is None else torch.from_numpy(robot.normalize_actions(prefix))[None].to(dev, dtype)
+        ctx = self.context(self.encode(batch), state_t, mask, p)
+        x = self.denoise(ctx, noise, steps, prefix_t)
+        out = robot.denormalize_actions(x[0].float().cpu().numpy())
+        if prefix is not None:
+            out[:p] = prefix
+        return out
+
+    def metadata(self, robot_type: str | None = None) -> dict:
+        """What a client needs to talk to this policy (sent by the server on connect)."""
+        robot = self.robot(robot_type)
+        c = self.config
+        return {"cameras": list(c.cameras), "image_size": list(c.image_size), "state_dim": robot.state_dim,
+                "action_dim": robot.action_dim, "chunk_len": c.chunk_len, "control_hz": c.control_hz,
+                "max_prefix": c.max_prefix, "robot_types": sorted(self.robots), "preset": c.name,
+                "norm_stats_hash": stats_hash(self.robots)}
+
+    # ------------------------------------------------------------------ training
+    def make_batch(self, samples: list[dict], robot_type: str | None = None) -> dict[str, torch.Tensor]:
+        """Dataset samples ({images, instruction, state, actions (T, action_dim), action_valid (T,)}) -> tensors."""
+        robot = self.robot(robot_type)
+        T, D = self.config.chunk_len, self.config.action_dim
+        proc = self.processor
+        vlm = proc.collate([proc.prompt_ids(s["instruction"]) for s in samples], [proc.images(s["images"]) for s in samples])
+        state = np.stack([robot.normalize_state(_vector("state", s["state"], robot.state_dim)) for s in samples])
+        actions = np.stack([np.asarray(s["actions"], np.float32) for s in samples])
+        if actions.shape[1:] != (T, robot.action_dim):
+            raise ValueError(f"actions must have shape (T={T}, {robot.action_dim}), got {actions.shape[1:]}")
+        if not np.isfinite(actions).all():
+            raise ValueError("actions contain NaN or inf")
+        valid = np.stack([np.asarray(s.get("action_valid", np.ones(T, bool)), bool) for s in samples])
+        mask = robot.action_mask[None, None, :] * valid[:, :, None]
+        vlm.update(state=torch.from_numpy(state), actions=torch.from_numpy(robot.normalize_actions(actions)),
+                   action_mask=torch.from_numpy(mask.astype(np.float32)).expand(len(samples), T, D).contiguous())
+        return vlm
+
+    def loss(self, batch: dict[str, torch.Tensor], opts: LossOptions | None = None) -> dict[str, torch.Tensor]:
+        """Flow-matching loss 0.5 * weighted MSE + c * rFFT-L1 on the non-prefix slots (spec §6.2-6.4)."""
+        opts = opts or LossOptions()
+        p, r = opts.prefix_len, opts.repeat
+        dev, dtype = self.sink.weight.device, self.sink.weight.dtype
+        prefix = self.encode(batch).repeat_interleave(r)
+        rep = lambda x: x.to(dev).repeat_interleave(r, dim=0)  # noqa: E731
+        actions, mask, state = rep(batch["actions"]).float(), rep(batch["action_mask"]).float(), rep(batch["state"])
+        B = actions.shape[0]
+        ctx = self.context(prefix, state, mask, p, opts.hidden_prefix)
+        t = sample_time(B, opts.generator).to(dev)
+        noise = torch.randn(actions.shape, generator=opts.generator).to(dev)
+        x_t, target = interpolate(actions, noise, t)
+        if p:
+            x_t[:, :p] = actions[:, :p]
+        with torch.autocast(dev.type if isinstance(dev, torch.device) else "cpu", enabled=False):
+            v = self.velocity(ctx, x_t.to(dtype), t).float()
+        weight = torch.ones_like(actions)
+        if opts.reweight and p:
+            with torch.no_grad():
+                start = torch.cat([actions[:, :p], noise[:, p:]], dim=1).to(dtype)
+                gen = self.denoise(ctx, start, opts.reweight_steps, start[:, :p]).float()
+                w = (gen - actions).abs() * mask
+                w = w / (w.sum() / mask.sum().clamp_min(1)).clamp_min(1e-8)
+                weight = w.clamp(0.5, 5.0)
+        v, target, weight, mask = v[:, p:], target[:, p:], weight[:, p:], mask[:, p:]
+        mse = (weight * (v - target).pow(2) * mask).sum() / mask.sum().clamp_min(1)
+        out = {"mse": mse, "loss": 0.5 * mse}
+        if opts.freq_weight:
+            # Spectral L1 along time of the masked velocities, weighted per sample by its mean re-weighting.
+            fv, ft = torch.fft.rfft(v * mask, dim=1), torch.fft.rfft(target * mask, dim=1)
+            per_sample = (fv - ft).abs().mean(dim=(1, 2)) * weight.mean(dim=(1, 2))
+            out["freq"] = per_sample.mean()
+            out["loss"] = out["loss"] + opts.freq_weight * out["freq"]
+        return out
+
+
+# ---------------------------------------------------------------------- helpers
+def _vector(name: str, x, dim: int) -> np.ndarray:
+    try:
+        arr = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be a numeric vector of length {dim}: {e}") from e
+    if arr.shape != (dim,):
+        raise ValueError(f"{name} must have shape ({dim},), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return arr
+
+
+def _load_safetensors(file: pathlib.Path) -> dict[str, torch.Tensor]:
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found")
+    try:
+        return load_file(str(file))
+    except Exception as e:  # safetensors raises its own error types for truncated / corrupt headers
+        raise ValueError(f"{file} is not a readable safetensors file: {e}") from e
+
+
+def load_robots(file: pathlib.Path, dims: dict) -> dict[str, RobotSpec]:
+    arrays = _load_safetensors(file)
+    robots = {}
+    for name, d in dims.items():
+        try:
+            robots[name] = RobotSpec(**{k: arrays[f"{name}.{k}"].numpy() for k in
+                                        ("action_mean", "action_std", "action_mask", "state_mean", "state_std")},
+                                     action_dim=d["action_dim"], state_dim=d["state_dim"])
+        except KeyError as e:
+            raise ValueError(f"{file}: robot type {name!r} lacks {e}") from e
+    if not robots:
+        raise ValueError(f"{file}: no robot types listed in the config")
+    return robots
+
+
+def _atomic(target: pathlib.Path, write) -> None:
+    """Write to a temporary sibling, then rename: a crash mid-write leaves the previous file intact."""
+    tmp = target.with_name(target.name + ".tmp")
+    write(str(tmp))
+    tmp.replace(target)
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    seen, total = set(), 0
+    for p in module.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += math.prod(p.shape)
+    return total

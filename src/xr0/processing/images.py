@@ -1,0 +1,52 @@
+"""Camera images -> Qwen3-VL vision patches, in torch (no torchvision), laid out exactly as Qwen's image processor."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+PATCH, TEMPORAL, MERGE = 16, 2, 2
+MEAN, STD = 0.5, 0.5  # Qwen3-VL normalises every channel with mean 0.5, std 0.5
+
+
+def check_image(name: str, img) -> np.ndarray:
+    """An (H, W, 3) uint8 array, or a ValueError naming the camera and what is wrong."""
+    if isinstance(img, Image.Image):
+        img = np.asarray(img.convert("RGB"))
+    if not isinstance(img, np.ndarray):
+        raise ValueError(f"image {name!r} must be a numpy array (H, W, 3) uint8, got {type(img).__name__}")
+    if img.dtype != np.uint8:
+        raise ValueError(f"image {name!r} must have dtype uint8, got {img.dtype}")
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"image {name!r} must have shape (H, W, 3), got {img.shape}")
+    if img.shape[0] < 8 or img.shape[1] < 8:
+        raise ValueError(f"image {name!r} is too small: {img.shape}")
+    return img
+
+
+def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if img.shape[:2] == tuple(size):
+        return img
+    return np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def patchify(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, H, W, 3) uint8 -> pixel_values (N * gh * gw, 3 * 2 * 16 * 16) float32 and image_grid_thw (N, 3).
+
+    Patches are ordered by 2x2 merge window (row-major over windows, then within), channels-first, and each
+    still image is repeated over Qwen's temporal patch of 2, as Qwen2VLImageProcessor does.
+    """
+    n, h, w, c = images.shape
+    gh, gw = h // PATCH, w // PATCH
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0).sub_(MEAN).div_(STD)
+    x = x.permute(0, 3, 1, 2).reshape(n, c, gh // MERGE, MERGE, PATCH, gw // MERGE, MERGE, PATCH)
+    x = x.permute(0, 2, 5, 3, 6, 1, 4, 7)  # (n, gh/m, gw/m, mh, mw, C, ph, pw)
+    x = x.unsqueeze(6).expand(*x.shape[:6], TEMPORAL, PATCH, PATCH)
+    pixel_values = x.reshape(n * gh * gw, c * TEMPORAL * PATCH * PATCH)
+    grid = torch.tensor([[1, gh, gw]] * n, dtype=torch.long)
+    return pixel_values, grid
+
+
+def tokens_per_image(size: tuple[int, int]) -> int:
+    return (size[0] // PATCH) * (size[1] // PATCH) // (MERGE * MERGE)

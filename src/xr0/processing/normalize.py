@@ -1,0 +1,92 @@
+"""Per-robot-type action/state statistics and action masks (spec §6.7): what travels inside a checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+EPS = 1e-6  # (a - mean) / (std + EPS), as the released pipeline
+
+
+@dataclass
+class RobotSpec:
+    """Normalisation for one robot type.
+
+    action_mean/action_std: (T, D) per-timestep statistics of normalised-space chunks (D = padded action dim).
+    action_mask: (D,) 1 on dims the robot uses; masked dims are zeroed in and out of the expert.
+    state_mean/state_std: (D_state,) (identity by default: the released models feed raw state).
+    action_dim/state_dim: how many leading dims users pass and receive (e.g. 7 and 8 for LIBERO).
+    """
+
+    action_mean: np.ndarray
+    action_std: np.ndarray
+    action_mask: np.ndarray
+    state_mean: np.ndarray
+    state_std: np.ndarray
+    action_dim: int
+    state_dim: int
+
+    @classmethod
+    def identity(cls, chunk_len: int, action_dim: int = 32, state_dim: int = 32, padded_action_dim: int = 32,
+                 padded_state_dim: int = 32) -> "RobotSpec":
+        mask = np.zeros(padded_action_dim, np.float32)
+        mask[:action_dim] = 1
+        return cls(np.zeros((chunk_len, padded_action_dim), np.float32), np.ones((chunk_len, padded_action_dim), np.float32),
+                   mask, np.zeros(padded_state_dim, np.float32), np.ones(padded_state_dim, np.float32),
+                   action_dim, state_dim)
+
+    def __post_init__(self):
+        for name in ("action_mean", "action_std", "action_mask", "state_mean", "state_std"):
+            arr = np.asarray(getattr(self, name), dtype=np.float32)
+            if not np.isfinite(arr).all():
+                raise ValueError(f"robot statistics field {name!r} contains NaN or inf")
+            setattr(self, name, arr)
+        T, D = self.action_mean.shape
+        if self.action_std.shape != (T, D) or self.action_mask.shape != (D,):
+            raise ValueError(f"action_std {self.action_std.shape} / action_mask {self.action_mask.shape} "
+                             f"do not match action_mean {(T, D)}")
+        if not 0 < self.action_dim <= D or not 0 < self.state_dim <= self.state_mean.shape[0]:
+            raise ValueError(f"action_dim {self.action_dim} / state_dim {self.state_dim} out of range")
+        self.action_dim, self.state_dim = int(self.action_dim), int(self.state_dim)
+
+    @property
+    def chunk_len(self) -> int:
+        return self.action_mean.shape[0]
+
+    def normalize_state(self, state: np.ndarray) -> np.ndarray:
+        padded = np.zeros(self.state_mean.shape, np.float32)
+        padded[: self.state_dim] = state
+        out = (padded - self.state_mean) / (self.state_std + EPS)
+        out[self.state_dim:] = 0
+        return out
+
+    def normalize_actions(self, actions: np.ndarray) -> np.ndarray:
+        """(..., p, action_dim) physical actions occupying chunk slots 0..p-1 -> (..., p, D) normalised."""
+        p = actions.shape[-2]
+        padded = np.zeros((*actions.shape[:-1], self.action_mean.shape[1]), np.float32)
+        padded[..., : self.action_dim] = actions
+        return (padded - self.action_mean[:p]) / (self.action_std[:p] + EPS) * self.action_mask
+
+    def denormalize_actions(self, x: np.ndarray) -> np.ndarray:
+        """(..., T, D) normalised -> (..., T, action_dim) physical; masked dims are zero before de-normalising."""
+        T = x.shape[-2]
+        out = (x * self.action_mask) * (self.action_std[:T] + EPS) + self.action_mean[:T]
+        return out[..., : self.action_dim].astype(np.float32)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"action_mean": self.action_mean, "action_std": self.action_std, "action_mask": self.action_mask,
+                "state_mean": self.state_mean, "state_std": self.state_std}
+
+
+def stats_hash(robots: dict[str, RobotSpec]) -> str:
+    """A short content hash of all statistics: the server sends it so a client can check it talks to the right model."""
+    h = hashlib.sha256()
+    for name in sorted(robots):
+        spec = robots[name]
+        h.update(f"{name}:{spec.action_dim}:{spec.state_dim}".encode())
+        for key, arr in sorted(spec.arrays().items()):
+            h.update(key.encode())
+            h.update(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]

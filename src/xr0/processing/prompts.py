@@ -1,0 +1,20 @@
+"""The official multi-view prompt (spec §6.7 / §9.2), rendered in Qwen's ChatML format."""
+
+from __future__ import annotations
+
+PREAMBLE = "The following observations are captured from multiple views."
+TASK_HEADER = "Generate robot actions for the task:"
+VISION = "<|vision_start|>{pads}<|vision_end|>"
+
+
+def action_prompt(instruction: str, cameras: tuple[str, ...] | list[str], image_tokens: int) -> str:
+    """User turn with one image block per camera, the instruction + " /no_cot", and the empty `<cot></cot>` answer."""
+    views = "".join(f"# {cam}\n{VISION.format(pads='<|image_pad|>' * image_tokens)}\n" for cam in cameras)
+    return (f"<|im_start|>user\n{PREAMBLE}\n{views}{TASK_HEADER}\n{instruction} /no_cot<|im_end|>\n"
+            f"<|im_start|>assistant\n<cot></cot><|im_end|>\n")
+
+
+def vl_prompt(question: str, n_images: int, image_tokens: int) -> tuple[str, str]:
+    """(prompt, answer prefix) for a vision-language sample; the answer follows the assistant header."""
+    views = "".join(VISION.format(pads="<|image_pad|>" * image_tokens) for _ in range(n_images))
+    return f"<|im_start|>user\n{views}{question}<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>\n"

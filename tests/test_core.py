@@ -1,0 +1,282 @@
+"""The core model: masks, positions, time law, sampling, layout, checkpoints, processing, bad input."""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from xr0 import LossOptions, RobotSpec, XR0Policy
+from xr0.model.flow import sample_time
+from xr0.model.masks import expert_mask, expert_positions, sample_hidden_prefix
+from xr0.processing.images import patchify
+
+DOCS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "docs"
+
+
+def _obs(policy, seed=0):
+    rng = np.random.default_rng(seed)
+    h, w = policy.config.image_size
+    images = {cam: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for cam in policy.config.cameras}
+    return dict(images=images, instruction="put the red block in the bowl", state=rng.normal(size=32).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return XR0Policy.from_preset("tiny", seed=0)
+
+
+# ---------------------------------------------------------------- Λ mask and positions
+def test_lambda_mask_table_without_prefix():
+    m = expert_mask(8, prefix_len=0, window=4).int()
+    # rows = queries [sink, state, a0..a7], columns = keys; 1 = may attend.
+    expected = [
+        [1, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+        [1, 1, 0, 1, 1, 1, 1, 1, 0, 0],
+        [1, 1, 0, 0, 1, 1, 1, 1, 1, 0],
+        [1, 1, 0, 0, 0, 1, 1, 1, 1, 1],
+    ]
+    assert m.tolist() == expected
+
+
+def test_lambda_mask_with_prefix_and_dropout():
+    p = 3
+    m = expert_mask(10, prefix_len=p, window=4)
+    assert not m[:2, 2:].any(), "sink/state must never see actions"
+    # noisy a3..a6 still reach the prefix tail; a7 (= p + 4) and later see no prefix token at all
+    a = lambda i: 2 + i  # noqa: E731
+    assert m[a(3), a(0):a(3)].tolist() == [True, True, True]
+    assert m[a(6), a(0):a(3)].tolist() == [False, False, True]
+    assert not m[a(7):, a(0):a(3)].any()
+    # prefix dropout hides prefix slot 0 from noisy queries only; prefix queries still see it
+    hidden = torch.tensor([True, False, False])
+    md = expert_mask(10, prefix_len=p, window=4, hidden_prefix=hidden)
+    assert not md[a(3):, a(0)].any() and md[a(1), a(0)] and md[a(2), a(0)]
+    assert (md ^ m).sum() == 2  # exactly (a3, a0) and (a4, a0) changed
+    # the last 2 prefix tokens are never dropped
+    draws = torch.stack([sample_hidden_prefix(6, generator=torch.Generator().manual_seed(s)) for s in range(400)])
+    assert not draws[:, 4:].any()
+    assert abs(draws[:, :4].float().mean().item() - 0.5) < 0.05
+    assert sample_hidden_prefix(2) is None
+
+
+def test_positions_and_rope_offset():
+    P = torch.tensor([[20, 7], [20, 7], [20, 7]])  # (3, B)
+    pos = expert_positions(P, chunk_len=6, prefix_len=0, rope_offset=10)
+    assert pos[0, 0].tolist() == [21, 22, 33, 34, 35, 36, 37, 38]
+    assert pos[0, 1].tolist() == [8, 9, 20, 21, 22, 23, 24, 25]
+    pos = expert_positions(P, chunk_len=6, prefix_len=2, rope_offset=10)
+    assert pos[1, 0].tolist() == [21, 22, 23, 24, 35, 36, 37, 38]  # prefix a0, a1 unshifted; noisy +10
+    assert torch.equal(pos[0], pos[2])
+    assert expert_positions(P, 6, 2, rope_offset=0)[0, 0].tolist() == list(range(21, 29))
+
+
+def test_time_law_ks():
+    t = sample_time(10_000, generator=torch.Generator().manual_seed(0)).numpy()
+    cdf = lambda x: 1 - np.clip(1 - x / 0.999, 0, 1) ** 1.5  # P(0.999 (1 - u) <= x), u ~ Beta(1.5, 1)  # noqa: E731
+    res = stats.kstest(t, cdf)
+    assert res.pvalue > 0.01, res
+    assert t.min() >= 0 and t.max() <= 0.999
+    assert np.mean(t < 0.5) > 0.6  # the noisy end is favoured
+
+
+# ---------------------------------------------------------------- sampling
+def test_vlm_runs_once_and_prefix_is_kept(tiny):
+    calls = []
+    h = tiny.vlm.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        obs = _obs(tiny)
+        tiny.sample(**obs, steps=5)
+        assert len(calls) == 1
+        tiny.sample(**obs, steps=10)
+        assert len(calls) == 2
+        prefix = np.random.default_rng(1).normal(size=(3, 32)).astype(np.float32)
+        out = tiny.sample(**obs, prefix=prefix)
+        assert len(calls) == 3
+    finally:
+        h.remove()
+    assert np.array_equal(out[:3], prefix)
+    # in normalised space the denoiser never moves the prefix slots
+    batch = tiny.processor(obs["images"], obs["instruction"])
+    ctx = tiny.context(tiny.encode(batch), torch.zeros(1, 32), torch.ones(1, 10, 32), prefix_len=3)
+    pre = torch.randn(1, 3, 32)
+    x = tiny.denoise(ctx, torch.randn(1, 10, 32), 5, pre)
+    assert torch.equal(x[:, :3], pre)
+
+
+def test_expert_reads_the_last_vlm_layers(tiny):
+    obs = _obs(tiny)
+    batch = tiny.processor(obs["images"], obs["instruction"])
+    out = tiny.vlm.model(**batch, use_cache=True)
+    n_vlm, n_exp = tiny.config.text["num_hidden_layers"], tiny.config.expert.num_layers
+    pre = tiny.encode(batch)
+    for i in range(n_exp):
+        assert torch.allclose(pre.keys[i], out.past_key_values.layers[n_vlm - n_exp + i].keys, atol=1e-5)
+    assert pre.position_ids.shape == (3, 1, batch["input_ids"].shape[1])
+
+
+def test_velocity_is_causal_and_masked(tiny):
+    obs = _obs(tiny)
+    batch = tiny.processor(obs["images"], obs["instruction"])
+    amask = torch.ones(1, 10, 32)
+    amask[..., 7:] = 0
+    ctx = tiny.context(tiny.encode(batch), torch.zeros(1, 32), amask, prefix_len=2)
+    x = torch.randn(1, 10, 32)
+    t = torch.tensor([0.3])
+    v = tiny.velocity(ctx, x, t)
+    assert v[:, :2].abs().max() == 0 and v[..., 7:].abs().max() == 0
+    x2 = x.clone()
+    x2[:, 8] += 5.0  # a later slot must not change earlier slots' velocity
+    v2 = tiny.velocity(ctx, x2, t)
+    assert torch.allclose(v[:, :8], v2[:, :8], atol=1e-6) and not torch.allclose(v[:, 8], v2[:, 8])
+    x3 = x.clone()
+    x3[..., 7:] += 5.0  # masked dims are not inputs
+    assert torch.equal(tiny.velocity(ctx, x3, t), v)
+
+
+def test_padding_does_not_change_actions(tiny):
+    a, b = _obs(tiny, 0), _obs(tiny, 1)
+    b["instruction"] = "open the top drawer of the cabinet and put the bowl inside it carefully"
+    proc = tiny.processor
+    batch = proc.collate([proc.prompt_ids(o["instruction"]) for o in (a, b)], [proc.images(o["images"]) for o in (a, b)])
+    assert batch["attention_mask"][0].sum() < batch["attention_mask"].shape[1]  # sample 0 is right-padded
+    noise = torch.randn(2, 10, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ctx = tiny.context(tiny.encode(batch), torch.zeros(2, 32), torch.ones(2, 10, 32))
+        both = tiny.denoise(ctx, noise)
+        single = tiny.processor(a["images"], a["instruction"])
+        ctx1 = tiny.context(tiny.encode(single), torch.zeros(1, 32), torch.ones(1, 10, 32))
+        alone = tiny.denoise(ctx1, noise[:1])
+    assert torch.allclose(both[0], alone[0], atol=1e-4)
+
+
+def test_bad_input_names_the_problem(tiny):
+    obs = _obs(tiny)
+    cases = [
+        (dict(state=np.zeros(31)), "state must have shape"),
+        (dict(state=np.full(32, np.nan)), "state contains NaN"),
+        (dict(images=None), "no images"),
+        (dict(images={"Base View": obs["images"]["Base View"]}), "missing image"),
+        (dict(images={**obs["images"], "Top": obs["images"]["Base View"]}), "unknown camera"),
+        (dict(images={c: im.astype(np.float32) for c, im in obs["images"].items()}), "dtype uint8"),
+        (dict(images={c: im[..., :2] for c, im in obs["images"].items()}), "shape (H, W, 3)"),
+        (dict(prefix=np.zeros((11, 32))), "longer than the chunk length"),
+        (dict(prefix=np.zeros((3, 33))), "prefix must have shape"),
+        (dict(prefix=np.full((2, 32), np.inf)), "prefix contains NaN"),
+        (dict(instruction=""), "instruction must be a non-empty string"),
+        (dict(steps=0), "steps must be a positive integer"),
+        (dict(robot_type="ur5"), "unknown robot_type"),
+    ]
+    for change, message in cases:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            tiny.sample(**{**obs, **change})
+
+
+# ---------------------------------------------------------------- layout and checkpoints
+def test_official_layout_on_meta():
+    policy = XR0Policy.from_preset("xr0-4b", device="meta")
+    state = policy.state_dict()
+    assert all(t.device.type == "meta" for t in state.values())
+    official = {}
+    for line in (DOCS / "official_layout.tsv").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, shape = line.split("\t")
+            official[name] = tuple(json.loads(shape))
+    ours = {k: tuple(v.shape) for k, v in state.items() if not k.startswith("vlm.")}
+    assert ours == official
+    assert sum(np.prod(s) for s in ours.values()) == 279_505_920
+    vlm = [k for k in state if k.startswith("vlm.") and k != "vlm.lm_head.weight"]
+    assert len(vlm) == 713  # 398 text + 315 vision, the tied lm_head is not stored
+    total = sum(p.numel() for p in policy.parameters())
+    assert 4.6e9 < total < 4.8e9
+
+
+def test_save_load_sample_is_bit_identical(tiny, tmp_path):
+    robots = {"arm": RobotSpec(np.full((10, 32), 0.5), np.full((10, 32), 2.0), np.r_[np.ones(7), np.zeros(25)],
+                               np.zeros(32), np.ones(32), action_dim=7, state_dim=8)}
+    policy = XR0Policy.from_preset("tiny", seed=3, robots=robots)
+    obs = _obs(policy)
+    obs["state"] = obs["state"][:8]
+    before = policy.sample(**obs, seed=11)
+    assert before.shape == (10, 7)
+    policy.save_pretrained(tmp_path / "ckpt")
+    loaded = XR0Policy.from_pretrained(tmp_path / "ckpt")
+    after = loaded.sample(**obs, seed=11)
+    assert np.array_equal(before, after)
+    assert loaded.metadata()["norm_stats_hash"] == policy.metadata()["norm_stats_hash"]
+    assert loaded.vlm.lm_head.weight is loaded.vlm.model.language_model.embed_tokens.weight
+    assert not np.array_equal(after, loaded.sample(**obs, seed=12))
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path / "ok")
+    weights = tmp_path / "ok" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="model.safetensors"):
+        XR0Policy.from_pretrained(tmp_path / "ok")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        XR0Policy.from_pretrained(tmp_path / "nowhere")
+
+
+def test_strict_load_lists_missing_and_unexpected(tiny):
+    state = dict(tiny.state_dict())
+    state.pop("sink.weight")
+    state["dit.layers.9.adaln_table"] = torch.zeros(6, 32)
+    other = XR0Policy.from_preset("tiny", device="meta")
+    with pytest.raises(ValueError, match=r"missing \(1\).*sink.weight[\s\S]*unexpected \(1\).*layers.9"):
+        other.load_weights(state)
+
+
+# ---------------------------------------------------------------- processing
+def test_patchify_matches_qwen_image_processor():
+    from transformers import Qwen2VLImageProcessorPil
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (2, 64, 96, 3), dtype=np.uint8)
+    ref = Qwen2VLImageProcessorPil(patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=[0.5] * 3,
+                                   image_std=[0.5] * 3, do_resize=False)(list(imgs), return_tensors="pt")
+    ours, grid = patchify(imgs)
+    assert grid.tolist() == ref["image_grid_thw"].tolist() == [[1, 4, 6], [1, 4, 6]]
+    assert torch.allclose(ours, ref["pixel_values"].float(), atol=1e-6)
+
+
+def test_tokenizer_and_prompt(tiny):
+    tok = tiny.processor.tokenizer
+    assert len(tok) == 151669
+    assert tok.convert_tokens_to_ids(["<|im_start|>", "<|vision_start|>", "<|image_pad|>"]) == [151644, 151652, 151655]
+    assert tok("Hello", add_special_tokens=False)["input_ids"] == [9707]
+    ids = tiny.processor.prompt_ids("pick up the cube")
+    assert ids.count(151655) == 2 * tiny.processor.image_tokens == 8  # 2 views of 64x64 -> 2 x 4 tokens
+    text = tok.decode(ids)
+    assert text.startswith("<|im_start|>user\nThe following observations are captured from multiple views.\n# Base View\n")
+    assert "Generate robot actions for the task:\npick up the cube /no_cot<|im_end|>\n<|im_start|>assistant\n<cot></cot>" in text
+
+
+# ---------------------------------------------------------------- training signal
+def test_loss_options_and_learning():
+    policy = XR0Policy.from_preset("tiny", seed=0).train()
+    rng = np.random.default_rng(0)
+    samples = [dict(_obs(policy, i), actions=rng.normal(size=(10, 32)).astype(np.float32)) for i in range(2)]
+    batch = policy.make_batch(samples)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    full = policy.loss(batch, LossOptions(prefix_len=3, reweight=True, freq_weight=1.0, repeat=2, generator=gen()))
+    assert set(full) == {"mse", "loss", "freq"} and torch.isfinite(full["loss"])
+    assert torch.allclose(full["loss"], 0.5 * full["mse"] + full["freq"])
+    opt = torch.optim.AdamW([p for n, p in policy.named_parameters() if not n.startswith("vlm.")], lr=3e-3)
+    losses = []
+    for _ in range(30):
+        out = policy.loss(batch, LossOptions(generator=gen()))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    assert losses[-1] < 0.5 * losses[0], losses
