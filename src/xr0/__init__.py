@@ -1,8 +1,19 @@
-"""xr0: the Xiaomi-Robotics-0 vision-language-action policy in pure PyTorch + transformers."""
+"""xr0: the Xiaomi-Robotics-0 vision-language-action policy in pure PyTorch + transformers.
 
-from .config import ExpertConfig, PolicyConfig, get_preset, PRESETS
-from .model.policy import LossOptions, XR0Policy
-from .processing import RobotSpec
+Heavy names (torch, transformers) load on first use, so `import xr0.runtime` stays numpy-only.
+"""
 
-__all__ = ["XR0Policy", "LossOptions", "PolicyConfig", "ExpertConfig", "RobotSpec", "get_preset", "PRESETS"]
+import importlib
+
 __version__ = "0.1.0"
+_LAZY = {
+    "XR0Policy": "xr0.model.policy", "LossOptions": "xr0.model.policy", "RobotSpec": "xr0.processing.normalize",
+    "PolicyConfig": "xr0.config", "ExpertConfig": "xr0.config", "get_preset": "xr0.config", "PRESETS": "xr0.config",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'xr0' has no attribute {name!r}")

@@ -1,0 +1,758 @@
+"""Executors: turn a chunking policy into exactly one action per control tick (spec §7).
+
+Timeline of the asynchronous executor (spec §7.2), for a chunk of length T and k = T − T_e:
+
+    tick s+T_e      observe, start inference with prefix = old[T_e : T_e+Δt_c]   (new index 0)
+    ... Δt_inf ticks the robot keeps executing old[T_e], old[T_e+1], ...           (= new[0], new[1], ...)
+    tick s+T_e+Δt_inf  the chunk arrives; execute new[Δt_inf] and go on from there.
+
+The switch index is the number of prefix actions the robot *actually executed* since the trigger
+(LeRobot #4223/#4454: never discard more than was consumed). If the prefix runs out before the chunk
+arrives, the robot holds the last prefix action (counted as idle) and resumes at new[Δt_c], which the
+model generated as the continuation of exactly that action, so there is no jump.
+
+Everything is kept in absolute units inside the executor; an ``ActionSpace`` converts chunks that are
+relative to their anchor state (spec §6.7) on the way in, and re-anchors the old remaining actions
+to the new observation before they become the next prefix (spec §7.2, "prefix re-anchoring").
+Nothing here knows about tensors or the model: a policy is any callable ``(obs, prefix) -> (T, D)``.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from .clock import Clock
+
+__all__ = [
+    "Environment",
+    "Policy",
+    "ActionSpace",
+    "IdentityActions",
+    "PoseDims",
+    "AnchoredDeltaActions",
+    "ActionLimits",
+    "TickRecord",
+    "InferenceRecord",
+    "Trace",
+    "InferenceFailed",
+    "SyncExecutor",
+    "AsyncExecutor",
+    "NaiveAsyncExecutor",
+    "RTCExecutor",
+    "rtc_prefix_weights",
+    "idle_fraction",
+    "hold_count",
+    "boundary_discontinuity",
+    "latency_stats",
+]
+
+
+# --------------------------------------------------------------------------- interfaces
+
+
+@runtime_checkable
+class Environment(Protocol):
+    """A simulator or a robot. One ``act`` call is one control tick.
+
+    ``observe()`` returns ``{"images": {camera: HxWx3 uint8}, "state": (S,), "prompt": str}`` and may
+    add ``"anchor_state"``: the pose vector relative actions are anchored to, when it is not ``state``
+    (XR-0's state holds no end-effector pose, §6.7).
+    """
+
+    def observe(self) -> dict: ...
+
+    def act(self, action: np.ndarray) -> None: ...
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """``(obs, prefix) -> (T, D)`` de-normalised actions; ``prefix`` is (p, D) in the same units, or None.
+
+    Executors configured with ``prefix_weights`` call it as ``policy(obs, prefix, prefix_weights=w)``.
+    """
+
+    def __call__(self, obs: dict, prefix: np.ndarray | None, /) -> np.ndarray: ...
+
+
+# --------------------------------------------------------------------------- action spaces
+
+
+class ActionSpace(ABC):
+    """How a chunk's actions relate to the state it was predicted from (its anchor)."""
+
+    def anchor(self, obs: dict) -> np.ndarray | None:
+        """The anchor vector of an observation: ``obs["anchor_state"]`` if present, else ``obs["state"]``."""
+        value = obs.get("anchor_state", obs.get("state"))
+        return None if value is None else np.asarray(value, dtype=np.float64)
+
+    @abstractmethod
+    def to_absolute(self, chunk: np.ndarray, anchor_state: np.ndarray | None) -> np.ndarray:
+        """(T, D) chunk relative to ``anchor_state`` -> (T, D) absolute targets."""
+
+    @abstractmethod
+    def to_relative(self, abs_chunk: np.ndarray, anchor_state: np.ndarray | None) -> np.ndarray:
+        """(T, D) absolute targets -> (T, D) relative to ``anchor_state`` (inverse of ``to_absolute``)."""
+
+    def hold(self, last_action: np.ndarray) -> np.ndarray:
+        """The command that keeps the robot still after ``last_action``: repeating an absolute target."""
+        return last_action
+
+
+class IdentityActions(ActionSpace):
+    """Absolute targets, or per-tick deltas that need no re-anchoring.
+
+    For per-tick delta control (e.g. LIBERO end-effector deltas) repeating the last delta would keep
+    moving, so ``zero_on_hold`` lists the dims set to 0 while holding (keep the gripper dim out of it).
+    """
+
+    def __init__(self, zero_on_hold: Sequence[int] = ()):
+        self.zero_on_hold = np.asarray(zero_on_hold, dtype=np.int64)
+
+    def to_absolute(self, chunk, anchor_state=None):
+        return np.array(chunk, dtype=np.float64)
+
+    def to_relative(self, abs_chunk, anchor_state=None):
+        return np.array(abs_chunk, dtype=np.float64)
+
+    def hold(self, last_action):
+        held = np.array(last_action, dtype=np.float64)
+        held[self.zero_on_hold] = 0.0
+        return held
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    out = np.zeros(v.shape[:-1] + (3, 3))
+    out[..., 0, 1], out[..., 0, 2], out[..., 1, 2] = -v[..., 2], v[..., 1], -v[..., 0]
+    out[..., 1, 0], out[..., 2, 0], out[..., 2, 1] = v[..., 2], -v[..., 1], v[..., 0]
+    return out
+
+
+def axis_angle_to_matrix(v: np.ndarray) -> np.ndarray:
+    """Rodrigues: (..., 3) axis-angle -> (..., 3, 3), with a series expansion near zero."""
+    v = np.asarray(v, dtype=np.float64)
+    theta = np.linalg.norm(v, axis=-1)[..., None, None]
+    small = theta < 1e-6
+    safe = np.where(small, 1.0, theta)
+    a = np.where(small, 1 - theta**2 / 6, np.sin(safe) / safe)
+    b = np.where(small, 0.5 - theta**2 / 24, (1 - np.cos(safe)) / safe**2)
+    k = _skew(v)
+    return np.eye(3) + a * k + b * (k @ k)
+
+
+def matrix_to_axis_angle(r: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) rotation -> (..., 3) axis-angle with angle in [0, π]; handles angles near 0 and π."""
+    r = np.asarray(r, dtype=np.float64)
+    cos = np.clip((np.trace(r, axis1=-2, axis2=-1) - 1) / 2, -1.0, 1.0)
+    w = 0.5 * np.stack([r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]], -1)
+    sin = np.linalg.norm(w, axis=-1)  # w = sin θ · axis
+    theta = np.arctan2(sin, cos)  # well conditioned at both ends, unlike arccos
+    scale = np.where(theta < 1e-6, 1 + theta**2 / 6, theta / np.where(sin > 1e-12, sin, 1.0))
+    out = w * scale[..., None]
+    near_pi = theta > np.pi - 1e-3
+    if np.any(near_pi):  # sin θ ≈ 0 loses the axis; read a·aᵀ = (sym(R) − cos θ·I) / (1 − cos θ) instead
+        c = cos[near_pi][:, None, None]
+        aat = ((r[near_pi] + np.swapaxes(r[near_pi], -1, -2)) / 2 - c * np.eye(3)) / (1 - c)
+        i = np.argmax(np.diagonal(aat, axis1=-2, axis2=-1), axis=-1)
+        col = np.take_along_axis(aat, i[:, None, None].repeat(3, axis=1), axis=2)[..., 0]
+        axis = col / np.linalg.norm(col, axis=-1, keepdims=True)
+        sign = np.where(np.sum(axis * w[near_pi], -1) < 0, -1.0, 1.0)  # keep the sign w still carries
+        out[near_pi] = axis * (sign * theta[near_pi])[:, None]
+    return out
+
+
+def _dims(name: str, value: Sequence[int] | None, n: int | None = 3) -> np.ndarray | None:
+    if value is None:
+        return None
+    arr = np.asarray(value, dtype=np.int64).reshape(-1)
+    if n is not None and arr.shape != (n,):
+        raise ValueError(f"{name} must list {n} dims, got {list(arr)}")
+    if np.any(arr < 0):
+        raise ValueError(f"{name} must hold non-negative indices, got {list(arr)}")
+    return arr
+
+
+@dataclass(frozen=True)
+class PoseDims:
+    """Where one end effector lives (all indices, length 3).
+
+    Actions: ``pos`` holds R_aᵀ(p − p_a); ``rot`` (optional) holds axis-angle(R_aᵀ R). Anchor state:
+    ``state_pos`` holds p_a, ``state_rot`` holds axis-angle(R_a). Without ``state_rot`` the position
+    delta is in the world frame. Absolute actions use the same dims for p and axis-angle(R).
+    """
+
+    pos: Sequence[int]
+    state_pos: Sequence[int]
+    rot: Sequence[int] | None = None
+    state_rot: Sequence[int] | None = None
+
+
+class AnchoredDeltaActions(ActionSpace):
+    """All T actions of a chunk relative to the same anchor state (spec §6.7), not incremental.
+
+    ``delta_dims`` (grippers, joints): action = target − anchor[state_dims] (``state_dims`` defaults
+    to ``delta_dims``, as in XR-0's 32-D layout). ``poses``: end-effector position and optional
+    axis-angle rotation relative to the anchor pose. Dims in neither list pass through unchanged.
+    """
+
+    def __init__(self, delta_dims: Sequence[int] = (), state_dims: Sequence[int] | None = None, poses: Sequence[PoseDims] = ()):
+        self.delta_dims = _dims("delta_dims", delta_dims, None)
+        self.state_dims = self.delta_dims if state_dims is None else _dims("state_dims", state_dims, None)
+        if self.state_dims.shape != self.delta_dims.shape:
+            raise ValueError(f"state_dims has {len(self.state_dims)} entries but delta_dims has {len(self.delta_dims)}")
+        self.poses = []
+        for i, p in enumerate(poses):
+            pose = PoseDims(
+                pos=_dims(f"poses[{i}].pos", p.pos),
+                state_pos=_dims(f"poses[{i}].state_pos", p.state_pos),
+                rot=_dims(f"poses[{i}].rot", p.rot),
+                state_rot=_dims(f"poses[{i}].state_rot", p.state_rot),
+            )
+            if pose.rot is not None and pose.state_rot is None:
+                raise ValueError(f"poses[{i}].rot needs poses[{i}].state_rot (the anchor orientation)")
+            self.poses.append(pose)
+        used = np.concatenate([self.delta_dims] + [d for p in self.poses for d in (p.pos, p.rot) if d is not None])
+        if len(np.unique(used)) != len(used):
+            raise ValueError(f"action dims are listed twice across delta_dims/poses: {sorted(used.tolist())}")
+        self._max_action = int(used.max()) if len(used) else -1
+        state_used = [self.state_dims] + [d for p in self.poses for d in (p.state_pos, p.state_rot) if d is not None]
+        self._max_state = int(np.concatenate(state_used).max()) if sum(len(s) for s in state_used) else -1
+
+    def _check(self, chunk: np.ndarray, anchor_state: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        chunk = np.array(chunk, dtype=np.float64)
+        if chunk.ndim != 2 or chunk.shape[1] <= self._max_action:
+            raise ValueError(f"chunk must be (T, D) with D > {self._max_action}, got shape {chunk.shape}")
+        if anchor_state is None:
+            raise ValueError("anchor_state is None: relative actions need obs['state'] or obs['anchor_state']")
+        anchor = np.asarray(anchor_state, dtype=np.float64).reshape(-1)
+        if anchor.shape[0] <= self._max_state:
+            raise ValueError(f"anchor_state has {anchor.shape[0]} entries but dim {self._max_state} is used")
+        return chunk, anchor
+
+    def _anchor_rotation(self, pose: PoseDims, anchor: np.ndarray) -> np.ndarray:
+        return np.eye(3) if pose.state_rot is None else axis_angle_to_matrix(anchor[pose.state_rot])
+
+    def to_absolute(self, chunk, anchor_state):
+        rel, anchor = self._check(chunk, anchor_state)
+        out = rel.copy()
+        out[:, self.delta_dims] += anchor[self.state_dims]
+        for pose in self.poses:
+            r_a = self._anchor_rotation(pose, anchor)
+            out[:, pose.pos] = anchor[pose.state_pos] + rel[:, pose.pos] @ r_a.T
+            if pose.rot is not None:
+                out[:, pose.rot] = matrix_to_axis_angle(r_a @ axis_angle_to_matrix(rel[:, pose.rot]))
+        return out
+
+    def to_relative(self, abs_chunk, anchor_state):
+        absolute, anchor = self._check(abs_chunk, anchor_state)
+        out = absolute.copy()
+        out[:, self.delta_dims] -= anchor[self.state_dims]
+        for pose in self.poses:
+            r_a = self._anchor_rotation(pose, anchor)
+            out[:, pose.pos] = (absolute[:, pose.pos] - anchor[pose.state_pos]) @ r_a
+            if pose.rot is not None:
+                out[:, pose.rot] = matrix_to_axis_angle(r_a.T @ axis_angle_to_matrix(absolute[:, pose.rot]))
+        return out
+
+
+# --------------------------------------------------------------------------- safety limits
+
+
+class ActionLimits:
+    """Clip each command to [low, high] per dim, then limit its change from the last command to ``max_delta``.
+
+    Both steps keep the command between the last one and the request, so the result stays in the box.
+    """
+
+    def __init__(self, low: Any = None, high: Any = None, max_delta: Any = None):
+        self.low = None if low is None else np.asarray(low, dtype=np.float64)
+        self.high = None if high is None else np.asarray(high, dtype=np.float64)
+        self.max_delta = None if max_delta is None else np.asarray(max_delta, dtype=np.float64)
+        if self.low is not None and self.high is not None and np.any(self.low > self.high):
+            raise ValueError("ActionLimits.low must be <= ActionLimits.high in every dim")
+        if self.max_delta is not None and np.any(~(self.max_delta > 0)):
+            raise ValueError("ActionLimits.max_delta must be > 0 in every dim")
+
+    def apply(self, action: np.ndarray, last: np.ndarray | None) -> np.ndarray:
+        out = np.asarray(action, dtype=np.float64)
+        if self.low is not None or self.high is not None:
+            out = np.clip(out, self.low, self.high)
+        if self.max_delta is not None and last is not None:
+            out = last + np.clip(out - last, -self.max_delta, self.max_delta)
+        return out
+
+
+# --------------------------------------------------------------------------- trace and metrics
+
+
+@dataclass(frozen=True)
+class TickRecord:
+    """One control tick. ``index`` is −1 on idle ticks; ``chunk_id`` is then the chunk whose action is held."""
+
+    tick: int
+    chunk_id: int
+    index: int
+    idle: bool
+    action: np.ndarray
+    clipped: bool = False
+
+
+@dataclass
+class InferenceRecord:
+    """One policy call. ``status``: pending | ok | rejected (non-finite) | error | cancelled (run ended)."""
+
+    call: int
+    start_tick: int
+    prefix_len: int
+    warmup: bool = False
+    end_tick: int | None = None
+    latency_s: float | None = None
+    status: str = "pending"
+    switch_index: int | None = None
+    chunk_id: int | None = None
+    error: str = ""
+
+    @property
+    def delay_ticks(self) -> int | None:
+        return None if self.end_tick is None else self.end_tick - self.start_tick
+
+
+@dataclass
+class Trace:
+    """Everything an executor did; ``metrics()`` summarises it."""
+
+    period: float
+    ticks: list[TickRecord] = field(default_factory=list)
+    inferences: list[InferenceRecord] = field(default_factory=list)
+
+    @property
+    def actions(self) -> np.ndarray:
+        return np.stack([t.action for t in self.ticks]) if self.ticks else np.zeros((0, 0))
+
+    @property
+    def chunk_ids(self) -> np.ndarray:
+        return np.array([t.chunk_id for t in self.ticks], dtype=np.int64)
+
+    @property
+    def indices(self) -> np.ndarray:
+        return np.array([t.index for t in self.ticks], dtype=np.int64)
+
+    @property
+    def idle(self) -> np.ndarray:
+        return np.array([t.idle for t in self.ticks], dtype=bool)
+
+    def table(self) -> list[tuple[int, int]]:
+        """(chunk_id, index) per tick; index −1 marks a hold."""
+        return [(t.chunk_id, t.index) for t in self.ticks]
+
+    def metrics(self) -> dict:
+        return {
+            "ticks": len(self.ticks),
+            "idle_fraction": idle_fraction(self),
+            "holds": hold_count(self),
+            "boundary_discontinuity": boundary_discontinuity(self),
+            "clipped": int(sum(t.clipped for t in self.ticks)),
+            **latency_stats(self),
+        }
+
+
+def idle_fraction(trace: Trace) -> float:
+    """Share of ticks on which the robot got no fresh action (it held its last command)."""
+    return float(trace.idle.mean()) if trace.ticks else 0.0
+
+
+def hold_count(trace: Trace) -> int:
+    return int(trace.idle.sum())
+
+
+def boundary_discontinuity(trace: Trace) -> float:
+    """Mean ‖Δa‖ on the first fresh tick of each new chunk ÷ mean ‖Δa‖ between fresh ticks inside a chunk.
+
+    About 1 means chunk switches are as smooth as motion inside a chunk; NaN if there is no switch.
+    """
+    if len(trace.ticks) < 2:
+        return float("nan")
+    step = np.linalg.norm(np.diff(trace.actions, axis=0), axis=-1)
+    ids, idle = trace.chunk_ids, trace.idle
+    fresh = ~idle[1:]
+    boundary = fresh & (ids[1:] != ids[:-1])
+    inside = fresh & ~idle[:-1] & (ids[1:] == ids[:-1])
+    if not boundary.any():
+        return float("nan")
+    inside_mean = step[inside].mean() if inside.any() else 0.0
+    b = step[boundary].mean()
+    return float(b / inside_mean) if inside_mean > 0 else (0.0 if b == 0 else float("inf"))
+
+
+def latency_stats(trace: Trace) -> dict:
+    """Latency of completed non-warm-up calls (seconds and ticks), plus failure counts."""
+    done = [r for r in trace.inferences if r.status in ("ok", "rejected", "error") and not r.warmup]
+    lat = np.array([r.latency_s for r in done], dtype=np.float64)
+    ticks = np.array([r.delay_ticks for r in done], dtype=np.float64)
+    stats = {
+        "inferences": len(done),
+        "rejected": sum(r.status == "rejected" for r in trace.inferences),
+        "errors": sum(r.status == "error" for r in trace.inferences),
+    }
+    if len(done):
+        stats.update(
+            latency_mean_s=float(lat.mean()),
+            latency_median_s=float(np.median(lat)),
+            latency_p90_s=float(np.quantile(lat, 0.9)),
+            latency_max_s=float(lat.max()),
+            delay_mean_ticks=float(ticks.mean()),
+            delay_max_ticks=int(ticks.max()),
+        )
+    return stats
+
+
+class InferenceFailed(RuntimeError):
+    """The policy failed ``max_failures`` times in a row; ``trace`` holds what happened up to then."""
+
+    def __init__(self, message: str, trace: Trace):
+        super().__init__(message)
+        self.trace = trace
+
+
+def rtc_prefix_weights(prefix_len: int, delay: int) -> np.ndarray:
+    """RTC soft mask (Black et al. 2025) over the overlap: 1 for the first ``delay`` actions, then an
+    exponential decay towards 0 at the end of the old chunk. For inference-time-guided policies."""
+    i = np.arange(prefix_len, dtype=np.float64)
+    c = (prefix_len - i) / (prefix_len - delay + 1)
+    w = c * np.expm1(c) / np.expm1(1.0)
+    return np.where(i < delay, 1.0, w)
+
+
+# --------------------------------------------------------------------------- executors
+
+
+@dataclass
+class _Pending:
+    record: InferenceRecord
+    anchor: np.ndarray | None
+    prefix_abs: np.ndarray | None
+    start_index: int  # index in the old chunk at the trigger (= new index 0)
+    consumed: int = 0  # fresh old-chunk actions executed since the trigger
+
+
+class _ChunkExecutor:
+    """The control loop shared by every executor; subclasses only decide the three policy questions:
+    how long a prefix to send, how far the old chunk may run during inference, and where to switch."""
+
+    def __init__(
+        self,
+        env: Environment,
+        policy: Policy,
+        clock: Clock,
+        *,
+        k: int | None = None,
+        action_space: ActionSpace | None = None,
+        limits: ActionLimits | None = None,
+        max_failures: int = 3,
+    ):
+        if k is not None and k < 0:
+            raise ValueError(f"k (actions left when the next inference starts) must be >= 0, got {k}")
+        if max_failures < 1:
+            raise ValueError(f"max_failures must be >= 1, got {max_failures}")
+        self.env, self.policy, self.clock = env, policy, clock
+        self.k_arg = k
+        self.k = k  # resolved against the chunk length T by the first chunk (default T // 3)
+        self.action_space = action_space or IdentityActions()
+        self.limits = limits
+        self.max_failures = max_failures
+        self.trace = Trace(period=clock.period)
+
+    # -- the three decisions (overridden) --------------------------------------------------------
+    def _prefix_len(self, remaining: int) -> int:
+        return 0
+
+    def _run_limit(self, pending: _Pending) -> int:
+        """While inference is in flight, the old chunk may run up to (not including) this index."""
+        return self._T
+
+    def _switch_index(self, pending: _Pending, tick: int) -> int:
+        return 0
+
+    def _prefix_weights(self, prefix_len: int) -> np.ndarray | None:
+        return None
+
+    # -- loop --------------------------------------------------------------------------------------
+    def run(self, max_ticks: int, stop: Callable[[], bool] | None = None) -> Trace:
+        """Run one episode of at most ``max_ticks`` ticks (``stop()`` true ends it early) and return its trace.
+
+        The first chunk is inferred before tick 0 and costs no ticks (a warm-up call: it is excluded
+        from the latency estimate because first calls are slow).
+        """
+        if max_ticks < 0:
+            raise ValueError(f"max_ticks must be >= 0, got {max_ticks}")
+        self.clock.reset()
+        self.trace = Trace(period=self.clock.period)
+        self._calls = 0
+        self._failures = 0
+        self._chunk_id = -1
+        self._pending: _Pending | None = None
+        self._last: np.ndarray | None = None
+        self._last_source = -1
+        self._T = self._D = None
+        self._startup()
+        try:
+            for _ in range(max_ticks):
+                self._step(self.clock.wait_tick())
+                if stop is not None and stop():
+                    break
+        finally:
+            if self._pending is not None:
+                self._pending.record.status = "cancelled"
+                self._pending = None
+            self.clock.cancel()
+        return self.trace
+
+    def _call_policy(self, obs: dict, prefix: np.ndarray | None, weights: np.ndarray | None) -> Any:
+        if weights is None:
+            return self.policy(obs, prefix)
+        return self.policy(obs, prefix, prefix_weights=weights)
+
+    def _startup(self) -> None:
+        obs = self.env.observe()
+        anchor = self.action_space.anchor(obs)
+        while True:
+            record = InferenceRecord(call=self._calls, start_tick=0, prefix_len=0, warmup=True)
+            self._calls += 1
+            self.trace.inferences.append(record)
+            t0 = time.perf_counter()
+            try:
+                value, error = self._call_policy(obs, None, None), None
+            except Exception as err:
+                value, error = None, err
+            record.end_tick, record.latency_s = 0, time.perf_counter() - t0
+            if self._accept(record, value, error, anchor, None, 0):
+                return
+
+    def _step(self, tick: int) -> None:
+        self._collect(tick)
+        if self._pending is None and self._index >= self._T - self.k:
+            self._trigger(tick)
+            self._collect(tick)  # a zero-latency clock answers at once
+        self._execute(tick)
+
+    def _trigger(self, tick: int) -> None:
+        obs = self.env.observe()
+        anchor = self.action_space.anchor(obs)
+        p = self._prefix_len(self._T - self._index)
+        prefix_abs = prefix = weights = None
+        if p > 0:
+            prefix_abs = self._chunk[self._index : self._index + p].copy()
+            prefix = self.action_space.to_relative(prefix_abs, anchor)
+            weights = self._prefix_weights(p)
+        record = InferenceRecord(call=self._calls, start_tick=tick, prefix_len=p)
+        self._calls += 1
+        self.trace.inferences.append(record)
+        self._pending = _Pending(record, anchor, prefix_abs, self._index)
+        self.clock.submit(lambda: self._call_policy(obs, prefix, weights))
+
+    def _collect(self, tick: int) -> None:
+        if self._pending is None:
+            return
+        result = self.clock.poll()
+        if result is None:
+            return
+        pending, self._pending = self._pending, None
+        record = pending.record
+        record.end_tick, record.latency_s = tick, result.latency_s
+        self._accept(record, result.value, result.error, pending.anchor, pending.prefix_abs, self._switch_index(pending, tick))
+
+    def _validate(self, value: Any, prefix_len: int) -> np.ndarray | None:
+        """The chunk as float64 (T, D), or None if it holds NaN/inf. Wrong shapes are bugs: raise."""
+        try:
+            chunk = np.array(value, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"policy returned {type(value).__name__}, not a numeric (T, D) array") from err
+        if chunk.ndim != 2 or chunk.shape[0] < 1 or chunk.shape[1] < 1:
+            raise ValueError(f"policy returned a chunk of shape {chunk.shape}; expected (T, D)")
+        if self._T is not None and chunk.shape != (self._T, self._D):
+            raise ValueError(f"policy returned a chunk of shape {chunk.shape}; expected ({self._T}, {self._D}) like the first")
+        if chunk.shape[0] <= prefix_len:
+            raise ValueError(f"policy returned {chunk.shape[0]} actions, not more than the prefix ({prefix_len})")
+        return chunk if np.all(np.isfinite(chunk)) else None
+
+    def _accept(self, record, value, error, anchor, prefix_abs, switch_index) -> bool:
+        chunk = None
+        if error is None:
+            chunk = self._validate(value, record.prefix_len)
+            if chunk is None:
+                record.status, record.error = "rejected", "chunk contains NaN or inf"
+        else:
+            record.status, record.error = "error", f"{type(error).__name__}: {error}"
+        if chunk is None:
+            self._failures += 1
+            if self._failures >= self.max_failures:
+                raise InferenceFailed(
+                    f"policy failed {self._failures} consecutive times (max_failures={self.max_failures}); "
+                    f"last: {record.error}",
+                    self.trace,
+                ) from error
+            return False
+        if self._T is None:
+            self._T, self._D = chunk.shape
+            self.k = self._T // 3 if self.k_arg is None else self.k_arg
+            if self.k >= self._T:
+                raise ValueError(f"k={self.k} must be < the chunk length T={self._T}")
+        chunk = self.action_space.to_absolute(chunk, anchor)
+        if prefix_abs is not None and self._enforce_prefix():
+            chunk[: len(prefix_abs)] = prefix_abs  # the committed prefix is what the robot will do
+        self._failures = 0
+        self._chunk_id += 1
+        self._chunk, self._index = chunk, switch_index
+        record.status, record.chunk_id, record.switch_index = "ok", self._chunk_id, switch_index
+        self._on_accepted(record)
+        return True
+
+    def _enforce_prefix(self) -> bool:
+        return False
+
+    def _on_accepted(self, record: InferenceRecord) -> None:
+        pass
+
+    def _execute(self, tick: int) -> None:
+        limit = self._T if self._pending is None else self._run_limit(self._pending)
+        if self._index < min(limit, self._T):
+            action, index, idle = self._chunk[self._index], self._index, False
+            self._index += 1
+            if self._pending is not None:
+                self._pending.consumed += 1
+            source = self._chunk_id
+        else:
+            action, index, idle, source = self.action_space.hold(self._last), -1, True, self._last_source
+        sent = action if self.limits is None else self.limits.apply(action, self._last)
+        clipped = self.limits is not None and not np.array_equal(sent, action)
+        sent = np.array(sent, dtype=np.float64)
+        self.env.act(sent.copy())
+        self._last, self._last_source = sent, source
+        self.trace.ticks.append(TickRecord(tick, source, index, idle, sent, clipped))
+
+
+class SyncExecutor(_ChunkExecutor):
+    """Spec §7.1: execute the first T_e = T − k actions, then hold still while the next chunk is inferred."""
+
+    def _run_limit(self, pending: _Pending) -> int:
+        return pending.start_index
+
+    def _switch_index(self, pending: _Pending, tick: int) -> int:
+        return 0
+
+
+class NaiveAsyncExecutor(_ChunkExecutor):
+    """Baseline: keep executing the old chunk during inference, switch to new[Δt_inf] with no prefix.
+
+    The new chunk may pick another mode of the action distribution, so switches can jump.
+    """
+
+    def _switch_index(self, pending: _Pending, tick: int) -> int:
+        return min(tick - pending.record.start_tick, self._T - 1)
+
+
+class AsyncExecutor(_ChunkExecutor):
+    """Spec §7.2: asynchronous execution with timestep alignment and a clean prefix.
+
+    ``prefix_len`` fixes Δt_c; None picks it from the measured delay: estimate + ``prefix_margin``,
+    capped at ``max_prefix`` (the longest prefix the checkpoint was trained on, 6) and at the k
+    actions left; ``max_prefix`` before anything was measured. The estimate is the ``latency_quantile``
+    ("higher") of the last ``latency_window`` measured delays in ticks, so one spike is forgotten.
+    ``prefix_weights(p, delay) -> (p,)`` is passed to the policy as ``prefix_weights=`` when given
+    (inference-time guidance hook). ``enforce_prefix`` overwrites new[:Δt_c] with the prefix sent, so
+    the hand-over is exact even if the model does not reproduce its prefix bit for bit.
+    """
+
+    def __init__(
+        self,
+        env: Environment,
+        policy: Policy,
+        clock: Clock,
+        *,
+        k: int | None = None,
+        prefix_len: int | None = None,
+        max_prefix: int = 6,
+        prefix_margin: int = 1,
+        latency_window: int = 10,
+        latency_quantile: float = 0.8,
+        prefix_weights: Callable[[int, int], np.ndarray] | None = None,
+        enforce_prefix: bool = True,
+        action_space: ActionSpace | None = None,
+        limits: ActionLimits | None = None,
+        max_failures: int = 3,
+    ):
+        super().__init__(env, policy, clock, k=k, action_space=action_space, limits=limits, max_failures=max_failures)
+        if max_prefix < 0:
+            raise ValueError(f"max_prefix must be >= 0, got {max_prefix}")
+        if prefix_len is not None and not 0 <= prefix_len <= max_prefix:
+            raise ValueError(f"prefix_len={prefix_len} must be in 0..max_prefix={max_prefix}")
+        if prefix_margin < 0:
+            raise ValueError(f"prefix_margin must be >= 0, got {prefix_margin}")
+        if latency_window < 1:
+            raise ValueError(f"latency_window must be >= 1, got {latency_window}")
+        if not 0.0 <= latency_quantile <= 1.0:
+            raise ValueError(f"latency_quantile must be in [0, 1], got {latency_quantile}")
+        self.prefix_len, self.max_prefix, self.prefix_margin = prefix_len, max_prefix, prefix_margin
+        self.latency_quantile = latency_quantile
+        self.prefix_weights = prefix_weights
+        self.enforce_prefix = enforce_prefix
+        self._delays: collections.deque[int] = collections.deque(maxlen=latency_window)
+
+    def delay_estimate(self) -> int | None:
+        """Robust Δt_inf estimate in ticks from recent measured delays (None before the first)."""
+        if not self._delays:
+            return None
+        return int(np.quantile(np.array(self._delays), self.latency_quantile, method="higher"))
+
+    def _on_accepted(self, record: InferenceRecord) -> None:
+        if not record.warmup:
+            self._delays.append(record.delay_ticks)
+
+    def _prefix_len(self, remaining: int) -> int:
+        if self.prefix_len is not None:
+            want = self.prefix_len
+        else:
+            est = self.delay_estimate()
+            want = self.max_prefix if est is None else est + self.prefix_margin
+        return max(0, min(want, self.max_prefix, remaining))
+
+    def _prefix_weights(self, prefix_len: int) -> np.ndarray | None:
+        if self.prefix_weights is None:
+            return None
+        est = self.delay_estimate()
+        delay = prefix_len if est is None else min(est, prefix_len)
+        w = np.asarray(self.prefix_weights(prefix_len, delay), dtype=np.float64)
+        if w.shape != (prefix_len,):
+            raise ValueError(f"prefix_weights returned shape {w.shape}; expected ({prefix_len},)")
+        return w
+
+    def _enforce_prefix(self) -> bool:
+        return self.enforce_prefix
+
+    def _run_limit(self, pending: _Pending) -> int:
+        # Past the prefix the new chunk no longer agrees with the old one: hold instead of diverging.
+        return pending.start_index + pending.record.prefix_len
+
+    def _switch_index(self, pending: _Pending, tick: int) -> int:
+        return pending.consumed
+
+
+class RTCExecutor(AsyncExecutor):
+    """Inference-time RTC baseline (Black et al. 2025): all k remaining actions go in as a soft prefix.
+
+    The policy must accept ``prefix_weights=`` and do the guidance itself; the executor only schedules.
+    The prefix is not enforced, because guided actions beyond the frozen part may differ from the old.
+    """
+
+    def __init__(self, env: Environment, policy: Policy, clock: Clock, *, k: int | None = None, **kwargs: Any):
+        kwargs.setdefault("prefix_weights", rtc_prefix_weights)
+        kwargs.setdefault("enforce_prefix", False)
+        super().__init__(env, policy, clock, k=k, **kwargs)
+
+    def _prefix_len(self, remaining: int) -> int:
+        return remaining

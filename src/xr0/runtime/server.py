@@ -1,0 +1,540 @@
+"""Websocket policy server (``xr0 serve``), wire-compatible with openpi's websocket protocol.
+
+Protocol (one websocket, binary msgpack frames, numpy arrays as in ``xr0.runtime.wire``):
+  1. On connect the server sends a metadata map (cameras, image_size, state_dim, action_dim, chunk_len,
+     control_hz, norm_stats_hash, protocol, max_message_bytes). If a token is configured and the client
+     did not send ``Authorization: Api-Key <token>`` (or ``Bearer <token>``), the first frame is instead
+     ``{"auth_required": True, ...}`` and the client must send ``{"token": "..."}``; the reply is the
+     full metadata.
+  2. Each request is an observation map ``{"images": {camera: HxWx3 uint8}, "state": (state_dim,),
+     "prompt": str, "action_prefix"?: (p, action_dim), "steps"?: int, "seed"?: int}``.
+  3. Each reply is ``{"actions": (T, action_dim) float32, "server_timing": {"infer_ms", ...}}`` or
+     ``{"error": {"type", "message", "field"}}``. After an error the connection stays usable.
+
+Why it is built this way: the policy is not thread-safe and a GPU serves one batch at a time, so every
+inference runs on one worker thread behind a bounded counter ("busy" beats an unbounded queue). All
+input is validated before it reaches the model so a bad client gets a precise error instead of a
+crash, and no untrusted byte is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import dataclasses
+import hmac
+import http
+import ipaddress
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import websockets
+from websockets.asyncio.server import Request, Response, ServerConnection, serve
+
+from xr0.runtime import wire
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL = "xr0-ws/1"
+REQUIRED_METADATA = ("cameras", "image_size", "state_dim", "action_dim", "chunk_len", "control_hz", "norm_stats_hash")
+REQUEST_FIELDS = ("images", "state", "prompt", "action_prefix", "steps", "seed")
+TOKEN_ENV = "XR0_SERVE_TOKEN"
+MAX_AUTH_FAILURES = 3
+AUTH_TIMEOUT_S = 10.0  # an unauthenticated socket gets this long per message, not the full idle timeout
+MAX_STEPS = 128
+
+
+class RequestError(Exception):
+    """A request the server refuses; becomes ``{"error": {...}}`` on the wire, never a crash."""
+
+    def __init__(self, type_: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.type = type_
+        self.message = message
+        self.field = field
+
+    def to_reply(self) -> dict:
+        err = {"type": self.type, "message": self.message}
+        if self.field is not None:
+            err["field"] = self.field
+        return {"error": err}
+
+
+@dataclasses.dataclass
+class Observation:
+    """A validated request, ready for ``policy.sample``."""
+
+    images: dict[str, np.ndarray]
+    prompt: str
+    state: np.ndarray
+    prefix: np.ndarray | None
+    steps: int | None
+    seed: int | None
+
+
+# ----------------------------------------------------------------------------------------- validation
+
+
+def _bad(field: str, message: str) -> RequestError:
+    return RequestError("invalid_request", f"{field}: {message}", field)
+
+
+def _shape(x: Any) -> str:
+    return str(tuple(x.shape)) if isinstance(x, np.ndarray) else type(x).__name__
+
+
+def _float_array(value: Any, field: str) -> np.ndarray:
+    """Numbers (ndarray or list) -> float32 ndarray; refuses strings, bools, nested junk."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "iuf":
+            raise _bad(field, f"expected a numeric array, got dtype {value.dtype.str}")
+        arr = value
+    elif isinstance(value, (list, tuple)):
+        try:
+            arr = np.asarray(value)
+        except (ValueError, TypeError) as e:
+            raise _bad(field, f"not a rectangular list of numbers ({e})") from e
+        if arr.dtype.kind not in "iuf":
+            raise _bad(field, "expected a list of numbers")
+    else:
+        raise _bad(field, f"expected a numpy array, got {type(value).__name__}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(np.float32)
+    if not np.isfinite(out).all():
+        raise _bad(field, "contains NaN or inf (or values beyond float32 range)")
+    return out
+
+
+def _int_field(value: Any, field: str, lo: int, hi: int) -> int:
+    if isinstance(value, np.integer):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise _bad(field, f"expected an int in [{lo}, {hi}], got {value!r:.40}")
+    return value
+
+
+def validate_observation(obs: Any, meta: dict, *, max_prompt_chars: int = 2048, strict_image_size: bool = True) -> Observation:
+    """Check a decoded request against the policy metadata; raise ``RequestError`` naming the field."""
+    if not isinstance(obs, dict):
+        raise RequestError("invalid_request", f"request must be a msgpack map (dict), got {type(obs).__name__}")
+    for key in obs:
+        if key not in REQUEST_FIELDS:
+            raise _bad(str(key)[:64], f"unknown field (allowed: {', '.join(REQUEST_FIELDS)})")
+    for key in ("images", "state", "prompt"):
+        if key not in obs:
+            raise _bad(key, "missing required field")
+
+    images = obs["images"]
+    if not isinstance(images, dict):
+        raise _bad("images", f"expected a map camera name -> HxWx3 uint8 array, got {type(images).__name__}")
+    cameras = list(meta["cameras"])
+    for name in images:
+        if name not in cameras:
+            raise _bad(f"images[{str(name)[:64]!r}]", f"unknown camera (expected one of {cameras})")
+    out_images = {}
+    h, w = (int(v) for v in meta["image_size"])
+    for name in cameras:
+        field = f"images[{name!r}]"
+        if name not in images:
+            raise _bad(field, "missing camera")
+        img = images[name]
+        if not isinstance(img, np.ndarray):
+            raise _bad(field, f"expected a numpy uint8 array, got {type(img).__name__}")
+        if img.dtype != np.uint8:
+            raise _bad(field, f"expected dtype uint8, got {img.dtype.str}")
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise _bad(field, f"expected shape (H, W, 3), got {tuple(img.shape)}")
+        if strict_image_size and img.shape[:2] != (h, w):
+            raise _bad(field, f"expected shape ({h}, {w}, 3) (metadata image_size), got {tuple(img.shape)}")
+        if img.shape[0] == 0 or img.shape[1] == 0:
+            raise _bad(field, f"empty image {tuple(img.shape)}")
+        out_images[name] = img
+
+    prompt = obs["prompt"]
+    if not isinstance(prompt, str):
+        raise _bad("prompt", f"expected a string, got {type(prompt).__name__}")
+    if len(prompt) > max_prompt_chars:
+        raise _bad("prompt", f"too long ({len(prompt)} chars > {max_prompt_chars})")
+
+    state_dim = int(meta["state_dim"])
+    state = _float_array(obs["state"], "state")
+    if state.shape != (state_dim,):
+        raise _bad("state", f"expected shape ({state_dim},), got {tuple(state.shape)}")
+
+    prefix = obs.get("action_prefix")
+    if prefix is not None:
+        action_dim = int(meta["action_dim"])
+        max_p = int(meta.get("max_prefix") or meta["chunk_len"])
+        prefix = _float_array(prefix, "action_prefix")
+        if prefix.ndim != 2 or prefix.shape[1] != action_dim:
+            raise _bad("action_prefix", f"expected shape (p, {action_dim}), got {tuple(prefix.shape)}")
+        if prefix.shape[0] > max_p:
+            raise _bad("action_prefix", f"too long: p={prefix.shape[0]} > {max_p}")
+        if prefix.shape[0] == 0:
+            prefix = None
+
+    steps = _int_field(obs["steps"], "steps", 1, MAX_STEPS) if obs.get("steps") is not None else None
+    seed = _int_field(obs["seed"], "seed", 0, 2**63 - 1) if obs.get("seed") is not None else None
+    return Observation(out_images, prompt, state, prefix, steps, seed)
+
+
+def _clean_metadata(meta: Any) -> dict:
+    """policy.metadata() -> plain msgpack-able dict; fail at startup, not on the first client."""
+    if not isinstance(meta, dict):
+        raise TypeError(f"policy.metadata() must return a dict, got {type(meta).__name__}")
+    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    if missing:
+        raise ValueError(f"policy.metadata() lacks required key(s) {missing}")
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, np.generic):
+            return v.item()
+        if isinstance(v, np.ndarray):
+            return v.tolist()
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        return v
+
+    out = plain(dict(meta))
+    if len(out["image_size"]) != 2:
+        raise ValueError(f"metadata image_size must be [H, W], got {out['image_size']}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------- server
+
+
+class PolicyServer:
+    """Serve ``policy.sample`` over websocket + msgpack. ``start()``/``stop()`` run it in a thread."""
+
+    def __init__(
+        self,
+        policy: Any,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        token: str | None = None,
+        max_message_bytes: int = 8 * 2**20,
+        idle_timeout_s: float = 300.0,
+        max_queue: int = 8,
+        max_connections: int = 32,
+        max_prompt_chars: int = 2048,
+        strict_image_size: bool = True,
+        default_steps: int | None = None,
+    ):
+        self.policy = policy
+        self.host = host
+        self._requested_port = port
+        self.port: int | None = None
+        self._token = token.encode() if token else None
+        self.max_message_bytes = int(max_message_bytes)
+        self.idle_timeout_s = idle_timeout_s
+        self.max_queue = max_queue
+        self.max_connections = max_connections
+        self.max_prompt_chars = max_prompt_chars
+        self.strict_image_size = strict_image_size
+        self.default_steps = default_steps
+        self.policy_metadata = _clean_metadata(policy.metadata())
+        self.metadata = {
+            **self.policy_metadata,
+            "protocol": PROTOCOL,
+            "server": "xr0",
+            "max_message_bytes": self.max_message_bytes,
+            "request_fields": list(REQUEST_FIELDS),
+        }
+        self._pending = 0  # requests queued or running; touched only on the event loop
+        self._connections = 0
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        if not _is_loopback(host) and self._token is None:
+            logger.warning("serving on %s without a token: anyone who can reach this port can drive the robot", host)
+
+    # ---- lifecycle
+
+    def serve_forever(self) -> None:
+        """Block serving until SIGINT/SIGTERM (when run in the main thread) or ``stop()``."""
+        asyncio.run(self._main(install_signals=threading.current_thread() is threading.main_thread()))
+
+    def start(self, timeout: float = 10.0) -> "PolicyServer":
+        """Serve from a daemon thread; returns once the port is bound (``self.port`` is then set)."""
+        if self._thread is not None:
+            raise RuntimeError("server already started")
+        self._ready.clear()
+        self._start_error = None
+        self._thread = threading.Thread(target=self._thread_main, name="xr0-policy-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"policy server did not start within {timeout} s")
+        if self._start_error is not None:
+            self._thread = None
+            raise RuntimeError(f"policy server failed to start: {self._start_error}") from self._start_error
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close all connections and the listening socket; waits for the server thread."""
+        loop, ev = self._loop, self._stop_event
+        if loop is not None and ev is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(ev.set)
+            except RuntimeError:
+                pass  # loop already closed
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> "PolicyServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self._main(install_signals=False))
+        except BaseException as e:  # noqa: BLE001 - surfaced to start()
+            self._start_error = e
+            logger.exception("policy server thread crashed")
+        finally:
+            self._ready.set()
+
+    async def _main(self, install_signals: bool) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="xr0-infer")
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._loop.add_signal_handler(sig, self._stop_event.set)
+        try:
+            async with serve(
+                self._handler,
+                self.host,
+                self._requested_port,
+                compression=None,  # like openpi; also no decompression bombs
+                max_size=2 * self.max_message_bytes,  # hard transport cap; above it the connection is closed (1009)
+                process_request=self._process_request,
+                server_header=None,
+            ) as server:
+                self.port = server.sockets[0].getsockname()[1]
+                logger.info("xr0 policy server listening on ws://%s:%d (auth: %s)", self.host, self.port,
+                            "token" if self._token else "none")
+                self._ready.set()
+                await self._stop_event.wait()
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ---- HTTP hook: health check, connection limit, header auth
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.path.split("?", 1)[0] == "/healthz":
+            return connection.respond(http.HTTPStatus.OK, "OK\n")
+        if self._connections >= self.max_connections:
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
+        connection.xr0_authed = self._token is None
+        header = request.headers.get("Authorization")
+        if self._token is not None and header is not None:
+            scheme, _, value = header.strip().partition(" ")
+            if scheme.lower() not in ("api-key", "bearer") or not self._check_token(value.strip()):
+                return connection.respond(http.HTTPStatus.UNAUTHORIZED, "bad token\n")
+            connection.xr0_authed = True
+        return None
+
+    def _check_token(self, candidate: Any) -> bool:
+        if self._token is None:
+            return True
+        if not isinstance(candidate, str):
+            return False
+        return hmac.compare_digest(candidate.encode("utf-8", errors="replace"), self._token)
+
+    # ---- websocket handler
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        self._connections += 1
+        peer = ws.remote_address
+        authed = getattr(ws, "xr0_authed", self._token is None)
+        auth_failures = 0
+        prev_total_ms: float | None = None
+        logger.info("connection from %s opened", peer)
+        try:
+            if authed:
+                await ws.send(wire.packb(self.metadata))
+            else:
+                await ws.send(wire.packb({"auth_required": True, "protocol": PROTOCOL, "server": "xr0"}))
+            while True:
+                try:
+                    timeout = self.idle_timeout_s if authed else min(self.idle_timeout_s, AUTH_TIMEOUT_S)
+                    raw = await asyncio.wait_for(ws.recv(), timeout=timeout)
+                except TimeoutError:
+                    await ws.close(1000, "idle timeout")
+                    return
+                t0 = time.perf_counter()
+                try:
+                    obj = self._decode(raw)
+                    if not authed or (isinstance(obj, dict) and set(obj) == {"token"}):
+                        if self._check_token(obj.get("token") if isinstance(obj, dict) else None):
+                            authed = True
+                            reply = dict(self.metadata)
+                        else:
+                            raise RequestError("auth_error", "token: missing or wrong; send {'token': ...} first "
+                                               "or an 'Authorization: Api-Key <token>' header", "token")
+                    else:
+                        reply = await self._infer(obj, t0)
+                        if prev_total_ms is not None:
+                            reply["server_timing"]["prev_total_ms"] = prev_total_ms
+                except RequestError as e:
+                    if not authed:
+                        auth_failures += 1  # anything but a good token counts, so junk can't hold the socket
+                    logger.info("request from %s refused: %s: %s", peer, e.type, e.message)
+                    reply = e.to_reply()
+                except Exception as e:  # noqa: BLE001 - a server bug must not take the connection down
+                    logger.exception("unexpected error handling a request from %s", peer)
+                    reply = RequestError("internal_error", f"{type(e).__name__}: {e}"[:500]).to_reply()
+                await ws.send(wire.packb(reply))
+                if "actions" in reply:
+                    prev_total_ms = (time.perf_counter() - t0) * 1e3
+                if auth_failures >= MAX_AUTH_FAILURES:
+                    await ws.close(1008, "too many failed auth attempts")
+                    return
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self._connections -= 1
+            logger.info("connection from %s closed", peer)
+
+    def _decode(self, raw: Any) -> Any:
+        if isinstance(raw, str):
+            raise RequestError("decode_error", "expected a binary msgpack frame, got a text frame")
+        if len(raw) > self.max_message_bytes:
+            raise RequestError("payload_too_large",
+                               f"message is {len(raw)} bytes, limit is {self.max_message_bytes} (max_message_bytes)")
+        try:
+            return wire.unpackb(raw)
+        except wire.WireError as e:
+            raise RequestError("decode_error", str(e)) from e
+
+    async def _infer(self, obj: Any, t0: float) -> dict:
+        obs = validate_observation(obj, self.policy_metadata, max_prompt_chars=self.max_prompt_chars,
+                                   strict_image_size=self.strict_image_size)
+        if self._pending >= self.max_queue:
+            raise RequestError("busy", f"server busy: {self._pending} requests already queued (max_queue)")
+        self._pending += 1
+        submitted = time.perf_counter()
+        try:
+            actions, started, ended = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_policy, obs)
+        finally:
+            self._pending -= 1
+        timing = {
+            "infer_ms": (ended - started) * 1e3,
+            "queue_ms": (started - submitted) * 1e3,
+            "decode_ms": (submitted - t0) * 1e3,
+        }
+        return {"actions": actions, "server_timing": timing}
+
+    def _run_policy(self, obs: Observation) -> tuple[np.ndarray, float, float]:
+        """Runs on the single worker thread, so the policy never sees two calls at once."""
+        kwargs: dict[str, Any] = {"prefix": obs.prefix}
+        steps = obs.steps if obs.steps is not None else self.default_steps
+        if steps is not None:
+            kwargs["steps"] = steps
+        if obs.seed is not None:
+            kwargs["seed"] = obs.seed
+        started = time.perf_counter()
+        try:
+            out = self.policy.sample(obs.images, obs.prompt, obs.state, **kwargs)
+        except ValueError as e:
+            raise RequestError("invalid_request", f"policy rejected the input: {e}"[:1000]) from e
+        except Exception as e:  # noqa: BLE001 - report, keep serving
+            logger.exception("policy.sample failed")
+            raise RequestError("internal_error", f"policy failed: {type(e).__name__}: {e}"[:1000]) from e
+        ended = time.perf_counter()
+        return self._check_actions(out), started, ended
+
+    def _check_actions(self, out: Any) -> np.ndarray:
+        try:
+            actions = np.asarray(out, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise RequestError("internal_error", f"policy returned non-numeric actions ({type(out).__name__})") from e
+        d = int(self.policy_metadata["action_dim"])
+        if actions.ndim != 2 or actions.shape[1] != d:
+            raise RequestError("internal_error", f"policy returned actions of shape {actions.shape}, expected (T, {d})")
+        if not np.isfinite(actions).all():
+            raise RequestError("internal_error", "policy returned NaN/inf actions; refusing to send them to a robot")
+        return np.ascontiguousarray(actions)
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``xr0 serve``."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", metavar="PATH|embedded", help="checkpoint directory, or 'embedded'")
+    src.add_argument("--preset", metavar="NAME", help="random weights from a named preset (smoke tests)")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (0 = any free port)")
+    parser.add_argument("--token", default=None,
+                        help=f"shared secret clients must present (default: ${TOKEN_ENV} if set)")
+    parser.add_argument("--max-message-mb", type=float, default=8.0, help="largest accepted request, MiB")
+    parser.add_argument("--idle-timeout-s", type=float, default=300.0, help="close connections idle this long")
+    parser.add_argument("--max-queue", type=int, default=8, help="requests queued before replying 'busy'")
+    parser.add_argument("--steps", type=int, default=None, help="default denoising steps (policy default if unset)")
+
+
+def _build_policy(args: argparse.Namespace) -> Any:
+    from xr0 import XR0Policy  # lazy: torch/transformers are heavy
+
+    if args.preset:
+        return XR0Policy.from_preset(args.preset)
+    path = args.checkpoint
+    if path == "embedded":
+        try:
+            from xr0.assets import embedded_checkpoint
+        except ImportError as e:
+            raise RuntimeError("--checkpoint embedded: this build of xr0 has no embedded checkpoint "
+                               "(xr0.assets.embedded_checkpoint is missing)") from e
+        path = embedded_checkpoint()
+    return XR0Policy.from_pretrained(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``xr0 serve``; returns a process exit code."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    if args.max_message_mb <= 0 or not math.isfinite(args.max_message_mb):
+        logger.error("--max-message-mb must be a positive number")
+        return 2
+    try:
+        policy = _build_policy(args)
+    except (ImportError, RuntimeError, FileNotFoundError, ValueError) as e:
+        logger.error("could not load the policy: %s", e)
+        return 2
+    try:
+        server = PolicyServer(policy, host=args.host, port=args.port, token=token,
+                              max_message_bytes=int(args.max_message_mb * 2**20), idle_timeout_s=args.idle_timeout_s,
+                              max_queue=args.max_queue, default_steps=args.steps)
+        server.serve_forever()
+    except OSError as e:
+        logger.error("cannot serve on %s:%s: %s", args.host, args.port, e)
+        return 1
+    return 0
