@@ -280,3 +280,23 @@ def test_loss_options_and_learning():
         opt.step()
         losses.append(out["loss"].item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_checkpoint_without_frozen_embedding(tmp_path):
+    policy = XR0Policy.from_preset("tiny", seed=5)
+    obs = _obs(policy)
+    policy.save_pretrained(tmp_path / "full")
+    policy.save_pretrained(tmp_path / "lean", store_embedding=False)
+    full, lean = ((tmp_path / d / "model.safetensors").stat().st_size for d in ("full", "lean"))
+    assert lean < full - 151936 * 64 * 4 * 0.99  # the (151,936 x 64) fp32 embedding is gone
+    loaded = XR0Policy.from_pretrained(tmp_path / "lean")
+    assert np.array_equal(policy.sample(**obs), loaded.sample(**obs))
+    meta = json.loads((tmp_path / "lean" / "config.json").read_text())
+    meta["embedding_sha256"] = "0" * 64
+    (tmp_path / "lean" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="regenerated token embedding"):
+        XR0Policy.from_pretrained(tmp_path / "lean")
+    with torch.no_grad():
+        policy.vlm.model.language_model.embed_tokens.weight[0] += 1
+    with pytest.raises(ValueError, match="seeded initial value"):
+        policy.save_pretrained(tmp_path / "bad", store_embedding=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import pathlib
@@ -21,6 +22,7 @@ from .masks import expert_mask, expert_positions
 
 WEIGHTS, CONFIG, NORMS = "model.safetensors", "config.json", "normalization.safetensors"
 FORMAT = "xr0"
+EMBED = "vlm.model.language_model.embed_tokens.weight"
 
 
 @dataclass
@@ -45,6 +47,9 @@ class XR0Policy(ActionExpert):
         super().__init__(config.expert, config.action_dim, config.state_dim, text_config)
         self.config = config
         self.vlm = build_vlm(config.vlm)
+        if self.sink.weight.device.type != "meta":
+            with torch.no_grad():
+                self.vlm.model.language_model.embed_tokens.weight.copy_(self.seeded_embedding())
         self.robots = robots or {"default": RobotSpec.identity(config.chunk_len, config.action_dim, config.state_dim,
                                                                config.action_dim, config.state_dim)}
         self._processor: Processor | None = None
@@ -83,6 +88,8 @@ class XR0Policy(ActionExpert):
         with torch.device("meta"):
             policy = cls(config, robots)
         state = _load_safetensors(path / WEIGHTS)
+        if EMBED not in state and "embedding_sha256" in meta:
+            state[EMBED] = policy.seeded_embedding(expect_sha256=meta["embedding_sha256"])
         policy.load_weights(state, device=device)
         if dtype is not None:
             policy.to(dtype)
@@ -124,20 +131,48 @@ class XR0Policy(ActionExpert):
         self.reset_rope_buffers(self.sink.weight.device)  # keep RoPE tables in fp32 whatever the weights' dtype
         return out
 
-    def save_pretrained(self, path: str | pathlib.Path, dtype: torch.dtype | None = None) -> None:
-        """Write config.json, model.safetensors (tied lm_head omitted) and normalization.safetensors."""
+    def seeded_embedding(self, expect_sha256: str | None = None) -> torch.Tensor:
+        """The token embedding's initial value, a pure function of `config.embedding_seed`.
+
+        Every recipe that keeps the input embedding frozen leaves it at this value, so a checkpoint may omit it
+        (151,936 rows are most of a small model's bytes) and the loader regenerates it, checking the hash.
+        """
+        emb = self.vlm.model.language_model.embed_tokens.weight
+        std = self.vlm.config.text_config.initializer_range
+        gen = torch.Generator().manual_seed(self.config.embedding_seed)
+        weight = torch.randn(emb.shape, generator=gen) * std
+        if expect_sha256 is not None and _sha256(weight) != expect_sha256:
+            raise ValueError("the regenerated token embedding does not match the checkpoint's hash "
+                             "(a different torch random generator?); this checkpoint needs its stored embedding")
+        return weight
+
+    def save_pretrained(self, path: str | pathlib.Path, dtype: torch.dtype | None = None,
+                        store_embedding: bool = True) -> None:
+        """Write config.json, model.safetensors (tied lm_head omitted) and normalization.safetensors.
+
+        store_embedding=False omits the token embedding when it still equals its seeded initial value.
+        """
         path = pathlib.Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in self.state_dict().items()}
         if self.vlm.config.tie_word_embeddings:
             state.pop("vlm.lm_head.weight", None)
+        extra = {}
+        if not store_embedding:
+            seeded = self.seeded_embedding()
+            current = self.vlm.model.language_model.embed_tokens.weight.detach().float().cpu()
+            if not torch.equal(current, seeded.to(current.dtype)):
+                raise ValueError("store_embedding=False needs the token embedding at its seeded initial value, "
+                                 "but it was trained or loaded from elsewhere")
+            del state[EMBED]
+            extra["embedding_sha256"] = _sha256(seeded)
         _atomic(path / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
         norms = {f"{name}.{key}": torch.from_numpy(arr) for name, spec in self.robots.items()
                  for key, arr in spec.arrays().items()}
         _atomic(path / NORMS, lambda tmp: save_file(norms, tmp, metadata={"format": FORMAT}))
         meta = {"format": FORMAT, "policy": self.config.to_dict(),
                 "robots": {n: {"action_dim": s.action_dim, "state_dim": s.state_dim} for n, s in self.robots.items()},
-                "norm_stats_hash": stats_hash(self.robots)}
+                "norm_stats_hash": stats_hash(self.robots), **extra}
         _atomic(path / CONFIG, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(meta, indent=2)))
 
     # ------------------------------------------------------------------ model core
@@ -316,6 +351,10 @@ def load_robots(file: pathlib.Path, dims: dict) -> dict[str, RobotSpec]:
     if not robots:
         raise ValueError(f"{file}: no robot types listed in the config")
     return robots
+
+
+def _sha256(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
 def _atomic(target: pathlib.Path, write) -> None:
