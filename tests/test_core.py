@@ -9,6 +9,7 @@ import torch
 from scipy import stats
 
 from xr0 import LossOptions, RobotSpec, XR0Policy
+from xr0.inspect import OFFICIAL_LAYOUT, official_layout
 from xr0.model.flow import sample_time
 from xr0.model.masks import expert_mask, expert_positions, sample_hidden_prefix
 from xr0.processing.images import patchify
@@ -185,11 +186,10 @@ def test_official_layout_on_meta():
     policy = XR0Policy.from_preset("xr0-4b", device="meta")
     state = policy.state_dict()
     assert all(t.device.type == "meta" for t in state.values())
-    official = {}
-    for line in (DOCS / "official_layout.tsv").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, shape = line.split("\t")
-            official[name] = tuple(json.loads(shape))
+    official = official_layout()  # the packaged copy of ../shared/docs/official_layout.tsv
+    shared = DOCS / "official_layout.tsv"
+    if shared.exists():
+        assert shared.read_text() == OFFICIAL_LAYOUT.read_text()
     ours = {k: tuple(v.shape) for k, v in state.items() if not k.startswith("vlm.")}
     assert ours == official
     assert sum(np.prod(s) for s in ours.values()) == 279_505_920

@@ -1,0 +1,757 @@
+"""LeRobotDataset v3.0 reader and writer, written against the on-disk format (no `lerobot` import).
+
+Layout (all paths relative to the dataset root)::
+
+    meta/info.json                                      codebase_version "v3.0", fps, features, templates
+    meta/stats.json                                     per-feature mean/std/min/max/count
+    meta/tasks.parquet                                  task_index <-> task string
+    meta/episodes/chunk-000/file-000.parquet            one row per episode: length, tasks, row range,
+                                                        data file, and per camera its file + time range
+    data/chunk-XXX/file-YYY.parquet                     one row per frame, many episodes per file
+    videos/<video_key>/chunk-XXX/file-YYY.mp4           one stream per camera, episodes back to back
+
+Episodes never straddle files, so one episode's frames are one contiguous time range of one MP4.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from xr0.data import DataError, Skipped, chunk_window
+
+CODEBASE_VERSION = "v3.0"
+CHUNKS_SIZE = 1000  # files per chunk directory, as in LeRobot
+DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+TASKS_PATH = "meta/tasks.parquet"
+INFO_PATH = "meta/info.json"
+STATS_PATH = "meta/stats.json"
+STATE_KEY = "observation.state"
+ACTION_KEY = "action"
+IMAGE_PREFIX = "observation.images."
+
+
+# --------------------------------------------------------------------------------------------
+# Video helpers (shared with the official-JSON reader)
+# --------------------------------------------------------------------------------------------
+
+
+class VideoEncoder:
+    """Appends RGB frames to one MP4 stream; several episodes can follow each other in it.
+
+    Short GOPs (LeRobot uses g=2) keep random access cheap: a seek lands at most `gop` frames early.
+    yuv420p (the default, what every player and LeRobot expect) halves chroma resolution, which
+    costs a few grey levels on small, saturated images; yuv444p avoids that.
+    """
+
+    def __init__(self, path: str | Path, fps: int, height: int, width: int,
+                 codec: str = "libx264", crf: int = 18, gop: int = 2, pix_fmt: str = "yuv420p",
+                 preset: str = "fast"):
+        if height % 2 or width % 2:
+            raise ValueError(f"{path}: yuv420p video needs even height/width, got {height}x{width}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.height, self.width, self.fps = height, width, fps
+        self.frames = 0
+        self._container = av.open(str(self.path), "w")
+        self._stream = self._container.add_stream(codec, rate=fps)
+        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, pix_fmt
+        options = {"crf": str(crf), "g": str(gop)}
+        if codec in ("libx264", "libx265"):
+            options["preset"] = preset
+        self._stream.options = options
+
+    def write(self, frames: np.ndarray) -> None:
+        for img in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts = self.frames
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+            self.frames += 1
+
+    def close(self) -> None:
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+
+
+@dataclass
+class VideoProbe:
+    height: int
+    width: int
+    duration_s: float | None
+
+
+def probe_video(path: str | Path) -> VideoProbe:
+    """Open an MP4 and read its header only; a truncated or corrupt file raises here, cheaply."""
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        duration = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        return VideoProbe(stream.codec_context.height, stream.codec_context.width, duration)
+
+
+def decode_frames(path: str | Path, start_s: float, stop_s: float, keep_from_s: float,
+                  fps: float) -> list[tuple[float, np.ndarray]]:
+    """Decode frames with presentation time in [keep_from_s, stop_s), seeking near `start_s`.
+
+    The seek lands on the keyframe before `start_s`; frames decoded on the way that are still
+    >= keep_from_s are returned too, since they cost nothing extra and fill the cache.
+    """
+    eps = 0.5 / fps
+    out = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        container.seek(max(0, int(start_s / stream.time_base)), stream=stream, backward=True,
+                       any_frame=False)
+        for frame in container.decode(stream):
+            if frame.time is None:
+                continue
+            if frame.time >= stop_s - eps:
+                break
+            if frame.time >= keep_from_s - eps:
+                out.append((frame.time, frame.to_ndarray(format="rgb24")))
+    return out
+
+
+def count_frames(path: str | Path, start_s: float, stop_s: float, fps: float) -> int:
+    """Decode (without converting to RGB) the frames in [start_s, stop_s) and count them."""
+    eps = 0.5 / fps
+    n = 0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        container.seek(max(0, int(start_s / stream.time_base)), stream=stream, backward=True, any_frame=False)
+        for frame in container.decode(stream):
+            if frame.time is None or frame.time < start_s - eps:
+                continue
+            if frame.time >= stop_s - eps:
+                break
+            n += 1
+    return n
+
+
+def check_video_range(path: Path, probe: VideoProbe, name: str, start_s: float, n_frames: int, fps: float,
+                      expect_hw: tuple[int, int] | None, verify: bool) -> str | None:
+    """Why an episode's time range of a probed video is unusable, or None if it is fine."""
+    if expect_hw is not None and (probe.height, probe.width) != tuple(expect_hw):
+        return f"wrong dimension: video {name} is {probe.height}x{probe.width}, expected {expect_hw[0]}x{expect_hw[1]}"
+    end_s = start_s + n_frames / fps
+    if probe.duration_s is not None and end_s > probe.duration_s + 0.5 / fps:
+        return f"video {name} ends at {probe.duration_s:.3f}s, episode needs {end_s:.3f}s (truncated?)"
+    if verify:
+        try:
+            got = count_frames(path, start_s, end_s, fps)
+        except Exception as err:  # PyAV raises OSError/ValueError subclasses for corrupt streams
+            return f"video {name} does not decode: {err}"
+        if got != n_frames:
+            return f"video {name} decodes {got} frames for the episode, expected {n_frames}"
+    return None
+
+
+class FrameCache:
+    """LRU over (video, episode) entries, each a dict frame index -> decoded RGB frame."""
+
+    def __init__(self, max_entries: int = 8):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple, dict[int, np.ndarray]] = OrderedDict()
+
+    def get(self, key: tuple, frame: int, fill: Callable[[int, bool], dict[int, np.ndarray]]) -> np.ndarray | None:
+        """Frame from the cache, calling `fill(frame, sequential)` on a miss."""
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = {}
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        self._entries.move_to_end(key)
+        if frame not in entry:
+            entry.update(fill(frame, frame - 1 in entry))
+        return entry.get(frame)
+
+
+def cached_frame(cache: FrameCache, path: Path, key: tuple, start_s: float, n_frames: int, fps: float,
+                 frame: int, readahead: int, episode: int) -> np.ndarray:
+    """Frame `frame` of an episode occupying [start_s, start_s + n_frames/fps) of `path`.
+
+    A miss decodes from the preceding keyframe through `frame`; when the previous frame is already
+    cached (sequential reading) it goes on `readahead` frames further, so a sequential reader pays
+    one seek per `readahead` frames and a random reader decodes no frames it will not use.
+    """
+
+    def fill(f: int, sequential: bool) -> dict[int, np.ndarray]:
+        stop = min(n_frames, f + (readahead if sequential else 1))
+        try:
+            decoded = decode_frames(path, start_s + f / fps, start_s + stop / fps, start_s, fps)
+        except Exception as err:  # PyAV raises OSError/ValueError subclasses for corrupt streams
+            raise DataError(f"{path}: episode {episode}: cannot decode frame {f}: {err}") from err
+        out = {}
+        for t, img in decoded:
+            k = int(round((t - start_s) * fps))
+            if 0 <= k < n_frames:
+                out[k] = img
+        return out
+
+    img = cache.get(key, frame, fill)
+    if img is None:
+        raise DataError(f"{path}: episode {episode}: frame {frame} missing from the video")
+    return img
+
+
+# --------------------------------------------------------------------------------------------
+# Small parquet helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _fixed_list(mat: np.ndarray) -> pa.Array:
+    """(n, d) floats as fixed_size_list<float32>[d], what HF datasets writes for Sequence(length=d)."""
+    mat = np.asarray(mat, dtype=np.float32)
+    flat = pa.array(mat.reshape(-1), type=pa.float32())
+    return pa.FixedSizeListArray.from_arrays(flat, mat.shape[1])
+
+
+def _matrix(column: pa.ChunkedArray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """A list (or scalar) column as float32 (n, dim), plus each row's length (-1 for null rows).
+
+    Rows whose length is not `dim` come back as NaN so the caller can name them.
+    """
+    col = column.combine_chunks()
+    n = len(col)
+    mat = np.full((n, dim), np.nan, dtype=np.float32)
+    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type):
+        lengths = pc.list_value_length(col).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        ok = lengths == dim
+        if ok.any():
+            good = col if ok.all() else col.filter(pa.array(ok))
+            values = good.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+            mat[ok] = values.reshape(-1, dim)
+        return mat, lengths
+    lengths = np.where(col.is_null().to_numpy(zero_copy_only=False), -1, 1)
+    if dim == 1:
+        mat[:, 0] = pc.fill_null(col.cast(pa.float32()), np.nan).to_numpy(zero_copy_only=False)
+    return mat, lengths
+
+
+# --------------------------------------------------------------------------------------------
+# Writer
+# --------------------------------------------------------------------------------------------
+
+
+class _Moments:
+    """Streaming mean/std/min/max/count per channel (float64 sums) for stats.json."""
+
+    def __init__(self, dim: int):
+        self.n = 0
+        self.s = np.zeros(dim)
+        self.ss = np.zeros(dim)
+        self.lo = np.full(dim, np.inf)
+        self.hi = np.full(dim, -np.inf)
+
+    def add(self, x: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float64).reshape(-1, len(self.s))
+        self.n += len(x)
+        self.s += x.sum(0)
+        self.ss += (x * x).sum(0)
+        self.lo = np.minimum(self.lo, x.min(0))
+        self.hi = np.maximum(self.hi, x.max(0))
+
+    def as_dict(self, shape: tuple[int, ...] | None = None) -> dict:
+        n = max(self.n, 1)
+        mean = self.s / n
+        std = np.sqrt(np.maximum(self.ss / n - mean * mean, 0.0))
+        shape = shape or (len(self.s),)
+        return {"mean": mean.reshape(shape).tolist(), "std": std.reshape(shape).tolist(),
+                "min": self.lo.reshape(shape).tolist(), "max": self.hi.reshape(shape).tolist(),
+                "count": [int(self.n)]}
+
+
+class LeRobotV3Writer:
+    """Writes episodes as a LeRobotDataset v3.0 tree; used by tests, converters and recorders.
+
+    `frames_per_file` caps the frames per data/video file (episodes never straddle files); None
+    keeps everything in chunk-000/file-000, which is what LeRobot does for small datasets.
+    Video: H.264 (libx264), `crf` quality, GOP `gop`, `pix_fmt` yuv420p (LeRobot's default).
+    """
+
+    def __init__(self, root: str | Path, fps: int, cameras: dict[str, tuple[int, int]], state_dim: int,
+                 action_dim: int, robot_type: str = "", *, frames_per_file: int | None = None,
+                 codec: str = "libx264", crf: int = 18, gop: int = 2, pix_fmt: str = "yuv420p"):
+        self.root = Path(root)
+        if (self.root / INFO_PATH).exists():
+            raise FileExistsError(f"{self.root / INFO_PATH} exists; refusing to overwrite a dataset")
+        if fps <= 0 or state_dim <= 0 or action_dim <= 0:
+            raise ValueError(f"fps, state_dim, action_dim must be positive, got {fps}, {state_dim}, {action_dim}")
+        self.fps, self.state_dim, self.action_dim = int(fps), int(state_dim), int(action_dim)
+        self.cameras = {name: (int(h), int(w)) for name, (h, w) in cameras.items()}
+        self.robot_type = robot_type
+        self.frames_per_file = frames_per_file
+        self._video_opts = {"codec": codec, "crf": crf, "gop": gop, "pix_fmt": pix_fmt}
+        self._tasks: dict[str, int] = {}
+        self._episodes: list[dict] = []
+        self._chunk = self._file = 0
+        self._file_frames = 0
+        self._rows: list[dict[str, np.ndarray]] = []
+        self._encoders: dict[str, VideoEncoder] = {}
+        self._total = 0
+        self._closed = False
+        self._state_m, self._action_m = _Moments(self.state_dim), _Moments(self.action_dim)
+        self._image_m = {name: _Moments(3) for name in self.cameras}
+
+    def __enter__(self) -> LeRobotV3Writer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @staticmethod
+    def video_key(camera: str) -> str:
+        return IMAGE_PREFIX + camera
+
+    def add_episode(self, images: dict[str, np.ndarray], states: np.ndarray, actions: np.ndarray,
+                    task: str) -> int:
+        """Append one episode; returns its episode_index. Bad input raises DataError naming the field."""
+        if self._closed:
+            raise RuntimeError(f"{self.root}: writer is closed")
+        ep = len(self._episodes)
+        states, actions = np.asarray(states), np.asarray(actions)
+        n = len(states)
+        self._check_episode(ep, images, states, actions, task, n)
+
+        if self.frames_per_file and self._file_frames and self._file_frames + n > self.frames_per_file:
+            self._roll_file()
+        if task not in self._tasks:
+            self._tasks[task] = len(self._tasks)
+
+        row = {"episode_index": ep, "tasks": [task], "length": n,
+               "data/chunk_index": self._chunk, "data/file_index": self._file,
+               "dataset_from_index": self._total, "dataset_to_index": self._total + n}
+        for name, (h, w) in self.cameras.items():
+            key = self.video_key(name)
+            enc = self._encoders.get(key)
+            if enc is None:
+                path = self.root / VIDEO_PATH.format(video_key=key, chunk_index=self._chunk, file_index=self._file)
+                enc = self._encoders[key] = VideoEncoder(path, self.fps, h, w, **self._video_opts)
+            row[f"videos/{key}/chunk_index"] = self._chunk
+            row[f"videos/{key}/file_index"] = self._file
+            row[f"videos/{key}/from_timestamp"] = enc.frames / self.fps
+            enc.write(images[name])
+            row[f"videos/{key}/to_timestamp"] = enc.frames / self.fps
+            self._image_m[name].add(images[name].reshape(-1, 3) / 255.0)
+        for feature, data in ((STATE_KEY, states), (ACTION_KEY, actions)):
+            m = _Moments(data.shape[1])
+            m.add(data)
+            for stat, value in m.as_dict().items():
+                row[f"stats/{feature}/{stat}"] = value
+        row["meta/episodes/chunk_index"] = 0
+        row["meta/episodes/file_index"] = 0
+        self._episodes.append(row)
+
+        frames = np.arange(n)
+        self._rows.append({
+            STATE_KEY: states.astype(np.float32), ACTION_KEY: actions.astype(np.float32),
+            "timestamp": (frames / self.fps).astype(np.float32), "frame_index": frames,
+            "episode_index": np.full(n, ep), "index": self._total + frames,
+            "task_index": np.full(n, self._tasks[task]),
+        })
+        self._state_m.add(states)
+        self._action_m.add(actions)
+        self._total += n
+        self._file_frames += n
+        return ep
+
+    def _check_episode(self, ep, images, states, actions, task, n) -> None:
+        where = f"{self.root}: episode {ep}"
+        if not isinstance(task, str) or not task.strip():
+            raise DataError(f"{where}: task must be a non-empty string, got {task!r}")
+        if n == 0:
+            raise DataError(f"{where}: episode has no frames")
+        if states.shape != (n, self.state_dim):
+            raise DataError(f"{where}: states shape {states.shape}, expected ({n}, {self.state_dim})")
+        if actions.shape != (n, self.action_dim):
+            raise DataError(f"{where}: actions shape {actions.shape}, expected ({n}, {self.action_dim})")
+        for name, data in (("states", states), ("actions", actions)):
+            if not np.isfinite(data).all():
+                raise DataError(f"{where}: {name} contain NaN/inf")
+        if set(images) != set(self.cameras):
+            raise DataError(f"{where}: cameras {sorted(images)}, expected {sorted(self.cameras)}")
+        for name, (h, w) in self.cameras.items():
+            img = images[name]
+            if img.dtype != np.uint8 or img.shape != (n, h, w, 3):
+                raise DataError(f"{where}: images[{name!r}] is {img.dtype} {img.shape}, "
+                                f"expected uint8 ({n}, {h}, {w}, 3)")
+
+    def _flush_data(self) -> None:
+        if not self._rows:
+            return
+        cols = {k: np.concatenate([r[k] for r in self._rows]) for k in self._rows[0]}
+        table = pa.table({
+            STATE_KEY: _fixed_list(cols[STATE_KEY]),
+            ACTION_KEY: _fixed_list(cols[ACTION_KEY]),
+            "timestamp": pa.array(cols["timestamp"], pa.float32()),
+            "frame_index": pa.array(cols["frame_index"], pa.int64()),
+            "episode_index": pa.array(cols["episode_index"], pa.int64()),
+            "index": pa.array(cols["index"], pa.int64()),
+            "task_index": pa.array(cols["task_index"], pa.int64()),
+        })
+        path = self.root / DATA_PATH.format(chunk_index=self._chunk, file_index=self._file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path)
+        self._rows = []
+
+    def _roll_file(self) -> None:
+        self._flush_data()
+        for enc in self._encoders.values():
+            enc.close()
+        self._encoders = {}
+        self._file_frames = 0
+        self._file += 1
+        if self._file == CHUNKS_SIZE:
+            self._chunk, self._file = self._chunk + 1, 0
+
+    def close(self) -> None:
+        """Flush the last files and write meta/: episodes, tasks, stats.json, info.json (last)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._flush_data()
+        for enc in self._encoders.values():
+            enc.close()
+        self._encoders = {}
+        (self.root / "meta").mkdir(parents=True, exist_ok=True)
+        self._write_episodes()
+        self._write_tasks()
+        stats = {STATE_KEY: self._state_m.as_dict(), ACTION_KEY: self._action_m.as_dict()}
+        for name, m in self._image_m.items():
+            stats[self.video_key(name)] = m.as_dict(shape=(3, 1, 1))
+        (self.root / STATS_PATH).write_text(json.dumps(stats, indent=2))
+        (self.root / INFO_PATH).write_text(json.dumps(self._info(), indent=2))
+
+    def _write_episodes(self) -> None:
+        path = self.root / EPISODES_PATH.format(chunk_index=0, file_index=0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._episodes:
+            pq.write_table(pa.table({"episode_index": pa.array([], pa.int64())}), path)
+            return
+        columns = {}
+        for key in self._episodes[0]:
+            values = [row[key] for row in self._episodes]
+            if key == "tasks":
+                columns[key] = pa.array(values, pa.list_(pa.string()))
+            elif key.endswith("/count"):
+                columns[key] = pa.array(values, pa.list_(pa.int64()))
+            elif key.startswith("stats/"):
+                columns[key] = pa.array(values, pa.list_(pa.float64()))
+            elif key.endswith("_timestamp"):
+                columns[key] = pa.array(values, pa.float64())
+            else:
+                columns[key] = pa.array(values, pa.int64())
+        pq.write_table(pa.table(columns), path)
+
+    def _write_tasks(self) -> None:
+        # LeRobot reads this with pandas and expects the task string as the index.
+        names = list(self._tasks)
+        table = pa.table({"task_index": pa.array([self._tasks[t] for t in names], pa.int64()),
+                          "task": pa.array(names, pa.string())})
+        columns = [{"name": name, "field_name": name, "pandas_type": pd_type, "numpy_type": np_type, "metadata": None}
+                   for name, pd_type, np_type in (("task_index", "int64", "int64"), ("task", "unicode", "object"))]
+        pandas_meta = {"index_columns": ["task"], "column_indexes": [], "columns": columns}
+        table = table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})
+        pq.write_table(table, self.root / TASKS_PATH)
+
+    def _info(self) -> dict:
+        features: dict[str, dict] = {}
+        for name, (h, w) in self.cameras.items():
+            features[self.video_key(name)] = {
+                "dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channels"],
+                "info": {"video.height": h, "video.width": w,
+                         "video.codec": _codec_name(self._video_opts["codec"]),
+                         "video.pix_fmt": self._video_opts["pix_fmt"], "video.is_depth_map": False,
+                         "video.fps": self.fps,
+                         "video.channels": 3, "has_audio": False}}
+        features[STATE_KEY] = {"dtype": "float32", "shape": [self.state_dim],
+                               "names": [f"state_{i}" for i in range(self.state_dim)]}
+        features[ACTION_KEY] = {"dtype": "float32", "shape": [self.action_dim],
+                                "names": [f"action_{i}" for i in range(self.action_dim)]}
+        features["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
+        for key in ("frame_index", "episode_index", "index", "task_index"):
+            features[key] = {"dtype": "int64", "shape": [1], "names": None}
+        return {
+            "codebase_version": CODEBASE_VERSION, "robot_type": self.robot_type,
+            "total_episodes": len(self._episodes), "total_frames": self._total, "total_tasks": len(self._tasks),
+            "chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": 100, "video_files_size_in_mb": 500,
+            "fps": self.fps, "splits": {"train": f"0:{len(self._episodes)}"},
+            "data_path": DATA_PATH, "video_path": VIDEO_PATH if self.cameras else None,
+            "features": features,
+        }
+
+
+def _codec_name(encoder: str) -> str:
+    return {"libx264": "h264", "libx265": "hevc", "libsvtav1": "av1", "libvpx-vp9": "vp9"}.get(encoder, encoder)
+
+
+# --------------------------------------------------------------------------------------------
+# Reader
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Episode:
+    index: int
+    length: int
+    state: np.ndarray  # (N, Ds) float32
+    actions: np.ndarray  # (N, Da) float32
+    task_index: np.ndarray  # (N,) int64
+    videos: dict[str, tuple[Path, float]] = field(default_factory=dict)  # key -> (mp4, from_timestamp)
+
+
+class LeRobotV3Dataset:
+    """Chunked samples from a LeRobotDataset v3.0 tree; torch-free, indexable, picklable.
+
+    Every frame with at least one valid action starts a sample (a chunk of `chunk_len` actions,
+    padded past the episode end by repeating the last one, `action_valid` False there). Low-dim
+    data is loaded and checked once at construction; video headers are probed then and frames are
+    decoded lazily through a small per-episode LRU with read-ahead, so sequential and random access
+    are both cheap. A stream whose header is fine but whose frames are damaged is only found when
+    decoded: pass `verify_videos=True` to decode (without RGB conversion) every episode up front,
+    otherwise such a frame raises DataError at access time, skip_bad or not.
+
+    `cameras` takes short names ("front") or full keys ("observation.images.front"); images come
+    back under the short name.
+    """
+
+    def __init__(self, root: str | Path, chunk_len: int, cameras: list[str] | None = None,
+                 skip_bad: bool = False, *, cache_episodes: int = 8, readahead: int = 16,
+                 verify_videos: bool = False):
+        if chunk_len <= 0:
+            raise ValueError(f"chunk_len must be positive, got {chunk_len}")
+        self.root = Path(root)
+        self.verify_videos = verify_videos
+        self.chunk_len = int(chunk_len)
+        self.skip_bad = skip_bad
+        self.readahead = max(1, readahead)
+        self.skipped: list[Skipped] = []
+        self._cache = FrameCache(cache_episodes)
+
+        self.info = self._load_info()
+        self.fps = float(self.info["fps"])
+        feats = self.info["features"]
+        self.state_dim = int(feats[STATE_KEY]["shape"][0])
+        self.action_dim = int(feats[ACTION_KEY]["shape"][0])
+        self.camera_keys = self._select_cameras(cameras)
+        self.cameras = [k.removeprefix(IMAGE_PREFIX) for k in self.camera_keys]
+        self.tasks = self._load_tasks()
+
+        self._episodes: list[_Episode] = []
+        self._load(self._load_episode_meta())
+        lengths = np.array([e.length for e in self._episodes], dtype=np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(lengths)])
+
+    # ---- metadata -------------------------------------------------------------------------
+
+    def _load_info(self) -> dict:
+        path = self.root / INFO_PATH
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: cannot read info.json (all episodes): {err}") from err
+        version = str(info.get("codebase_version", ""))
+        if not version.startswith("v3"):
+            raise DataError(f"{path}: codebase_version {version!r} is not v3.x (convert v2.1 datasets first)")
+        for key in ("fps", "features", "data_path"):
+            if key not in info:
+                raise DataError(f"{path}: missing field {key!r}")
+        for key in (STATE_KEY, ACTION_KEY):
+            if key not in info["features"]:
+                raise DataError(f"{path}: features lack {key!r}")
+        return info
+
+    def _select_cameras(self, cameras: list[str] | None) -> list[str]:
+        feats = self.info["features"]
+        videos = [k for k, f in feats.items() if f.get("dtype") == "video"]
+        if cameras is None:
+            return videos
+        keys = []
+        for cam in cameras:
+            key = cam if cam in feats else IMAGE_PREFIX + cam
+            if key not in feats:
+                raise DataError(f"{self.root / INFO_PATH}: no camera {cam!r}; have {videos}")
+            if feats[key].get("dtype") != "video":
+                raise DataError(f"{self.root / INFO_PATH}: camera {key!r} has dtype "
+                                f"{feats[key].get('dtype')!r}; only video cameras are supported")
+            keys.append(key)
+        return keys
+
+    def _load_tasks(self) -> dict[int, str]:
+        path = self.root / TASKS_PATH
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowException) as err:
+            raise DataError(f"{path}: cannot read tasks (all episodes): {err}") from err
+        names = table.column_names
+        text_col = "task" if "task" in names else "__index_level_0__" if "__index_level_0__" in names else None
+        if text_col is None or "task_index" not in names:
+            raise DataError(f"{path}: expected columns 'task_index' and 'task', got {names}")
+        return dict(zip(table.column("task_index").to_pylist(), table.column(text_col).to_pylist(), strict=True))
+
+    def _load_episode_meta(self) -> list[dict]:
+        files = sorted((self.root / "meta" / "episodes").glob("*/*.parquet"))
+        if not files:
+            raise DataError(f"{self.root / 'meta/episodes'}: no episode metadata files")
+        rows = []
+        for path in files:
+            try:
+                table = pq.read_table(path)
+            except (OSError, pa.ArrowException) as err:
+                raise DataError(f"{path}: cannot read episode metadata (episodes unknown): {err}") from err
+            keep = [c for c in table.column_names if not c.startswith("stats/")]
+            rows.extend(table.select(keep).to_pylist())
+        need = ["episode_index", "length", "data/chunk_index", "data/file_index"]
+        for key in self.camera_keys:
+            need += [f"videos/{key}/chunk_index", f"videos/{key}/file_index", f"videos/{key}/from_timestamp"]
+        for row in rows:
+            missing = [k for k in need if row.get(k) is None]
+            if missing:
+                raise DataError(f"{files[0].parent.parent}: episode {row.get('episode_index')}: "
+                                f"metadata lacks {missing}")
+        return sorted(rows, key=lambda r: r["episode_index"])
+
+    # ---- loading and checking -------------------------------------------------------------
+
+    def _bad(self, episode: int, file: Path | str, reason: str) -> None:
+        if not self.skip_bad:
+            raise DataError(f"{file}: episode {episode}: {reason}")
+        self.skipped.append(Skipped(int(episode), str(file), reason))
+
+    def _load(self, meta: list[dict]) -> None:
+        by_file: dict[tuple[int, int], list[dict]] = {}
+        for row in meta:
+            by_file.setdefault((row["data/chunk_index"], row["data/file_index"]), []).append(row)
+        probes: dict[Path, VideoProbe | Exception] = {}
+        for (chunk, file), rows in sorted(by_file.items()):
+            path = self.root / self.info["data_path"].format(chunk_index=chunk, file_index=file)
+            try:
+                columns = ["episode_index", "frame_index", "task_index", STATE_KEY, ACTION_KEY]
+                table = pq.read_table(path, columns=columns)
+                cols = self._columns(table)
+            except (OSError, pa.ArrowException, KeyError) as err:
+                for row in rows:
+                    self._bad(row["episode_index"], path, f"cannot read data parquet: {err}")
+                continue
+            for row in rows:
+                ep = self._episode(row, path, cols)
+                if ep is not None and self._videos_ok(ep, row, probes):
+                    self._episodes.append(ep)
+
+    def _columns(self, table: pa.Table) -> dict[str, np.ndarray]:
+        cols = {k: table.column(k).to_numpy() for k in ("episode_index", "frame_index", "task_index")}
+        # Rows grouped by episode once, so finding an episode's rows is a binary search.
+        cols["order"] = np.argsort(cols["episode_index"], kind="stable")
+        cols["sorted_ep"] = cols["episode_index"][cols["order"]]
+        cols["state"], cols["state_len"] = _matrix(table.column(STATE_KEY), self.state_dim)
+        cols["action"], cols["action_len"] = _matrix(table.column(ACTION_KEY), self.action_dim)
+        return cols
+
+    def _episode(self, row: dict, path: Path, cols: dict[str, np.ndarray]) -> _Episode | None:
+        ep, n = int(row["episode_index"]), int(row["length"])
+        lo, hi = np.searchsorted(cols["sorted_ep"], [ep, ep + 1])
+        rows = cols["order"][lo:hi]
+        if len(rows) != n or n == 0:
+            self._bad(ep, path, f"metadata says {n} frames, data file has {len(rows)} rows")
+            return None
+        rows = rows[np.argsort(cols["frame_index"][rows], kind="stable")]
+        if not np.array_equal(cols["frame_index"][rows], np.arange(n)):
+            self._bad(ep, path, "frame_index is not 0..length-1")
+            return None
+        for name, dim, key in (("observation.state", self.state_dim, "state"), ("action", self.action_dim, "action")):
+            lengths = cols[f"{key}_len"][rows]
+            if (lengths != dim).any():
+                k = int(np.argmax(lengths != dim))
+                self._bad(ep, path, f"wrong dimension: {name} has length {lengths[k]} at frame {k}, "
+                                    f"info.json says {dim}")
+                return None
+            data = cols[key][rows]
+            if not np.isfinite(data).all():
+                k = int(np.argmax(~np.isfinite(data).all(1)))
+                self._bad(ep, path, f"{name} has NaN/inf at frame {k}")
+                return None
+        task_index = cols["task_index"][rows].astype(np.int64)
+        for t in np.unique(task_index):
+            text = self.tasks.get(int(t))
+            if not isinstance(text, str) or not text.strip():
+                self._bad(ep, path, f"missing task string for task_index {int(t)} in {self.root / TASKS_PATH}")
+                return None
+        return _Episode(ep, n, cols["state"][rows], cols["action"][rows], task_index)
+
+    def _videos_ok(self, ep: _Episode, row: dict, probes: dict) -> bool:
+        for key in self.camera_keys:
+            path = self.root / self.info["video_path"].format(
+                video_key=key, chunk_index=row[f"videos/{key}/chunk_index"], file_index=row[f"videos/{key}/file_index"])
+            if path not in probes:
+                try:
+                    probes[path] = probe_video(path)
+                except Exception as err:  # PyAV raises several OSError/ValueError subclasses
+                    probes[path] = err
+            probe = probes[path]
+            if isinstance(probe, Exception):
+                self._bad(ep.index, path, f"cannot open video {key}: {probe}")
+                return False
+            start = float(row[f"videos/{key}/from_timestamp"])
+            hw = self.info["features"][key]["shape"][:2]
+            reason = check_video_range(path, probe, key, start, ep.length, self.fps, hw, self.verify_videos)
+            if reason:
+                self._bad(ep.index, path, reason)
+                return False
+            ep.videos[key] = (path, start)
+        return True
+
+    # ---- access ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    @property
+    def episodes(self) -> list[int]:
+        """Indices of the episodes kept (after skipping bad ones)."""
+        return [e.index for e in self._episodes]
+
+    def _locate(self, i: int) -> tuple[_Episode, int]:
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"sample {i} out of range for {n} samples")
+        pos = int(np.searchsorted(self._offsets, i, side="right")) - 1
+        return self._episodes[pos], i - int(self._offsets[pos])
+
+    def lowdim(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(state, actions, action_valid) of sample i without touching video; for statistics."""
+        ep, frame = self._locate(i)
+        idx, valid = chunk_window(ep.length, frame, self.chunk_len)
+        return ep.state[frame].copy(), ep.actions[idx], valid
+
+    def __getitem__(self, i: int) -> dict:
+        ep, frame = self._locate(int(i))
+        idx, valid = chunk_window(ep.length, frame, self.chunk_len)
+        images = {name: self._frame(ep, key, frame) for name, key in zip(self.cameras, self.camera_keys, strict=True)}
+        return {"images": images, "instruction": self.tasks[int(ep.task_index[frame])],
+                "state": ep.state[frame].copy(), "actions": ep.actions[idx], "action_valid": valid,
+                "episode": ep.index, "frame": frame}
+
+    def _frame(self, ep: _Episode, key: str, frame: int) -> np.ndarray:
+        path, start = ep.videos[key]
+        return cached_frame(self._cache, path, (key, ep.index), start, ep.length, self.fps, frame,
+                            self.readahead, ep.index)

@@ -1,0 +1,364 @@
+"""The official XR-0 episode format (spec §6.7): one JSON plus one MP4 per camera per episode.
+
+JSON fields read here (the released `json_dataset.py` reads the same ones)::
+
+    num_frames        int N
+    trajectory_type   "success" | "ongoing" | "invalid"   (default "success")
+    instruction       {"general": [{"images": ["observations.ego", ...],
+                                    "conversations": [{"from": "human", "value": <prompt>}, ...]}]}
+    observations      {cam: [{"path": mp4 (relative to the JSON or absolute), "start": first video
+                              frame, "end": ..., "fps": 30, "crop_bbox": null | [x0, y0, x1, y1]}]}
+    proprios/actions  {"<arm>_ee_pos": (N, 3), "<arm>_ee_rotm": (N, 9) row-major,
+                       "<arm>_arm_joint": (N, 6), "<arm>_gripper_pos": (N, 1)} for arm in left, right
+
+`actions[t]` is the target for frame t. A chunk anchored at frame t is expressed relative to the
+anchor pose (R_t, p_t) for every one of its T steps (not incrementally):
+position R_tᵀ(p − p_t), rotation axis-angle(R_tᵀ R), gripper and joints target − current.
+
+Choices where the release is silent or inconsistent (documented, [INF]):
+- the task is the human prompt's text after "Generate robot actions for the task:" (first prompt);
+- `trajectory_type == "invalid"` masks every action (what the docs say; the released code
+  returns an all-ones mask instead);
+- `crop_bbox` is read as pixel [x0, y0, x1, y1].
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from xr0.data import DataError, Skipped, chunk_window
+from xr0.data.lerobot_v3 import FrameCache, VideoEncoder, cached_frame, check_video_range, probe_video
+
+ACTION_DIM = 32
+STATE_DIM = 32
+ARMS = ("left", "right")
+FIELDS = {"ee_pos": 3, "ee_rotm": 9, "arm_joint": 6, "gripper_pos": 1}
+
+# The 32-D action layout of §6.7; dims 13 and 27-31 are reserved.
+ACTION_LAYOUT: dict[str, slice] = {
+    "left_ee_pos": slice(0, 3), "left_ee_aa": slice(3, 6), "left_gripper": slice(6, 7), "left_joint": slice(7, 13),
+    "right_ee_pos": slice(14, 17), "right_ee_aa": slice(17, 20), "right_gripper": slice(20, 21),
+    "right_joint": slice(21, 27),
+}
+# The state holds only grippers and joints, raw (not normalised); the end-effector pose is not in it.
+STATE_LAYOUT: dict[str, slice] = {k: v for k, v in ACTION_LAYOUT.items() if k.endswith(("gripper", "joint"))}
+ACTIVE_DIMS = np.zeros(ACTION_DIM, dtype=bool)
+for _slc in ACTION_LAYOUT.values():
+    ACTIVE_DIMS[_slc] = True
+
+TASK_MARKER = "Generate robot actions for the task:"
+VIEW_TITLES = {"ego": "Ego View", "wrist_left": "Left-Wrist View", "wrist_right": "Right-Wrist View"}
+TRAJECTORY_TYPES = ("success", "ongoing", "invalid")
+
+
+# --------------------------------------------------------------------------------------------
+# Rotations and chunk-anchored relative actions
+# --------------------------------------------------------------------------------------------
+
+
+def rotm_to_axis_angle(rotm: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) rotation matrices -> (..., 3) axis-angle, angle in [0, π].
+
+    Goes through the quaternion (Shepperd's branch choice), which stays accurate near 0 and π where
+    the trace/skew formula loses precision.
+    """
+    m = np.asarray(rotm, dtype=np.float64)
+    m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
+    m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
+    m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
+    sq = np.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
+    branch = np.argmax(sq, axis=-1)
+    r = 0.5 * np.sqrt(np.maximum(np.take_along_axis(sq, branch[..., None], -1)[..., 0], 1e-300))
+    inv = 0.25 / r
+    cands = np.stack([
+        np.stack([r, (m21 - m12) * inv, (m02 - m20) * inv, (m10 - m01) * inv], -1),
+        np.stack([(m21 - m12) * inv, r, (m01 + m10) * inv, (m02 + m20) * inv], -1),
+        np.stack([(m02 - m20) * inv, (m01 + m10) * inv, r, (m12 + m21) * inv], -1),
+        np.stack([(m10 - m01) * inv, (m02 + m20) * inv, (m12 + m21) * inv, r], -1),
+    ], -2)
+    q = np.take_along_axis(cands, branch[..., None, None], -2)[..., 0, :]
+    q = np.where(q[..., :1] < 0, -q, q)  # w >= 0 keeps the angle in [0, π]
+    w, v = q[..., 0], q[..., 1:]
+    s = np.linalg.norm(v, axis=-1)
+    angle = 2.0 * np.arctan2(s, w)
+    scale = np.where(s > 1e-12, angle / np.maximum(s, 1e-300), 2.0 / np.maximum(w, 1e-300))
+    return v * scale[..., None]
+
+
+def axis_angle_to_rotm(aa: np.ndarray) -> np.ndarray:
+    """(..., 3) axis-angle -> (..., 3, 3) rotation matrices (Rodrigues)."""
+    aa = np.asarray(aa, dtype=np.float64)
+    angle = np.linalg.norm(aa, axis=-1)[..., None, None]
+    axis = aa / np.maximum(np.linalg.norm(aa, axis=-1, keepdims=True), 1e-300)
+    x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
+    zero = np.zeros_like(x)
+    k = np.stack([np.stack([zero, -z, y], -1), np.stack([z, zero, -x], -1), np.stack([-y, x, zero], -1)], -2)
+    eye = np.broadcast_to(np.eye(3), k.shape)
+    return eye + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
+
+
+def relative_chunk(proprios: dict[str, np.ndarray], actions: dict[str, np.ndarray], anchor: int,
+                   targets: np.ndarray) -> np.ndarray:
+    """(T, 32) chunk of action targets at frames `targets`, relative to the proprio at `anchor`."""
+    out = np.zeros((len(targets), ACTION_DIM), dtype=np.float64)
+    for arm in ARMS:
+        rot = np.asarray(proprios[f"{arm}_ee_rotm"][anchor], np.float64).reshape(3, 3)
+        pos = np.asarray(proprios[f"{arm}_ee_pos"][anchor], np.float64)
+        t_pos = np.asarray(actions[f"{arm}_ee_pos"][targets], np.float64)
+        t_rot = np.asarray(actions[f"{arm}_ee_rotm"][targets], np.float64).reshape(-1, 3, 3)
+        out[:, ACTION_LAYOUT[f"{arm}_ee_pos"]] = (t_pos - pos) @ rot  # row form of R_tᵀ (p − p_t)
+        out[:, ACTION_LAYOUT[f"{arm}_ee_aa"]] = rotm_to_axis_angle(rot.T @ t_rot)
+        for name, key in (("gripper", "gripper_pos"), ("joint", "arm_joint")):
+            cur = np.asarray(proprios[f"{arm}_{key}"][anchor], np.float64)
+            out[:, ACTION_LAYOUT[f"{arm}_{name}"]] = np.asarray(actions[f"{arm}_{key}"][targets], np.float64) - cur
+    return out.astype(np.float32)
+
+
+def state_vector(proprios: dict[str, np.ndarray], frame: int) -> np.ndarray:
+    """(32,) raw state: grippers at dims 6/20, joints at 7-12/21-26, zeros elsewhere."""
+    state = np.zeros(STATE_DIM, dtype=np.float32)
+    for arm in ARMS:
+        state[STATE_LAYOUT[f"{arm}_gripper"]] = proprios[f"{arm}_gripper_pos"][frame]
+        state[STATE_LAYOUT[f"{arm}_joint"]] = proprios[f"{arm}_arm_joint"][frame]
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# Writer (tests, converters)
+# --------------------------------------------------------------------------------------------
+
+
+def write_official_episode(json_path: str | Path, images: dict[str, np.ndarray], proprios: dict[str, np.ndarray],
+                           actions: dict[str, np.ndarray], task: str, trajectory_type: str = "success",
+                           fps: int = 30, crf: int = 18) -> Path:
+    """Write one episode: `<stem>.json` and `<stem>_<cam>.mp4` beside it (paths stored relative)."""
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    n = len(next(iter(images.values())))
+    observations = {}
+    for cam, frames in images.items():
+        mp4 = json_path.with_name(f"{json_path.stem}_{cam}.mp4")
+        enc = VideoEncoder(mp4, fps, frames.shape[1], frames.shape[2], crf=crf)
+        enc.write(frames)
+        enc.close()
+        observations[cam] = [{"path": mp4.name, "start": 0, "end": n, "fps": fps, "crop_bbox": None}]
+    views = "".join(f"# {VIEW_TITLES.get(cam, cam + ' View')}\n<image>\n" for cam in images)
+    prompt = f"The following observations are captured from multiple views.\n{views}{TASK_MARKER}\n{task}"
+    doc = {
+        "trajectory_type": trajectory_type,
+        "time": json_path.stem,
+        "num_frames": n,
+        "instruction": {"general": [{"images": [f"observations.{cam}" for cam in images],
+                                     "conversations": [{"from": "human", "value": prompt},
+                                                       {"from": "gpt", "value": "<cot></cot>"}]}]},
+        "observations": observations,
+        "proprios": {k: np.asarray(v).tolist() for k, v in proprios.items()},
+        "actions": {k: np.asarray(v).tolist() for k, v in actions.items()},
+    }
+    json_path.write_text(json.dumps(doc))
+    return json_path
+
+
+# --------------------------------------------------------------------------------------------
+# Reader
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Episode:
+    index: int
+    path: Path
+    length: int
+    task: str
+    invalid: bool
+    proprios: dict[str, np.ndarray]
+    actions: dict[str, np.ndarray]
+    # cam -> (mp4, start time in seconds, fps, crop box or None)
+    videos: dict[str, tuple[Path, float, float, list | None]] = field(default_factory=dict)
+
+
+def _task_from_prompt(doc: dict) -> str | None:
+    try:
+        text = doc["instruction"]["general"][0]["conversations"][0]["value"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    if not isinstance(text, str):
+        return None
+    text = text.split(TASK_MARKER, 1)[1] if TASK_MARKER in text else text.replace("<image>", "")
+    return text.removesuffix(" /no_cot").strip() or None
+
+
+def _field(doc: dict, group: str, key: str, n: int, dim: int) -> tuple[np.ndarray | None, str | None]:
+    """doc[group][key] as finite float64 (n, dim), or a reason naming the field and the bad frame."""
+    fields = doc.get(group)
+    rows = fields.get(key) if isinstance(fields, dict) else None
+    if not isinstance(rows, list):
+        return None, f"{group}.{key} is missing"
+    if len(rows) != n:
+        return None, f"{group}.{key} has {len(rows)} frames, num_frames is {n}"
+    if dim == 1:  # grippers are sometimes stored as bare numbers
+        rows = [[r] if isinstance(r, (int, float)) else r for r in rows]
+    for k, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != dim:
+            got = len(row) if isinstance(row, list) else type(row).__name__
+            return None, f"wrong dimension: {group}.{key} has length {got} at frame {k}, expected {dim}"
+    try:
+        value = np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        return None, f"{group}.{key} is not numeric: {err}"
+    bad = ~np.isfinite(value).all(1)
+    if key.endswith("ee_rotm"):
+        r = value.reshape(n, 3, 3)
+        with np.errstate(invalid="ignore"):
+            off = np.abs(r @ r.transpose(0, 2, 1) - np.eye(3)).max(axis=(1, 2))
+            bad_rot = (off > 1e-2) | (np.linalg.det(r) < 0)
+        if (bad_rot & ~bad).any():
+            return None, f"{group}.{key} at frame {int(np.argmax(bad_rot & ~bad))} is not a rotation matrix"
+    if bad.any():
+        return None, f"{group}.{key} has NaN/inf at frame {int(np.argmax(bad))}"
+    return value, None
+
+
+class OfficialJsonDataset:
+    """Chunked samples from official XR-0 JSON episodes; the same sample dict as LeRobotV3Dataset.
+
+    `root` is a directory (searched recursively for *.json, sorted) or a list of JSON files; the
+    episode number is the position in that sorted list. `actions` are (T, 32) in the §6.7 layout,
+    `state` is (32,). `full_chunks_only=True` restricts start frames to 0..N−T like the release.
+    `verify_videos`, caching and read-ahead behave as in LeRobotV3Dataset.
+    """
+
+    def __init__(self, root: str | Path | list, chunk_len: int, cameras: list[str] | None = None,
+                 skip_bad: bool = False, *, full_chunks_only: bool = False, cache_episodes: int = 8,
+                 readahead: int = 16, verify_videos: bool = False):
+        if chunk_len <= 0:
+            raise ValueError(f"chunk_len must be positive, got {chunk_len}")
+        self.verify_videos = verify_videos
+        self.chunk_len = int(chunk_len)
+        self.skip_bad = skip_bad
+        self.full_chunks_only = full_chunks_only
+        self.readahead = max(1, readahead)
+        self.skipped: list[Skipped] = []
+        self._cache = FrameCache(cache_episodes)
+        if isinstance(root, (list, tuple)):
+            files = sorted(Path(p) for p in root)
+        else:
+            files = sorted(Path(root).rglob("*.json"))
+        if not files:
+            raise DataError(f"{root}: no episode JSON files")
+        self.files = files
+        self.cameras = list(cameras) if cameras is not None else None
+        self._episodes: list[_Episode] = []
+        for i, path in enumerate(files):
+            ep = self._load(i, path)
+            if ep is not None:
+                self._episodes.append(ep)
+        counts = [self._n_starts(e.length) for e in self._episodes]
+        self._offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+
+    def _n_starts(self, n: int) -> int:
+        return max(0, n - self.chunk_len + 1) if self.full_chunks_only else n
+
+    def _bad(self, episode: int, file: Path, reason: str) -> None:
+        if not self.skip_bad:
+            raise DataError(f"{file}: episode {episode}: {reason}")
+        self.skipped.append(Skipped(episode, str(file), reason))
+
+    def _load(self, i: int, path: Path) -> _Episode | None:
+        try:
+            doc = json.loads(path.read_text())
+            n = int(doc["num_frames"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            self._bad(i, path, f"cannot read episode JSON: {err!r}")
+            return None
+        if n <= 0:
+            self._bad(i, path, f"num_frames is {n}")
+            return None
+        kind = doc.get("trajectory_type", "success")
+        if kind not in TRAJECTORY_TYPES:
+            self._bad(i, path, f"trajectory_type {kind!r} not in {TRAJECTORY_TYPES}")
+            return None
+        task = _task_from_prompt(doc)
+        if task is None:
+            self._bad(i, path, "missing task string (instruction.general[0].conversations[0].value)")
+            return None
+        arrays: dict[str, dict[str, np.ndarray]] = {"proprios": {}, "actions": {}}
+        for group, arm, (name, dim) in itertools.product(arrays, ARMS, FIELDS.items()):
+            value, reason = _field(doc, group, f"{arm}_{name}", n, dim)
+            if reason:
+                self._bad(i, path, reason)
+                return None
+            arrays[group][f"{arm}_{name}"] = value
+        ep = _Episode(i, path, n, task, kind == "invalid", arrays["proprios"], arrays["actions"])
+        observations = doc.get("observations") or {}
+        cams = self.cameras if self.cameras is not None else list(observations)
+        for cam in cams:
+            if not self._video(ep, cam, observations.get(cam)):
+                return None
+        return ep
+
+    def _video(self, ep: _Episode, cam: str, infos) -> bool:
+        if not infos or not isinstance(infos, list) or "path" not in infos[0]:
+            self._bad(ep.index, ep.path, f"observations.{cam} missing or has no video path")
+            return False
+        info = infos[0]
+        mp4 = Path(info["path"])
+        mp4 = mp4 if mp4.is_absolute() else ep.path.parent / mp4
+        fps = float(info.get("fps") or 30)
+        start = int(info.get("start") or 0)
+        try:
+            probe = probe_video(mp4)
+        except Exception as err:  # PyAV raises several OSError/ValueError subclasses
+            self._bad(ep.index, mp4, f"cannot open video {cam}: {err}")
+            return False
+        reason = check_video_range(mp4, probe, cam, start / fps, ep.length, fps, None, self.verify_videos)
+        if reason:
+            self._bad(ep.index, mp4, reason)
+            return False
+        ep.videos[cam] = (mp4, start / fps, fps, info.get("crop_bbox"))
+        return True
+
+    # ---- access ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    @property
+    def episodes(self) -> list[int]:
+        return [e.index for e in self._episodes]
+
+    def _locate(self, i: int) -> tuple[_Episode, int]:
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"sample {i} out of range for {n} samples")
+        pos = int(np.searchsorted(self._offsets, i, side="right")) - 1
+        return self._episodes[pos], i - int(self._offsets[pos])
+
+    def lowdim(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(state, actions, action_valid) of sample i without touching video; for statistics."""
+        ep, frame = self._locate(i)
+        idx, valid = chunk_window(ep.length, frame, self.chunk_len)
+        if ep.invalid:
+            valid = np.zeros_like(valid)
+        return state_vector(ep.proprios, frame), relative_chunk(ep.proprios, ep.actions, frame, idx), valid
+
+    def __getitem__(self, i: int) -> dict:
+        ep, frame = self._locate(int(i))
+        state, actions, valid = self.lowdim(int(i))
+        return {"images": {cam: self._frame(ep, cam, frame) for cam in ep.videos}, "instruction": ep.task,
+                "state": state, "actions": actions, "action_valid": valid, "episode": ep.index, "frame": frame}
+
+    def _frame(self, ep: _Episode, cam: str, frame: int) -> np.ndarray:
+        path, start_s, fps, crop = ep.videos[cam]
+        img = cached_frame(self._cache, path, (cam, ep.index), start_s, ep.length, fps, frame, self.readahead, ep.index)
+        if crop:
+            x0, y0, x1, y1 = (int(v) for v in crop)
+            img = img[y0:y1, x0:x1]
+        return img

@@ -1,0 +1,485 @@
+"""xr0.data: LeRobot v3 round trip, official JSON episodes, statistics, augmentation, VL mixing, bad data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from xr0.data import DataError
+from xr0.data.augment import ImageAugment
+from xr0.data.lerobot_v3 import LeRobotV3Dataset, LeRobotV3Writer
+from xr0.data.mixture import MixedDataset, MixtureSampler
+from xr0.data.official_json import (
+    ACTION_LAYOUT,
+    ACTIVE_DIMS,
+    OfficialJsonDataset,
+    axis_angle_to_rotm,
+    relative_chunk,
+    rotm_to_axis_angle,
+    write_official_episode,
+)
+from xr0.data.stats import ChunkStats, compute_stats
+from xr0.data.vl import VLDataset
+
+FPS, T, DS, DA = 30, 5, 4, 3
+LENGTHS = (20, 15, 22)
+CAMS = {"front": (32, 32), "wrist": (32, 48)}
+
+
+def make_frames(n: int, h: int, w: int, seed: int) -> np.ndarray:
+    """Smooth moving patterns (video-codec friendly) whose brightness also changes every frame."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = np.empty((n, h, w, 3), dtype=np.uint8)
+    for i in range(n):
+        phase = i / 10 + seed
+        r = 128 + 90 * np.sin(2 * np.pi * (xx / w + phase))
+        g = 128 + 90 * np.cos(2 * np.pi * (yy / h - phase))
+        b = np.full_like(r, 40 + (i * 9 + seed * 30) % 170)
+        out[i] = np.stack([r, g, b], -1).round().astype(np.uint8)
+    return out
+
+
+def make_episode(e: int, n: int):
+    rng = np.random.default_rng(100 + e)
+    images = {cam: make_frames(n, h, w, e) for cam, (h, w) in CAMS.items()}
+    return images, rng.normal(size=(n, DS)), rng.normal(size=(n, DA)), f"task {e}"
+
+
+def write_dataset(root, frames_per_file=None, pix_fmt="yuv420p"):
+    episodes = [make_episode(e, n) for e, n in enumerate(LENGTHS)]
+    with LeRobotV3Writer(root, FPS, CAMS, DS, DA, robot_type="toy", frames_per_file=frames_per_file,
+                         pix_fmt=pix_fmt) as w:
+        for images, states, actions, task in episodes:
+            w.add_episode(images, states, actions, task)
+    return episodes
+
+
+@pytest.fixture(scope="module")
+def lerobot(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lerobot")
+    return root, write_dataset(root)
+
+
+# ------------------------------------------------------------------------------------------
+# LeRobot v3
+# ------------------------------------------------------------------------------------------
+
+
+def test_lerobot_layout_matches_v3(lerobot):
+    root, _ = lerobot
+    info = json.loads((root / "meta/info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["fps"] == FPS
+    assert info["total_episodes"] == 3 and info["total_frames"] == sum(LENGTHS) and info["total_tasks"] == 3
+    assert info["features"]["observation.images.wrist"]["shape"] == [32, 48, 3]
+    assert info["features"]["observation.images.wrist"]["dtype"] == "video"
+    assert info["features"]["action"]["shape"] == [DA]
+    assert (root / "data/chunk-000/file-000.parquet").is_file()
+    assert (root / "videos/observation.images.front/chunk-000/file-000.mp4").is_file()
+    eps = pq.read_table(root / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    assert [e["length"] for e in eps] == list(LENGTHS)
+    assert [e["dataset_from_index"] for e in eps] == [0, 20, 35]
+    assert [e["dataset_to_index"] for e in eps] == [20, 35, 57]
+    assert eps[1]["videos/observation.images.front/from_timestamp"] == pytest.approx(20 / FPS)
+    assert eps[2]["videos/observation.images.front/to_timestamp"] == pytest.approx(57 / FPS)
+    assert eps[1]["tasks"] == ["task 1"]
+    tasks = pq.read_table(root / "meta/tasks.parquet").to_pydict()
+    assert tasks == {"task_index": [0, 1, 2], "task": ["task 0", "task 1", "task 2"]}
+    data = pq.read_table(root / "data/chunk-000/file-000.parquet")
+    assert {"index", "episode_index", "frame_index", "timestamp", "task_index", "observation.state", "action"} <= set(
+        data.column_names)
+    assert data.column("index").to_pylist() == list(range(57))
+    stats = json.loads((root / "meta/stats.json").read_text())
+    all_actions = np.concatenate([ep[2] for ep in lerobot[1]])
+    np.testing.assert_allclose(stats["action"]["mean"], all_actions.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(stats["action"]["std"], all_actions.std(0), rtol=1e-6)
+
+
+def test_lerobot_round_trip(lerobot):
+    root, episodes = lerobot
+    ds = LeRobotV3Dataset(root, chunk_len=T)
+    assert len(ds) == sum(LENGTHS) and ds.episodes == [0, 1, 2] and ds.cameras == ["front", "wrist"]
+    errors, neighbour_gap = [], []
+    for i in range(len(ds)):
+        s = ds[i]
+        images, states, actions, task = episodes[s["episode"]]
+        n, f = len(states), s["frame"]
+        assert s["instruction"] == task
+        assert s["state"].dtype == np.float32 and np.array_equal(s["state"], states[f].astype(np.float32))
+        valid = f + np.arange(T) < n
+        assert s["action_valid"].dtype == np.bool_ and np.array_equal(s["action_valid"], valid)
+        expect = actions[np.minimum(f + np.arange(T), n - 1)].astype(np.float32)
+        assert s["actions"].shape == (T, DA) and np.array_equal(s["actions"], expect)
+        for cam in CAMS:
+            got = s["images"][cam]
+            assert got.dtype == np.uint8 and got.shape == images[cam][f].shape
+            err = np.abs(got.astype(float) - images[cam][f]).mean()
+            errors.append(err)
+            other = images[cam][f + 1 if f + 1 < n else f - 1]
+            neighbour_gap.append(np.abs(got.astype(float) - other).mean() - err)
+    # Lossy H.264 (crf 18, yuv420p) on 32x32 frames: a few grey levels of error (3.8 of the ~4.3
+    # measured come from 4:2:0 chroma subsampling alone), and each frame is its own, not a neighbour.
+    assert np.mean(errors) < 5.0, np.mean(errors)
+    assert np.max(errors) < 7.0, np.max(errors)
+    assert np.min(neighbour_gap) > 1.0, np.min(neighbour_gap)
+    # Padding: the last frame of episode 0 has one valid action and repeats it.
+    last = ds[LENGTHS[0] - 1]
+    assert last["action_valid"].tolist() == [True, False, False, False, False]
+    assert np.array_equal(last["actions"], np.repeat(episodes[0][2][-1:].astype(np.float32), T, 0))
+    # Random access after other episodes gives the same pixels as the sequential pass.
+    fresh = LeRobotV3Dataset(root, chunk_len=T, cameras=["observation.images.wrist"], cache_episodes=1)
+    for i in (56, 3, 40, 21, 3):
+        assert np.array_equal(fresh[i]["images"]["wrist"], ds[i]["images"]["wrist"])
+    assert list(fresh[0]["images"]) == ["wrist"]
+    assert fresh[-1]["frame"] == LENGTHS[2] - 1
+    with pytest.raises(IndexError):
+        fresh[len(fresh)]
+
+
+def test_lerobot_multiple_files_yuv444(tmp_path):
+    episodes = write_dataset(tmp_path, frames_per_file=1, pix_fmt="yuv444p")
+    assert (tmp_path / "data/chunk-000/file-002.parquet").is_file()
+    assert (tmp_path / "videos/observation.images.wrist/chunk-000/file-002.mp4").is_file()
+    ds = LeRobotV3Dataset(tmp_path, chunk_len=T, verify_videos=True)  # every episode decodes fully
+    s = ds[LENGTHS[0] + LENGTHS[1] + 7]
+    assert (s["episode"], s["frame"]) == (2, 7)
+    assert np.array_equal(s["state"], episodes[2][1][7].astype(np.float32))
+    assert np.abs(s["images"]["front"].astype(float) - episodes[2][0]["front"][7]).mean() < 3.5
+
+
+def test_writer_rejects_bad_input(tmp_path):
+    w = LeRobotV3Writer(tmp_path / "x", FPS, {"front": (32, 32)}, DS, DA)
+    images = {"front": make_frames(4, 32, 32, 0)}
+    with pytest.raises(DataError, match="actions shape"):
+        w.add_episode(images, np.zeros((4, DS)), np.zeros((4, DA + 1)), "t")
+    with pytest.raises(DataError, match="NaN"):
+        w.add_episode(images, np.zeros((4, DS)), np.full((4, DA), np.nan), "t")
+    with pytest.raises(DataError, match="task"):
+        w.add_episode(images, np.zeros((4, DS)), np.zeros((4, DA)), "")
+    w.close()
+
+
+# ------------------------------------------------------------------------------------------
+# Statistics
+# ------------------------------------------------------------------------------------------
+
+
+def test_stats_equal_numpy_over_all_chunks(lerobot):
+    ds = LeRobotV3Dataset(lerobot[0], chunk_len=T)
+    stats = compute_stats(ds)
+    states, chunks, valid = map(np.stack, zip(*(ds.lowdim(i) for i in range(len(ds))), strict=True))
+    for t in range(T):
+        a = chunks[valid[:, t], t].astype(np.float64)
+        np.testing.assert_allclose(stats.action_mean[t], a.mean(0), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(stats.action_std[t], a.std(0), rtol=1e-10, atol=1e-12)
+        assert stats.count[t] == len(a)
+    assert stats.count.tolist() == [57, 54, 51, 48, 45]
+    states = states.astype(np.float64)
+    np.testing.assert_allclose(stats.state_mean, states.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(stats.state_std, states.std(0), rtol=1e-10)
+    x = chunks[0]
+    expect = (x - stats.action_mean) / (stats.action_std + 1e-6)
+    np.testing.assert_allclose(stats.normalize_actions(x), expect, rtol=1e-5)
+    np.testing.assert_allclose(stats.denormalize_actions(stats.normalize_actions(x)), x, atol=1e-5)
+    again = ChunkStats.from_dict(json.loads(json.dumps(stats.to_dict())))
+    assert again.sha256() == stats.sha256()
+
+
+# ------------------------------------------------------------------------------------------
+# Official JSON format
+# ------------------------------------------------------------------------------------------
+
+
+def rot_x(a):
+    c, s = math.cos(a), math.sin(a)
+    return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+
+
+def rot_z(a):
+    c, s = math.cos(a), math.sin(a)
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+def test_relative_actions_hand_computed():
+    # Anchor: left hand at p=(1,2,3) rotated 90° about z. Target: moved +1 along world y and
+    # rotated a further 30° about the hand's own x axis.
+    n = 2
+    prop = {f"{arm}_{k}": np.zeros((n, d)) for arm in ("left", "right")
+            for k, d in (("ee_pos", 3), ("ee_rotm", 9), ("arm_joint", 6), ("gripper_pos", 1))}
+    act = {k: v.copy() for k, v in prop.items()}
+    for d in (prop, act):
+        d["right_ee_rotm"][:] = np.eye(3).reshape(9)
+    prop["left_ee_pos"][0] = [1, 2, 3]
+    prop["left_ee_rotm"][0] = rot_z(math.pi / 2).reshape(9)  # row-major
+    prop["left_gripper_pos"][0] = 0.2
+    prop["left_arm_joint"][0] = np.arange(6) * 0.1
+    act["left_ee_pos"][1] = [1, 3, 3]
+    act["left_ee_rotm"][1] = (rot_z(math.pi / 2) @ rot_x(math.pi / 6)).reshape(9)
+    act["left_gripper_pos"][1] = 0.5
+    act["left_arm_joint"][1] = np.arange(6) * 0.1 + 0.05
+    act["right_ee_pos"][1] = [0, 0, 0.25]
+
+    chunk = relative_chunk(prop, act, anchor=0, targets=np.array([1, 1]))
+    assert chunk.shape == (2, 32)
+    # World +y seen from a frame turned 90° about z is the frame's +x.
+    np.testing.assert_allclose(chunk[0, ACTION_LAYOUT["left_ee_pos"]], [1, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(chunk[0, ACTION_LAYOUT["left_ee_aa"]], [math.pi / 6, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(chunk[0, ACTION_LAYOUT["left_gripper"]], [0.3], atol=1e-6)
+    np.testing.assert_allclose(chunk[0, ACTION_LAYOUT["left_joint"]], np.full(6, 0.05), atol=1e-6)
+    np.testing.assert_allclose(chunk[0, ACTION_LAYOUT["right_ee_pos"]], [0, 0, 0.25], atol=1e-6)
+    np.testing.assert_allclose(chunk[0, ACTION_LAYOUT["right_ee_aa"]], [0, 0, 0], atol=1e-7)
+    assert np.all(chunk[:, ~ACTIVE_DIMS] == 0) and ACTIVE_DIMS.sum() == 26
+    assert not ACTIVE_DIMS[13] and not ACTIVE_DIMS[27:].any()
+
+
+def test_axis_angle_round_trip_including_near_pi():
+    rng = np.random.default_rng(0)
+    axes = rng.normal(size=(64, 3))
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    angles = np.concatenate([rng.uniform(0, math.pi, 58), [0.0, 1e-9, 1e-4, math.pi - 1e-7, math.pi - 1e-3, math.pi]])
+    aa = axes * angles[:, None]
+    back = rotm_to_axis_angle(axis_angle_to_rotm(aa))
+    np.testing.assert_allclose(axis_angle_to_rotm(back), axis_angle_to_rotm(aa), atol=1e-9)
+    ok = angles < math.pi - 1e-3  # away from π the vector itself is unique
+    np.testing.assert_allclose(back[ok], aa[ok], atol=1e-9)
+    np.testing.assert_allclose(rotm_to_axis_angle(rot_x(math.pi)), [math.pi, 0, 0], atol=1e-9)
+
+
+def random_official(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    prop, act = {}, {}
+    for arm in ("left", "right"):
+        for d in (prop, act):
+            d[f"{arm}_ee_pos"] = rng.normal(size=(n, 3))
+            d[f"{arm}_ee_rotm"] = axis_angle_to_rotm(rng.normal(size=(n, 3))).reshape(n, 9)
+            d[f"{arm}_arm_joint"] = rng.normal(size=(n, 6))
+            d[f"{arm}_gripper_pos"] = rng.uniform(size=(n, 1))
+    images = {"ego": make_frames(n, 32, 32, seed), "wrist_left": make_frames(n, 32, 32, seed + 7)}
+    return images, prop, act
+
+
+def write_official(root, kinds=("success", "invalid")):
+    episodes = []
+    for e, kind in enumerate(kinds):
+        images, prop, act = random_official(12, e)
+        write_official_episode(root / f"ep{e}.json", images, prop, act, f"fold towel {e}", trajectory_type=kind,
+                               fps=FPS)
+        episodes.append((images, prop, act))
+    return episodes
+
+
+def test_official_dataset(tmp_path):
+    episodes = write_official(tmp_path)
+    ds = OfficialJsonDataset(tmp_path, chunk_len=T)
+    assert len(ds) == 24 and ds.episodes == [0, 1]
+    s = ds[9]
+    images, prop, act = episodes[0]
+    assert s["instruction"] == "fold towel 0" and (s["episode"], s["frame"]) == (0, 9)
+    assert s["actions"].shape == (T, 32) and s["actions"].dtype == np.float32
+    assert s["action_valid"].tolist() == [True, True, True, False, False]
+    expect = relative_chunk(prop, act, 9, np.minimum(9 + np.arange(T), 11))
+    np.testing.assert_array_equal(s["actions"], expect)
+    np.testing.assert_array_equal(s["actions"][3], s["actions"][2])  # padded by repetition
+    # State: grippers at 6/20, joints at 7-12/21-26, nothing else.
+    assert s["state"].shape == (32,) and s["state"][6] == np.float32(prop["left_gripper_pos"][9, 0])
+    np.testing.assert_array_equal(s["state"][21:27], prop["right_arm_joint"][9].astype(np.float32))
+    assert not s["state"][[0, 1, 2, 3, 4, 5, 13, 14, 19, 27, 31]].any()
+    assert set(s["images"]) == {"ego", "wrist_left"}
+    assert np.abs(s["images"]["ego"].astype(float) - images["ego"][9]).mean() < 5.0
+    # "invalid" trajectories are fully masked (the documented behaviour).
+    assert not ds[12 + 2]["action_valid"].any()
+    full = OfficialJsonDataset(tmp_path, chunk_len=T, cameras=["ego"], full_chunks_only=True)
+    assert len(full) == 2 * (12 - T + 1) and all(full[i]["action_valid"].all() for i in range(8))
+    stats = compute_stats(full)
+    assert stats.action_mean.shape == (T, 32) and stats.count.tolist() == [8] * T
+
+
+# ------------------------------------------------------------------------------------------
+# Augmentation
+# ------------------------------------------------------------------------------------------
+
+
+def test_augment_deterministic_and_off_at_eval():
+    views = {"ego": make_frames(1, 64, 64, 0)[0], "wrist": make_frames(1, 64, 64, 3)[0]}
+    aug = ImageAugment()
+    a = aug(views, np.random.default_rng(5))
+    b = aug(views, np.random.default_rng(5))
+    assert all(np.array_equal(a[k], b[k]) for k in views)
+    assert all(a[k].shape == (64, 64, 3) and a[k].dtype == np.uint8 for k in views)
+    outs = [aug(views, np.random.default_rng(seed))["ego"] for seed in range(6)]
+    assert len({o.tobytes() for o in outs}) == 6
+    assert not np.array_equal(a["ego"], views["ego"])
+    rng = np.random.default_rng(5)
+    off = ImageAugment(train=False)(views, rng)
+    assert all(off[k] is views[k] for k in views)
+    assert rng.random() == np.random.default_rng(5).random()  # eval draws nothing
+    # Flags and factors are shared across views: identical views stay identical without cropping.
+    same = ImageAugment(crop_ratio=1.0)([views["ego"], views["ego"]], np.random.default_rng(1))
+    assert np.array_equal(same[0], same[1])
+    # Brightness alone on a flat grey image scales it by a factor within 1 ± 32/255.
+    grey = np.full((32, 32, 3), 100, np.uint8)
+    bright = ImageAugment(crop_ratio=1.0, contrast=(1, 1), saturation=(1, 1), p=1.0)
+    factors = [bright([grey], np.random.default_rng(s))[0].mean() / 100 for s in range(20)]
+    assert max(factors) <= 1 + 32 / 255 + 0.006 and min(factors) >= 1 - 32 / 255 - 0.006
+    assert max(factors) - min(factors) > 0.05
+
+
+# ------------------------------------------------------------------------------------------
+# VL data and the 1:6 mixture
+# ------------------------------------------------------------------------------------------
+
+
+def test_vl_dataset_and_mixture(tmp_path, lerobot):
+    (tmp_path / "img").mkdir()
+    Image.fromarray(make_frames(1, 16, 24, 0)[0]).save(tmp_path / "img/a.png")
+    Image.fromarray(make_frames(1, 20, 20, 1)[0]).save(tmp_path / "img/b.png")
+    lines = [{"images": ["img/a.png"], "question": "What colour?", "answer": "red"},
+             {"images": ["img/a.png", "img/b.png"], "question": "Same?", "answer": "no"},
+             {"images": [], "question": "2+2?", "answer": "4"}]
+    (tmp_path / "vl.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    vl = VLDataset(tmp_path / "vl.jsonl")
+    assert len(vl) == 3
+    s = vl[1]
+    assert s["question"] == "Same?" and s["answer"] == "no"
+    assert [im.shape for im in s["images"]] == [(16, 24, 3), (20, 20, 3)] and s["images"][0].dtype == np.uint8
+
+    sampler = MixtureSampler(robot_len=57, vl_len=3, ratio=(1, 6), seed=0)
+    draws = [sampler[i] for i in range(700)]
+    kinds = [k for k, _ in draws]
+    assert kinds.count("vl") == 100 and kinds.count("robot") == 600
+    assert all(kinds[b:b + 7].count("vl") == 1 for b in range(0, 700, 7))
+    assert draws == [d for _, d in zip(range(700), MixtureSampler(57, 3, seed=0), strict=False)]
+    assert draws != [MixtureSampler(57, 3, seed=1)[i] for i in range(700)]
+    robot_idx = [i for k, i in draws if k == "robot"]
+    assert sorted(robot_idx[:57]) == list(range(57))  # one epoch = a permutation
+    vl_idx = [i for k, i in draws if k == "vl"]
+    assert sorted(vl_idx[:3]) == [0, 1, 2]
+    assert [sampler[i] for i in range(3, 700, 4)] == draws[3::4]  # rank-strided access is consistent
+
+    mixed = MixedDataset(LeRobotV3Dataset(lerobot[0], chunk_len=T), vl, seed=0)
+    assert len(mixed) == math.ceil(57 / 6) * 7
+    kind, sample = mixed[next(i for i, k in enumerate(kinds) if k == "vl")]
+    assert kind == "vl" and "question" in sample
+    kind, sample = mixed[next(i for i, k in enumerate(kinds) if k == "robot")]
+    assert kind == "robot" and sample["actions"].shape == (T, DA)
+
+
+def test_vl_bad_lines(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    good = {"images": [], "question": "q", "answer": "a"}
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "images": ["nope.png"]}) + "\n")
+    with pytest.raises(DataError, match=r"bad\.jsonl.*line\) 2.*nope\.png"):
+        VLDataset(path)
+    ds = VLDataset(path, skip_bad=True)
+    assert len(ds) == 1 and [(s.episode, s.file) for s in ds.skipped] == [(2, str(path))]
+
+
+# ------------------------------------------------------------------------------------------
+# Bad data: each case raises DataError naming file and episode, or is skipped and reported
+# ------------------------------------------------------------------------------------------
+
+
+def _rewrite_parquet(path, fn):
+    table = pq.read_table(path)
+    pq.write_table(fn(table), path)
+
+
+def _set_action(table, value):
+    rows = [list(r) for r in table.column("action").to_pylist()]
+    rows[3] = value
+    return table.set_column(table.column_names.index("action"), "action", pa.array(rows, pa.list_(pa.float32())))
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+LEROBOT_CASES = {
+    "truncated_parquet": ("data/chunk-000/file-001.parquet",
+                          lambda root, p: _truncate(p)),
+    "corrupt_mp4": ("videos/observation.images.front/chunk-000/file-001.mp4",
+                    lambda root, p: _truncate(p)),
+    "nan_action": ("data/chunk-000/file-001.parquet",
+                   lambda root, p: _rewrite_parquet(p, lambda t: _set_action(t, [0.0, float("nan"), 0.0]))),
+    "wrong_dim": ("data/chunk-000/file-001.parquet",
+                  lambda root, p: _rewrite_parquet(p, lambda t: _set_action(t, [0.0] * (DA + 1)))),
+    "missing_task": ("data/chunk-000/file-001.parquet",
+                     lambda root, p: pq.write_table(pa.table({"task_index": [0, 2], "task": ["task 0", "task 2"]}),
+                                                    root / "meta/tasks.parquet")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LEROBOT_CASES))
+def test_lerobot_bad_data(tmp_path, case):
+    write_dataset(tmp_path, frames_per_file=1)  # one episode per data/video file
+    rel, damage = LEROBOT_CASES[case]
+    damage(tmp_path, tmp_path / rel)
+    with pytest.raises(DataError) as err:
+        LeRobotV3Dataset(tmp_path, chunk_len=T)
+    assert rel in str(err.value) and "episode 1" in str(err.value), str(err.value)
+    ds = LeRobotV3Dataset(tmp_path, chunk_len=T, skip_bad=True)
+    assert len(ds.skipped) == 1 and ds.skipped[0].episode == 1 and ds.skipped[0].file.endswith(rel)
+    assert ds.episodes == [0, 2] and len(ds) == LENGTHS[0] + LENGTHS[2]
+    assert {ds[i]["episode"] for i in range(0, len(ds), 5)} == {0, 2}
+
+
+def _edit_json(path, fn):
+    doc = json.loads(path.read_text())
+    fn(doc)
+    path.write_text(json.dumps(doc))
+
+
+def _nan_action(doc):
+    doc["actions"]["left_ee_pos"][4][1] = math.nan
+
+
+OFFICIAL_CASES = {
+    "truncated_json": ("ep1.json", lambda p: _truncate(p)),
+    "corrupt_mp4": ("ep1_ego.mp4", lambda p: _truncate(p)),
+    "nan_action": ("ep1.json", lambda p: _edit_json(p, _nan_action)),
+    "wrong_dim": ("ep1.json", lambda p: _edit_json(p, lambda d: d["proprios"]["right_ee_rotm"][2].pop())),
+    "missing_task": ("ep1.json", lambda p: _edit_json(p, lambda d: d.__setitem__("instruction", {"general": []}))),
+    "not_rotation": ("ep1.json", lambda p: _edit_json(p, lambda d: d["actions"]["right_ee_rotm"][5].__setitem__(0, 3))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OFFICIAL_CASES))
+def test_official_bad_data(tmp_path, case):
+    write_official(tmp_path, kinds=("success", "ongoing", "success"))
+    name, damage = OFFICIAL_CASES[case]
+    damage(tmp_path / name)
+    with pytest.raises(DataError) as err:
+        OfficialJsonDataset(tmp_path, chunk_len=T)
+    assert name in str(err.value) and "episode 1" in str(err.value), str(err.value)
+    ds = OfficialJsonDataset(tmp_path, chunk_len=T, skip_bad=True)
+    assert [(s.episode, s.file.endswith(name)) for s in ds.skipped] == [(1, True)]
+    assert ds.episodes == [0, 2] and len(ds) == 24
+
+
+def test_damaged_stream_found_by_verify_or_on_access(tmp_path):
+    """A truncated MP4 whose index sits at the front opens fine; decoding exposes it."""
+    import av
+
+    write_official(tmp_path, kinds=("success", "success"))
+    src, tmp = tmp_path / "ep1_ego.mp4", tmp_path / "faststart.mp4"
+    with av.open(str(src)) as inp, av.open(str(tmp), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    data = tmp.read_bytes()
+    src.write_bytes(data[: len(data) // 2])
+    ds = OfficialJsonDataset(tmp_path, chunk_len=T, cameras=["ego"])  # header probe passes
+    with pytest.raises(DataError, match=r"ep1_ego\.mp4: episode 1"):
+        [ds[i] for i in range(12, 24)]
+    with pytest.raises(DataError, match=r"ep1_ego\.mp4: episode 1: video ego does not decode"):
+        OfficialJsonDataset(tmp_path, chunk_len=T, cameras=["ego"], verify_videos=True)
+    checked = OfficialJsonDataset(tmp_path, chunk_len=T, cameras=["ego"], verify_videos=True, skip_bad=True)
+    assert checked.episodes == [0] and len(checked.skipped) == 1
