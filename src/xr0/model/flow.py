@@ -26,19 +26,33 @@ def interpolate(actions: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> 
     return tt * actions + (1 - tt) * noise, actions - noise
 
 
-def euler_sample(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise: torch.Tensor,
-                 steps: int = 5, prefix: torch.Tensor | None = None) -> torch.Tensor:
+def euler_times(steps: int, batch: int = 1, device=None) -> torch.Tensor:
+    """The fixed Euler grid t_k = k / steps as a (steps, batch) float32 table.
+
+    Made once per chunk: everything that depends on t alone (the adaLN modulation) can then be precomputed, and the
+    loop itself creates no tensors from host data (which a CUDA-graph capture forbids).
+    """
+    dt = 1.0 / steps
+    times = torch.tensor([k * dt for k in range(steps)], dtype=torch.float32, device=device)
+    return times[:, None].expand(steps, batch)
+
+
+def euler_sample(velocity: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], noise: torch.Tensor,
+                 steps: int = 5, prefix: torch.Tensor | None = None, times: torch.Tensor | None = None) -> torch.Tensor:
     """Integrate dx/dt = v(x, t) from t = 0 (noise) to t = 1 with `steps` Euler steps.
 
-    A clean prefix (B, p, D) occupies the first p slots and stays fixed: `velocity` must return zero there.
+    velocity(x, t, k) gets the (B,) times of step k and k itself, so a caller can index tables it built per chunk.
+    times: euler_times(steps, B) if not given. A clean prefix (B, p, D) occupies the first p slots and stays fixed:
+    `velocity` must return zero there.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     x = noise.clone()
     if prefix is not None:
         x[:, : prefix.shape[1]] = prefix.to(x.dtype)
+    if times is None:
+        times = euler_times(steps, x.shape[0], x.device)
     dt = 1.0 / steps
     for k in range(steps):
-        t = torch.full((x.shape[0],), k * dt, dtype=torch.float32, device=x.device)
-        x = x + dt * velocity(x, t)
+        x = x + dt * velocity(x, times[k], k)
     return x
