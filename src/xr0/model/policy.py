@@ -318,7 +318,9 @@ class XR0Policy(ActionExpert):
         opts = opts or LossOptions()
         p, r = opts.prefix_len, opts.repeat
         dev, dtype = self.sink.weight.device, self.sink.weight.dtype
-        prefix = self.encode(batch).repeat_interleave(r)
+        vlm_trains = any(q.requires_grad for q in self.vlm.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and vlm_trains):  # a frozen VLM's K/V are constants
+            prefix = self.encode(batch).repeat_interleave(r)
         rep = lambda x: x.to(dev).repeat_interleave(r, dim=0)  # noqa: E731
         actions, mask, state = rep(batch["actions"]).float(), rep(batch["action_mask"]).float(), rep(batch["state"])
         B = actions.shape[0]
@@ -328,8 +330,7 @@ class XR0Policy(ActionExpert):
         x_t, target = interpolate(actions, noise, t)
         if p:
             x_t[:, :p] = actions[:, :p]
-        with torch.autocast(dev.type if isinstance(dev, torch.device) else "cpu", enabled=False):
-            v = self.velocity(ctx, x_t.to(dtype), t).float()
+        v = self.velocity(ctx, x_t.to(dtype), t).float()
         weight = torch.ones_like(actions)
         if opts.reweight and p:
             with torch.no_grad():

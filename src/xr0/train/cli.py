@@ -1,0 +1,124 @@
+"""`xr0 train`: flags -> TrainConfig -> Trainer.run(). Also runnable as `torchrun ... -m xr0.train.cli` (DDP/FSDP2).
+
+Every flag defaults to the TrainConfig / recipe default, so `--help` and the dataclasses never disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from .recipes import RECIPES, RecipeUnavailable
+from .trainer import TrainConfig, Trainer
+
+# flag -> (TrainConfig field, type, help)
+_FIELDS = [
+    ("--preset", "preset", str, "model preset for a fresh run: tiny | small | xr0-4b"),
+    ("--recipe", "recipe", str, f"training recipe: {' | '.join(RECIPES)}"),
+    ("--data", "data", str, "LeRobotDataset v3 folder (meta/info.json) or a folder of official JSON episodes"),
+    ("--robot-type", "robot_type", str, "name of the robot type the normalisation stats are stored under"),
+    ("--out", "out", str, "run folder: metrics.jsonl and checkpoints/"),
+    ("--steps", "steps", int, "optimiser steps (the schedule's length)"),
+    ("--batch-size", "batch_size", int, "samples per process per micro-batch"),
+    ("--grad-accum", "grad_accum", int, "micro-batches per optimiser step"),
+    ("--lr", "lr", float, "peak learning rate"),
+    ("--min-lr", "min_lr", float, "learning rate at the start of warm-up and at the end of the cosine"),
+    ("--warmup", "warmup", int, "linear warm-up steps"),
+    ("--weight-decay", "weight_decay", float, "AdamW weight decay (never on bias/norm/ln/rotary_emb/adaln)"),
+    ("--grad-clip", "grad_clip", float, "gradient-norm clip"),
+    ("--dtype", "dtype", str, "autocast dtype: bf16 | fp32 | auto (bf16 on CUDA and on CPUs with native bf16)"),
+    ("--seed", "seed", int, "seed of the initialisation, sample order, augmentation and noise"),
+    ("--save-every", "save_every", int, "checkpoint every K steps (and at the end)"),
+    ("--keep", "keep_checkpoints", int, "keep only the newest K checkpoints"),
+    ("--log-every", "log_every", int, "write a metrics row every K steps"),
+    ("--init", "init", str, "start from this checkpoint (or run folder) with a fresh optimiser, "
+                            "e.g. stage2 -> post-async"),
+    ("--stats-samples", "stats_samples", int, "read at most this many samples for the normalisation statistics"),
+    ("--stop-after", "stop_after", int, "stop after this many steps without changing the schedule"),
+    ("--device", "device", str, "auto | cpu | cuda"),
+    ("--tracker", "tracker", str, "also log to: none | auto | wandb | trackio (only if installed)"),
+    ("--vl-data", "vl_data", str, "stage1: VL JSONL co-training data"),
+]
+_SWITCHES = [
+    ("--resume", "resume", True, "continue from the latest complete checkpoint in --out"),
+    ("--fsdp", "fsdp", True, "shard with FSDP2 (torch.distributed.fsdp.fully_shard) instead of DDP"),
+    ("--skip-bad", "skip_bad", True, "skip bad episodes (reported at the end) instead of failing"),
+    ("--no-augment", "augment", False, "turn off image augmentation"),
+    ("--raw-state", "raw_state", True, "feed the state unnormalised (the released pipeline)"),
+    ("--overfit-batch", "overfit_batch", True, "reuse the first batch and its t/noise draw every step (sanity check)"),
+    ("--no-progress", "progress", False, "no progress bar"),
+]
+_RECIPE_FLAGS = [
+    ("--no-lambda-mask", "lambda_mask", False, "plain causal attention among action tokens (no Λ band)"),
+    ("--no-rope-offset", "rope_offset", 0, "no +10 RoPE shift of noisy action tokens"),
+    ("--no-reweight", "reweight", False, "no L1 loss re-weighting"),
+    ("--no-prefix-dropout", "prefix_dropout", 0.0, "never hide prefix tokens"),
+]
+
+
+_CHOICES = {"recipe": sorted(RECIPES), "dtype": ["auto", "bf16", "fp32"],
+            "tracker": ["none", "auto", "wandb", "trackio"]}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    g = parser.add_argument_group("training")
+    for flag, name, typ, helptext in _FIELDS:
+        g.add_argument(flag, dest=name, type=typ, default=None, choices=_CHOICES.get(name),
+                       help=f"{helptext} (default: {getattr(d, name)})")
+    g.add_argument("--cameras", default=None,
+                   help="comma-separated dataset cameras, in the model's camera order (default: all, by name)")
+    for flag, name, value, helptext in _SWITCHES:
+        g.add_argument(flag, dest=name, action="store_const", const=value, default=None, help=helptext)
+    a = parser.add_argument_group("recipe switches (ablations)")
+    for flag, name, value, helptext in _RECIPE_FLAGS:
+        a.add_argument(flag, dest=f"r_{name}", action="store_const", const=value, default=None, help=helptext)
+    a.add_argument("--freq-weight", dest="r_freq_weight", type=float, default=None, metavar="C",
+                   help="weight c of the rFFT loss term (default 1.0; 0 disables it)")
+    a.add_argument("--repeat", dest="r_repeat", type=int, default=None, metavar="R",
+                   help="training_repeat: noise/time draws per VLM pass (default 4)")
+    a.add_argument("--max-prefix", dest="r_max_prefix", type=int, default=None, metavar="N",
+                   help="post-async: longest action prefix (default 6)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = {}
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    if getattr(args, "cameras", None):
+        values["cameras"] = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
+    values["recipe_overrides"] = {k[2:]: v for k, v in vars(args).items() if k.startswith("r_") and v is not None}
+    return TrainConfig(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_from_args(args)
+        result = Trainer(cfg).run()
+    except (ValueError, FileNotFoundError, FileExistsError, RecipeUnavailable) as e:  # bugs keep their traceback
+        print(f"xr0 train: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        _shutdown()
+    return 0 if result.steps_done > 0 else 1
+
+
+def _shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="xr0 train", description="train with a recipe: "
+                                     "stage1 | stage2 | post-sync | post-async")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Named training recipes (spec §4-6): which parameters train, and which flow-matching options each batch uses.
+
+A recipe is a typed config plus three hooks the trainer calls: `configure(policy)` once (freezing, ablations),
+`options(rng, generator)` per batch (prefix length, prefix dropout, re-weighting), and `loss(...)`.
+Every ingredient of the asynchronous recipe is a separate field, so an ablation is one CLI flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import random
+from dataclasses import dataclass
+
+import torch
+
+from ..model.masks import sample_hidden_prefix
+from ..model.policy import LossOptions, XR0Policy
+
+EMBEDDINGS = "vlm.model.language_model.embed_tokens.weight"  # the input token embeddings (tied to lm_head)
+
+
+class RecipeUnavailable(RuntimeError):
+    """The recipe needs a module this build lacks (stage1 without xr0.model.choice)."""
+
+
+@dataclass
+class Recipe:
+    """One training recipe. Defaults are the released post-training config (spec §6.4-6.6)."""
+
+    name: str
+    train_vlm: bool = True  # False: VLM frozen (requires_grad off, eval mode, encoded under no_grad)
+    train_expert: bool = True  # False: the DiT is not trained (stage 1 trains only the VLM and its heads)
+    freeze_embeddings: bool = True  # keep the input token embeddings fixed (the released post-training does)
+    async_prefix: bool = False  # training-time action prefix (spec §6.2)
+    zero_prefix_prob: float = 0.5  # per batch: p = 0 with this probability, else p ~ U{1..min(max_prefix, T)}
+    max_prefix: int = 6
+    prefix_dropout: float = 0.5  # hide each prefix token (except the last `keep_last`) from noisy queries
+    keep_last: int = 2
+    reweight: bool = False  # L1 re-weighting from a no-grad 5-step rollout (spec §6.3)
+    freq_weight: float = 1.0  # c of the rFFT term; the released XR0.yaml sets enable_freq: true
+    repeat: int = 4  # training_repeat: noise/time draws per VLM pass
+    lambda_mask: bool = True  # Λ / local-window band (w from the preset); False = plain causal attention
+    rope_offset: int | None = None  # None = keep the preset's (+10); 0 disables the offset
+    stage: int = 2  # 1 = choice-policy pre-training (xr0.model.choice), 2 = flow matching
+
+    def validate(self) -> None:
+        if self.repeat < 1:
+            raise ValueError(f"recipe {self.name}: repeat must be >= 1, got {self.repeat}")
+        if self.max_prefix < 0:
+            raise ValueError(f"recipe {self.name}: max_prefix must be >= 0, got {self.max_prefix}")
+        if not 0.0 <= self.zero_prefix_prob <= 1.0 or not 0.0 <= self.prefix_dropout <= 1.0:
+            raise ValueError(f"recipe {self.name}: probabilities must lie in [0, 1]")
+        if self.freq_weight < 0:
+            raise ValueError(f"recipe {self.name}: freq_weight must be >= 0, got {self.freq_weight}")
+        if self.rope_offset is not None and self.rope_offset < 0:
+            raise ValueError(f"recipe {self.name}: rope_offset must be >= 0, got {self.rope_offset}")
+
+    # ------------------------------------------------------------------ once, before training
+    def check_available(self) -> None:
+        """Fail before any data is read if the recipe's code is missing (stage1 without xr0.model.choice)."""
+        if self.stage == 1:
+            missing = [f for f in ("stage1_loss", "build_heads") if not hasattr(_choice_module(), f)]
+            if missing:
+                raise RecipeUnavailable(f"recipe stage1: xr0.model.choice lacks {missing}")
+
+    def configure(self, policy: XR0Policy) -> None:
+        """Apply the ablation switches to the policy config (saved with the checkpoint) and set requires_grad."""
+        e = policy.config.expert
+        if not self.lambda_mask:
+            e.local_window = None
+        if self.rope_offset is not None:
+            e.rope_offset = self.rope_offset
+        if self.async_prefix:
+            policy.config.max_prefix = min(self.max_prefix, policy.config.chunk_len)
+        for name, p in policy.named_parameters():
+            in_vlm = name.startswith("vlm.")
+            frozen = ((in_vlm and not self.train_vlm) or (not in_vlm and not self.train_expert)
+                      or (self.freeze_embeddings and name == EMBEDDINGS))
+            p.requires_grad_(not frozen)
+
+    def set_mode(self, policy: XR0Policy) -> None:
+        """Training mode, except a frozen VLM stays in eval mode."""
+        policy.train()
+        if not self.train_vlm:
+            policy.vlm.eval()
+
+    # ------------------------------------------------------------------ per batch
+    def options(self, chunk_len: int, rng: random.Random, generator: torch.Generator,
+                dropout_generator: torch.Generator | None = None) -> LossOptions:
+        """The batch's LossOptions. `rng` gives the one Python draw of the prefix length, `dropout_generator`
+        (default: `generator`) the prefix dropout, `generator` the flow times and noise."""
+        p, hidden = 0, None
+        top = min(self.max_prefix, chunk_len)
+        if self.async_prefix and top >= 1 and rng.random() >= self.zero_prefix_prob:
+            p = rng.randint(1, top)
+            if self.prefix_dropout > 0:
+                hidden = sample_hidden_prefix(p, self.prefix_dropout, keep_last=self.keep_last,
+                                              generator=dropout_generator or generator)
+        return LossOptions(prefix_len=p, hidden_prefix=hidden, repeat=self.repeat, reweight=self.reweight,
+                           freq_weight=self.freq_weight, generator=generator)
+
+    def loss(self, policy: XR0Policy, batch: dict, opts: LossOptions, heads: torch.nn.Module | None = None,
+             vl_batch=None) -> dict[str, torch.Tensor]:
+        if self.stage == 1:
+            return _choice_module().stage1_loss(policy, heads, batch, vl_batch=vl_batch)
+        return policy.loss(batch, opts)
+
+    def build_heads(self, policy: XR0Policy) -> torch.nn.Module | None:
+        """Extra trainable modules of the recipe (the stage-1 choice heads), saved next to the policy."""
+        if self.stage != 1:
+            return None
+        module = _choice_module()
+        build = getattr(module, "build_heads", None)
+        if build is None:
+            raise RecipeUnavailable("recipe stage1: xr0.model.choice has no build_heads(policy) -> nn.Module; "
+                                    "the trainer needs it to create the choice/score heads")
+        return build(policy)
+
+
+def _choice_module():
+    try:
+        return importlib.import_module("xr0.model.choice")
+    except ModuleNotFoundError as e:
+        if e.name in ("xr0.model.choice", "xr0.model"):
+            raise RecipeUnavailable("recipe stage1 needs xr0.model.choice (stage1_loss, build_heads), which is not "
+                                    "available in this build") from e
+        raise
+
+
+RECIPES: dict[str, Recipe] = {
+    # Stage-1 VLM pre-training with choice policies (spec §4): loss and heads live in xr0.model.choice.
+    "stage1": Recipe("stage1", train_vlm=True, train_expert=False, freeze_embeddings=False, stage=1),
+    # Stage-2 pre-training (spec §5): frozen VLM, the DiT learns flow matching from its K/V.
+    "stage2": Recipe("stage2", train_vlm=False, freeze_embeddings=True),
+    # Synchronous post-training (spec §6.1): everything but the token embeddings, no prefix.
+    "post-sync": Recipe("post-sync"),
+    # Asynchronous post-training (spec §6.1-6.3): clean prefix + dropout, RoPE offset, Λ mask, L1 re-weighting.
+    "post-async": Recipe("post-async", async_prefix=True, reweight=True),
+}
+
+
+def get_recipe(name: str, **overrides) -> Recipe:
+    """A fresh copy of a named recipe with field overrides (None values are ignored)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise ValueError(f"unknown recipe field(s) {bad}")
+    recipe = dataclasses.replace(RECIPES[name], **{k: v for k, v in overrides.items() if v is not None})
+    recipe.validate()
+    return recipe
