@@ -17,6 +17,9 @@ def add_arguments(p) -> None:
     p.add_argument("--synthetic", action="store_true", help="tiny random-weight preset on a synthetic observation")
     p.add_argument("--preset", default="tiny", help="preset for --synthetic")
     p.add_argument("--runs", type=int, default=20, help="timed chunks for --synthetic")
+    p.add_argument("--episodes", type=int, default=3, help="MetaWorld episodes per task")
+    p.add_argument("--seed", type=int, default=2000, help="MetaWorld placement seed (unseen in training)")
+    p.add_argument("--out", default="runs/demo", help="where the video and the plot go")
 
 
 def synthetic(preset: str = "tiny", runs: int = 20) -> dict:
@@ -44,12 +47,10 @@ def synthetic(preset: str = "tiny", runs: int = 20) -> dict:
 
 def run(args) -> int:
     if not args.synthetic:
-        try:
-            from .sim.demo import metaworld_demo
-        except ImportError:
-            metaworld_demo = None
-        if metaworld_demo is not None:
-            return metaworld_demo(args)
-        print("(MetaWorld demo not available in this build; running the synthetic demo)")
+        from .sim.demo import metaworld_demo
+
+        status = metaworld_demo(args)
+        if status >= 0:
+            return status
     synthetic(args.preset, args.runs)
     return 0

@@ -93,7 +93,8 @@ class XR0Policy(ActionExpert):
             policy = cls(config, robots)
         state = _load_safetensors(path / WEIGHTS)
         if EMBED not in state and "embedding_sha256" in meta:
-            state[EMBED] = policy.seeded_embedding(expect_sha256=meta["embedding_sha256"])
+            stored_dtype = next(iter(state.values())).dtype  # e.g. a bf16 export stays bf16 throughout
+            state[EMBED] = policy.seeded_embedding(expect_sha256=meta["embedding_sha256"]).to(stored_dtype)
         policy.load_weights(state, device=device)
         if dtype is not None:
             policy.to(dtype)

@@ -19,6 +19,7 @@ _FIELDS = [
     ("--data", "data", str, "LeRobotDataset v3 folder (meta/info.json) or a folder of official JSON episodes"),
     ("--robot-type", "robot_type", str, "name of the robot type the normalisation stats are stored under"),
     ("--out", "out", str, "run folder: metrics.jsonl and checkpoints/"),
+    ("--chunk-len", "chunk_len", int, "fresh runs: action chunk length T (default: the preset's)"),
     ("--steps", "steps", int, "optimiser steps (the schedule's length)"),
     ("--batch-size", "batch_size", int, "samples per process per micro-batch"),
     ("--grad-accum", "grad_accum", int, "micro-batches per optimiser step"),

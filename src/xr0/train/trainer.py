@@ -48,6 +48,7 @@ class TrainConfig:
     data: str | None = None  # LeRobot v3 folder (meta/info.json) or a folder of official JSON episodes
     robot_type: str = "default"
     cameras: tuple[str, ...] | None = None  # dataset cameras to use, in the model's camera order
+    chunk_len: int | None = None  # fresh runs: action chunk length T (default: the preset's)
     out: str = "runs/xr0"
     steps: int = 30_000
     batch_size: int = 16  # per process and micro-batch
@@ -415,6 +416,8 @@ class Trainer:
         # A checkpoint fixes the architecture, cameras and chunk length; a preset gets the dataset's cameras.
         policy = XR0Policy.from_pretrained(source) if source is not None else None
         config = policy.config if policy is not None else get_preset(cfg.preset)
+        if policy is None and cfg.chunk_len:
+            config.chunk_len = cfg.chunk_len
 
         # ---- data
         if dataset is None:
@@ -430,7 +433,10 @@ class Trainer:
 
         # ---- policy and normalisation
         if policy is None:
-            policy = XR0Policy.from_preset(cfg.preset, seed=cfg.seed, cameras=config.cameras)
+            # The dataset's frame rate is the robot's control rate (the executors and the server report it).
+            fps = getattr(dataset, "fps", None) or config.control_hz
+            policy = XR0Policy.from_preset(cfg.preset, seed=cfg.seed, cameras=config.cameras,
+                                           chunk_len=config.chunk_len, control_hz=float(fps))
         if resume_from is None and (source is None or cfg.robot_type not in policy.robots):
             spec = robot_spec_from_data(dataset, policy.config, cfg.stats_samples, cfg.raw_state)
             robots = {} if source is None else dict(policy.robots)

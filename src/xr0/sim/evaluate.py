@@ -1,0 +1,170 @@
+"""Roll a policy out in MetaWorld through the runtime executors under a simulated inference latency.
+
+Time is simulated (runtime.SimClock): one inference costs ceil(latency / control period) ticks while the world
+keeps stepping, so synchronous and asynchronous execution are compared honestly and repeatably on any machine.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..runtime import (AsyncExecutor, IdentityActions, InferenceFailed, NaiveAsyncExecutor, SimClock,
+                       SyncExecutor)
+
+EXECUTORS = {"sync": SyncExecutor, "async": AsyncExecutor, "naive-async": NaiveAsyncExecutor}
+HOLD_STILL = IdentityActions(zero_on_hold=(0, 1, 2))  # a held delta action must not keep the arm moving
+
+
+def load_policy(checkpoint: str | None, preset: str | None):
+    from .. import XR0Policy
+
+    if preset:
+        return XR0Policy.from_preset(preset, seed=0, cameras=("Base View", "Wrist View"), chunk_len=20,
+                                     control_hz=40.0, robots=_metaworld_identity_robot(20))
+    if checkpoint == "embedded":
+        from ..assets import embedded_checkpoint
+
+        checkpoint = embedded_checkpoint()
+    if not checkpoint:
+        raise ValueError("give --checkpoint PATH|embedded or --preset NAME")
+    from ..train.trainer import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(checkpoint)  # a checkpoint folder, or a training run's latest checkpoint
+    return XR0Policy.from_pretrained(checkpoint, dtype=torch.float32)  # fp32 compute: see docs/benchmarks.md
+
+
+def _metaworld_identity_robot(T: int):
+    from ..processing import RobotSpec
+    from .metaworld import ACTION_DIM, STATE_DIM
+
+    return {"metaworld": RobotSpec.identity(T, ACTION_DIM, STATE_DIM)}
+
+
+def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency_ms: float = 100.0,
+             seed: int = 1000, k: int | None = None, max_ticks: int = 150, video_dir=None,
+             steps: int | None = None, progress: bool = True) -> dict:
+    """Success rate, simulated time to success, idle fraction, boundary discontinuity, real inference latency."""
+    from .metaworld import MetaWorldEnv, check_tasks
+
+    tasks = check_tasks(tasks)
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; choose from {sorted(EXECUTORS)}")
+    if episodes < 1 or latency_ms < 0:
+        raise ValueError("episodes must be >= 1 and latency_ms >= 0")
+    robot = policy.robot(None)
+    T = policy.config.chunk_len
+    k = T // 2 if k is None else k
+    hz = policy.config.control_hz
+    wall_ms: list[float] = []
+    rows, traces = [], {}
+    bar = tqdm(total=len(tasks) * episodes, desc=f"eval {executor} {latency_ms:g} ms", unit="ep", disable=not progress)
+    for task in tasks:
+        env = MetaWorldEnv(task, seed=seed, image_size=policy.config.image_size,
+                           cameras=_camera_map(policy.config.cameras))
+        for ep in range(episodes):
+            env.reset()
+            calls = [0]
+
+            def infer(obs, prefix, _ep=ep):
+                t0 = time.perf_counter()
+                out = policy.sample(images=obs["images"], instruction=obs["prompt"], state=obs["state"][:robot.state_dim],
+                                    prefix=prefix, steps=steps, seed=seed * 100_003 + _ep * 1009 + calls[0])
+                calls[0] += 1
+                wall_ms.append((time.perf_counter() - t0) * 1000)
+                return out
+
+            recorder = _VideoRecorder(env) if video_dir else None
+            clock = SimClock(1.0 / hz, latency_s=latency_ms / 1000.0)
+            kwargs = dict(k=k, action_space=HOLD_STILL)
+            if executor == "async":
+                kwargs["max_prefix"] = policy.config.max_prefix
+            runner = EXECUTORS[executor](recorder or env, infer, clock, **kwargs)
+            try:
+                trace = runner.run(max_ticks, stop=lambda: env.success)
+                error = ""
+            except InferenceFailed as e:
+                trace, error = e.trace, str(e)
+            m = trace.metrics()
+            rows.append({"task": task, "episode": ep, "success": bool(env.success),
+                         "ticks": env.ticks, "time_to_success_s": env.success_tick / hz if env.success else None,
+                         "idle_fraction": m["idle_fraction"], "boundary_discontinuity": m["boundary_discontinuity"],
+                         "error": error})
+            if recorder is not None:
+                recorder.save(pathlib.Path(video_dir) / f"{task}_ep{ep:02d}_{executor}.mp4", hz)
+            traces[(task, ep)] = trace
+            bar.update(1)
+            bar.set_postfix(success=f"{np.mean([r['success'] for r in rows]):.2f}")
+        env.close()
+    bar.close()
+    return summarize(rows, tasks, executor, latency_ms, wall_ms, hz), traces
+
+
+def summarize(rows: list[dict], tasks: list[str], executor: str, latency_ms: float, wall_ms: list[float],
+              hz: float) -> dict:
+    times = [r["time_to_success_s"] for r in rows if r["success"]]
+    bd = [r["boundary_discontinuity"] for r in rows if np.isfinite(r["boundary_discontinuity"])]
+    return {
+        "executor": executor, "latency_ms": latency_ms, "control_hz": hz, "episodes": len(rows),
+        "success_rate": float(np.mean([r["success"] for r in rows])),
+        "per_task": {t: float(np.mean([r["success"] for r in rows if r["task"] == t])) for t in tasks},
+        "mean_time_to_success_s": float(np.mean(times)) if times else None,
+        "idle_fraction": float(np.mean([r["idle_fraction"] for r in rows])),
+        "boundary_discontinuity": float(np.mean(bd)) if bd else None,
+        "inference_wall_ms_p50": float(np.percentile(wall_ms, 50)) if wall_ms else None,
+        "inference_wall_ms_p95": float(np.percentile(wall_ms, 95)) if wall_ms else None,
+        "errors": sum(bool(r["error"]) for r in rows),
+    }
+
+
+def _camera_map(model_cameras) -> dict[str, str]:
+    from .metaworld import CAMERAS
+
+    if set(model_cameras) <= set(CAMERAS):
+        return {c: CAMERAS[c] for c in model_cameras}
+    if len(model_cameras) > len(CAMERAS):
+        raise ValueError(f"the policy wants {len(model_cameras)} cameras; MetaWorld offers {list(CAMERAS)}")
+    return dict(zip(model_cameras, CAMERAS.values()))  # by position
+
+
+class _VideoRecorder:
+    """Wraps the env: renders the first camera after every tick (only when a video is wanted)."""
+
+    def __init__(self, env):
+        self.env, self.frames = env, []
+        self.camera = next(iter(env.cameras.values()))
+
+    def observe(self):
+        return self.env.observe()
+
+    def act(self, action):
+        self.env.act(action)
+        self.frames.append(self.env.render(self.camera))
+
+    def save(self, path: pathlib.Path, fps: float) -> None:
+        from ..data.lerobot_v3 import VideoEncoder
+
+        if not self.frames:
+            return
+        h, w = self.frames[0].shape[:2]
+        enc = VideoEncoder(path, int(round(fps)), h, w)
+        enc.write(np.stack(self.frames))
+        enc.close()
+
+
+def print_table(result: dict) -> None:
+    print(f"{'task':<28} success")
+    for task, rate in result["per_task"].items():
+        print(f"{task:<28} {rate:6.0%}")
+    tts = result["mean_time_to_success_s"]
+    print(f"{'mean':<28} {result['success_rate']:6.0%}   executor={result['executor']} latency={result['latency_ms']:g} ms "
+          f"time-to-success={'n/a' if tts is None else f'{tts:.2f} s'} idle={result['idle_fraction']:.3f}")
+
+
+def write_json(result: dict, path) -> None:
+    pathlib.Path(path).write_text(json.dumps(result, indent=2))

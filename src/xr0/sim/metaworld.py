@@ -1,0 +1,122 @@
+"""MetaWorld (v3) as an xr0 environment: camera images + the robot's own state + one instruction per task.
+
+The policy sees only what a real robot knows about itself (hand position, gripper opening) plus two camera
+views; object and goal positions stay hidden. MetaWorld's scripted experts, which read the full simulator
+state, are used only to produce demonstrations.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+CONTROL_HZ = 40.0  # one tick = ACTION_REPEAT MetaWorld steps of 12.5 ms
+ACTION_REPEAT = 2
+STATE_DIM, ACTION_DIM = 4, 4  # hand xyz + gripper opening; xyz delta + gripper effort
+CAMERAS = {"Base View": "corner3", "Wrist View": "gripperPOV"}  # xr0 camera name -> MetaWorld camera
+
+INSTRUCTIONS = {
+    "reach-v3": "reach the red target",
+    "push-v3": "push the red puck to the goal",
+    "drawer-open-v3": "open the drawer",
+    "drawer-close-v3": "close the drawer",
+    "button-press-topdown-v3": "press the button from the top",
+    "door-open-v3": "open the door",
+    "window-open-v3": "slide the window open",
+    "window-close-v3": "slide the window closed",
+    "plate-slide-v3": "slide the plate into the goal",
+    "handle-press-v3": "press the handle down",
+    "faucet-open-v3": "turn the faucet on",
+    "pick-place-v3": "pick up the puck and place it at the goal",
+}
+# Tasks whose goal is visible in the cameras (push's goal marker is a few pixels at 128x128).
+DEFAULT_TASKS = ("reach-v3", "drawer-open-v3", "drawer-close-v3", "button-press-topdown-v3", "window-open-v3",
+                 "handle-press-v3")
+
+
+def require_metaworld():
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    try:
+        import gymnasium as gym
+        import metaworld  # noqa: F401  (registers the Meta-World/* environments)
+        import mujoco
+    except ImportError as e:
+        raise ImportError(f"MetaWorld is not installed ({e}); run `make test` or "
+                          "`.venv/bin/pip install -r requirements.txt`") from e
+    return gym, mujoco
+
+
+def check_tasks(tasks) -> list[str]:
+    tasks = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+    unknown = [t for t in tasks if t not in INSTRUCTIONS]
+    if unknown or not tasks:
+        raise ValueError(f"unknown MetaWorld task(s) {unknown or tasks}; known: {sorted(INSTRUCTIONS)}")
+    return tasks
+
+
+class MetaWorldEnv:
+    """One MetaWorld task. `seed` fixes the sequence of object/goal placements over successive resets."""
+
+    def __init__(self, task: str, seed: int = 0, image_size: tuple[int, int] = (128, 128),
+                 cameras: dict[str, str] | None = None):
+        gym, mujoco = require_metaworld()
+        check_tasks([task])
+        self.task, self.instruction = task, INSTRUCTIONS[task]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.env = gym.make("Meta-World/MT1", env_name=task, seed=seed, disable_env_checker=True)
+        self.sim = self.env.unwrapped
+        self.cameras = dict(cameras or CAMERAS)
+        self._renderer = mujoco.Renderer(self.sim.model, *image_size)
+        self._no_effects = (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
+                            mujoco.mjtRndFlag.mjRND_SKYBOX)  # 3x faster on a software renderer
+        self._expert = None
+        self.period = 1.0 / CONTROL_HZ
+        self.reset()
+
+    def reset(self) -> dict:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._obs, _ = self.env.reset()
+        self.success, self.ticks, self.success_tick = False, 0, None
+        return self.observe()
+
+    def render(self, camera: str) -> np.ndarray:
+        self._renderer.update_scene(self.sim.data, camera=camera)
+        for flag in self._no_effects:
+            self._renderer.scene.flags[flag] = False
+        return self._renderer.render()[::-1].copy()  # MuJoCo's offscreen image is bottom-up
+
+    def state(self) -> np.ndarray:
+        return np.asarray(self._obs[:STATE_DIM], dtype=np.float32)  # hand xyz, gripper opening
+
+    def observe(self) -> dict:
+        return {"images": {name: self.render(cam) for name, cam in self.cameras.items()},
+                "state": self.state(), "prompt": self.instruction}
+
+    def act(self, action: np.ndarray) -> None:
+        action = np.clip(np.asarray(action, dtype=np.float64)[:ACTION_DIM], -1.0, 1.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(ACTION_REPEAT):
+                self._obs, _, _, _, info = self.env.step(action)
+                if info.get("success"):
+                    break
+        self.ticks += 1
+        if info.get("success") and not self.success:
+            self.success, self.success_tick = True, self.ticks
+
+    def expert_action(self) -> np.ndarray:
+        """The scripted expert's action from the full simulator state (demonstrations only)."""
+        if self._expert is None:
+            from metaworld.policies import ENV_POLICY_MAP
+            self._expert = ENV_POLICY_MAP[self.task]()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.clip(self._expert.get_action(self._obs), -1, 1).astype(np.float32)
+
+    def close(self) -> None:
+        self._renderer.close()
+        self.env.close()
