@@ -225,6 +225,13 @@ def test_corrupt_checkpoint_is_a_clear_error(tiny, tmp_path):
         XR0Policy.from_pretrained(tmp_path / "ok")
     with pytest.raises(FileNotFoundError, match="config.json"):
         XR0Policy.from_pretrained(tmp_path / "nowhere")
+    tiny.save_pretrained(tmp_path / "stats")
+    (tmp_path / "stats" / "normalization.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(ValueError, match="normalization.safetensors"):
+        XR0Policy.from_pretrained(tmp_path / "stats")
+    (tmp_path / "stats" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json"):
+        XR0Policy.from_pretrained(tmp_path / "stats")
 
 
 def test_strict_load_lists_missing_and_unexpected(tiny):

@@ -105,6 +105,59 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
     return summarize(rows, tasks, executor, latency_ms, wall_ms, hz), traces
 
 
+class _GoalMover:
+    """Wraps a reach env: at tick `at` the goal jumps; records the first tick the commanded motion points at it."""
+
+    def __init__(self, env, at: int, cos_threshold: float = 0.8):
+        self.env, self.at, self.cos_threshold = env, at, cos_threshold
+        self.reaction_ticks = None
+
+    def observe(self):
+        return self.env.observe()
+
+    def act(self, action):
+        if self.env.ticks == self.at:
+            goal = self.env.goal()
+            goal[0] = -goal[0] if abs(goal[0]) > 0.05 else goal[0] + 0.15  # the mirrored side of the table
+            self.env.move_goal(goal)
+        if self.env.ticks >= self.at and self.reaction_ticks is None:
+            to_goal = self.env.goal() - self.env.state()[:3]
+            move = np.asarray(action[:3], dtype=np.float64)
+            cos = move @ to_goal / (np.linalg.norm(move) * np.linalg.norm(to_goal) + 1e-9)
+            if cos >= self.cos_threshold:
+                self.reaction_ticks = self.env.ticks - self.at
+        self.env.act(action)
+
+
+def reactivity(policy, executor: str = "async", latency_ms: float = 100.0, episodes: int = 5, seed: int = 4000,
+               move_at: int = 12, max_ticks: int = 150) -> dict:
+    """reach-v3 with the goal moved at tick `move_at`: ticks until the arm heads for the new goal (cos >= 0.8)."""
+    from .metaworld import MetaWorldEnv
+
+    env = MetaWorldEnv("reach-v3", seed=seed, image_size=policy.config.image_size,
+                       cameras=_camera_map(policy.config.cameras))
+    hz, T = policy.config.control_hz, policy.config.chunk_len
+    ticks, successes = [], []
+    for ep in range(episodes):
+        env.reset()
+        mover = _GoalMover(env, move_at)
+        infer = lambda obs, prefix, _ep=ep: policy.sample(images=obs["images"], instruction=obs["prompt"],  # noqa: E731
+                                                          state=obs["state"], prefix=prefix, seed=seed + _ep)
+        kwargs = dict(k=T // 2, action_space=HOLD_STILL)
+        if executor == "async":
+            kwargs["max_prefix"] = policy.config.max_prefix
+        EXECUTORS[executor](mover, infer, SimClock(1.0 / hz, latency_s=latency_ms / 1000.0), **kwargs).run(
+            max_ticks, stop=lambda: env.success)
+        ticks.append(mover.reaction_ticks)
+        successes.append(env.success)
+    env.close()
+    reacted = [t for t in ticks if t is not None]
+    return {"executor": executor, "latency_ms": latency_ms, "episodes": episodes, "reacted": len(reacted),
+            "reaction_ticks_mean": float(np.mean(reacted)) if reacted else None,
+            "reaction_s_mean": float(np.mean(reacted)) / hz if reacted else None,
+            "success_after_move": float(np.mean(successes))}
+
+
 def summarize(rows: list[dict], tasks: list[str], executor: str, latency_ms: float, wall_ms: list[float],
               hz: float) -> dict:
     times = [r["time_to_success_s"] for r in rows if r["success"]]

@@ -108,6 +108,14 @@ class MetaWorldEnv:
         if info.get("success") and not self.success:
             self.success, self.success_tick = True, self.ticks
 
+    def move_goal(self, position) -> None:
+        """Move the task's goal (and its visible marker) mid-episode: a reactivity probe."""
+        self.sim._target_pos = np.asarray(position, dtype=np.float64)
+        self.sim.model.site("goal").pos = self.sim._target_pos
+
+    def goal(self) -> np.ndarray:
+        return np.asarray(self.sim._target_pos, dtype=np.float64).copy()
+
     def expert_action(self) -> np.ndarray:
         """The scripted expert's action from the full simulator state (demonstrations only)."""
         if self._expert is None:
