@@ -17,7 +17,7 @@ def add_arguments(p) -> None:
     p.add_argument("--synthetic", action="store_true", help="tiny random-weight preset on a synthetic observation")
     p.add_argument("--preset", default="tiny", help="preset for --synthetic")
     p.add_argument("--runs", type=int, default=20, help="timed chunks for --synthetic")
-    p.add_argument("--episodes", type=int, default=3, help="MetaWorld episodes per task")
+    p.add_argument("--episodes", type=int, default=2, help="MetaWorld episodes per task")
     p.add_argument("--seed", type=int, default=2000, help="MetaWorld placement seed (unseen in training)")
     p.add_argument("--out", default="runs/demo", help="where the video and the plot go")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from . import libero_cli
 
@@ -16,10 +17,13 @@ def add_metaworld_arguments(p) -> None:
     p.add_argument("--executor", default="async", choices=["sync", "async", "naive-async"])
     p.add_argument("--latency-ms", type=float, default=100.0, help="simulated inference latency")
     p.add_argument("--k", type=int, default=None, help="actions left when the next inference starts (default T/2)")
-    p.add_argument("--max-ticks", type=int, default=150, help="control ticks per episode at most")
+    p.add_argument("--max-ticks", type=int, default=100, help="control ticks per episode at most")
     p.add_argument("--seed", type=int, default=1000, help="placement seed (training data used seed 0)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's)")
-    p.add_argument("--video", default=None, metavar="DIR", help="write one MP4 per episode here")
+    p.add_argument("--video", default=None, metavar="DIR",
+                   help="write one MP4 and one plot of the executed actions (chunk switches marked) per episode here")
+    p.add_argument("--orientation", choices=["flipud", "upright"], default=None,
+                   help="image orientation the policy was trained with (default flipud; see xr0 data metaworld)")
     p.add_argument("--json", action="store_true", help="print a JSON object as the last line")
 
 
@@ -27,9 +31,14 @@ def run_metaworld(args) -> int:
     from .evaluate import evaluate, load_policy, print_table
     from .metaworld import DEFAULT_TASKS
 
-    policy = load_policy(args.checkpoint, args.preset)
+    try:
+        policy = load_policy(args.checkpoint, args.preset)
+    except (FileNotFoundError, ValueError) as e:  # no embedded checkpoint yet, a bad folder, an unknown preset
+        print(f"xr0 eval metaworld: {e}", file=sys.stderr)
+        return 2
     result, _ = evaluate(policy, args.tasks or ",".join(DEFAULT_TASKS), args.episodes, args.executor,
-                         args.latency_ms, args.seed, args.k, args.max_ticks, args.video, args.steps)
+                         args.latency_ms, args.seed, args.k, args.max_ticks, args.video, args.steps,
+                         orientation=args.orientation)
     print_table(result)
     if args.json:
         print(json.dumps(result))

@@ -47,16 +47,24 @@ def _metaworld_identity_robot(T: int):
 
 
 def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency_ms: float = 100.0,
-             seed: int = 1000, k: int | None = None, max_ticks: int = 150, video_dir=None,
-             steps: int | None = None, progress: bool = True) -> dict:
-    """Success rate, simulated time to success, idle fraction, boundary discontinuity, real inference latency."""
-    from .metaworld import MetaWorldEnv, check_tasks
+             seed: int = 1000, k: int | None = None, max_ticks: int = 100, video_dir=None,
+             steps: int | None = None, progress: bool = True, orientation: str | None = None) -> dict:
+    """Success rate, simulated time to success, idle fraction, boundary discontinuity, real inference latency.
+
+    With `video_dir`, each episode also gets an MP4 and a PNG of its executed actions with chunk switches marked.
+    `orientation` must be the one the policy's training data were rendered with (metaworld.ORIENTATIONS).
+    """
+    from .metaworld import DEFAULT_ORIENTATION, MAX_TICKS, MetaWorldEnv, check_tasks
 
     tasks = check_tasks(tasks)
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r}; choose from {sorted(EXECUTORS)}")
     if episodes < 1 or latency_ms < 0:
         raise ValueError("episodes must be >= 1 and latency_ms >= 0")
+    if not 1 <= max_ticks <= MAX_TICKS:
+        raise ValueError(f"max_ticks must be in 1..{MAX_TICKS} (MetaWorld's horizon), got {max_ticks}")
+    if video_dir:
+        pathlib.Path(video_dir).mkdir(parents=True, exist_ok=True)
     robot = policy.robot(None)
     T = policy.config.chunk_len
     k = T // 2 if k is None else k
@@ -66,7 +74,7 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
     bar = tqdm(total=len(tasks) * episodes, desc=f"eval {executor} {latency_ms:g} ms", unit="ep", disable=not progress)
     for task in tasks:
         env = MetaWorldEnv(task, seed=seed, image_size=policy.config.image_size,
-                           cameras=_camera_map(policy.config.cameras))
+                           cameras=_camera_map(policy.config.cameras), orientation=orientation or DEFAULT_ORIENTATION)
         for ep in range(episodes):
             env.reset()
             calls = [0]
@@ -96,7 +104,13 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
                          "idle_fraction": m["idle_fraction"], "boundary_discontinuity": m["boundary_discontinuity"],
                          "error": error})
             if recorder is not None:
-                recorder.save(pathlib.Path(video_dir) / f"{task}_ep{ep:02d}_{executor}.mp4", hz)
+                from .plot import plot_actions
+
+                stem = pathlib.Path(video_dir) / f"{task}_ep{ep:02d}_{executor}"
+                recorder.save(stem.with_suffix(".mp4"), hz)
+                if trace.ticks:
+                    plot_actions(trace, stem.with_name(stem.name + "_actions.png"), ["dx", "dy", "dz", "gripper"],
+                                 title=f"{task} episode {ep}: executed actions ({executor}, {latency_ms:g} ms)")
             traces[(task, ep)] = trace
             bar.update(1)
             bar.set_postfix(success=f"{np.mean([r['success'] for r in rows]):.2f}")
