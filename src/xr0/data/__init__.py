@@ -65,3 +65,27 @@ def __getattr__(name: str):
         module = importlib.import_module(f"{__name__}.{_LAZY[name]}")
         return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class EpisodeIndex:
+    """Sample index -> (episode, frame) over the kept episodes; subclasses fill `_episodes` and `_offsets`."""
+
+    _episodes: list
+    _offsets: np.ndarray  # cumulative sample counts, starting at 0
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    @property
+    def episodes(self) -> list[int]:
+        """Indices of the episodes kept (after skipping bad ones)."""
+        return [e.index for e in self._episodes]
+
+    def _locate(self, i: int):
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"sample {i} out of range for {n} samples")
+        pos = int(np.searchsorted(self._offsets, i, side="right")) - 1
+        return self._episodes[pos], i - int(self._offsets[pos])

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from xr0.data import DataError, Skipped, chunk_window
+from xr0.data import DataError, EpisodeIndex, Skipped, chunk_window
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000  # files per chunk directory, as in LeRobot
@@ -518,7 +518,7 @@ class _Episode:
     videos: dict[str, tuple[Path, float]] = field(default_factory=dict)  # key -> (mp4, from_timestamp)
 
 
-class LeRobotV3Dataset:
+class LeRobotV3Dataset(EpisodeIndex):
     """Chunked samples from a LeRobotDataset v3.0 tree; torch-free, indexable, picklable.
 
     Every frame with at least one valid action starts a sample (a chunk of `chunk_len` actions,
@@ -719,23 +719,6 @@ class LeRobotV3Dataset:
         return True
 
     # ---- access ---------------------------------------------------------------------------
-
-    def __len__(self) -> int:
-        return int(self._offsets[-1])
-
-    @property
-    def episodes(self) -> list[int]:
-        """Indices of the episodes kept (after skipping bad ones)."""
-        return [e.index for e in self._episodes]
-
-    def _locate(self, i: int) -> tuple[_Episode, int]:
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"sample {i} out of range for {n} samples")
-        pos = int(np.searchsorted(self._offsets, i, side="right")) - 1
-        return self._episodes[pos], i - int(self._offsets[pos])
 
     def lowdim(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(state, actions, action_valid) of sample i without touching video; for statistics."""

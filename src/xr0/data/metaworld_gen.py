@@ -12,14 +12,25 @@ from tqdm import tqdm
 AFTER_SUCCESS = 8  # ticks recorded after success, so the policy also learns to stay put
 
 
-def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 120, seed: int = 0) -> dict:
-    """Roll out MetaWorld's experts and keep the successful episodes. Returns a summary (printed as JSON)."""
-    from ..sim.metaworld import ACTION_DIM, CAMERAS, CONTROL_HZ, STATE_DIM, MetaWorldEnv, check_tasks
+def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 120, seed: int = 0,
+             orientation: str | None = None) -> dict:
+    """Roll out MetaWorld's experts and keep the successful episodes. Returns a summary (printed as JSON).
+
+    Besides the LeRobot tree it writes meta/xr0_metaworld.json: how the observations were made (cameras, image
+    orientation, control rate), which evaluation has to reproduce.
+    """
+    from ..sim.metaworld import (ACTION_DIM, ACTION_REPEAT, CAMERAS, CONTROL_HZ, DEFAULT_ORIENTATION, INSTRUCTIONS,
+                                 MAX_TICKS, STATE_DIM, MetaWorldEnv, check_tasks)
     from .lerobot_v3 import LeRobotV3Writer
 
     tasks = check_tasks(tasks)
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
+    if image_size < 32 or image_size % 2:
+        raise ValueError(f"--image-size must be an even number >= 32, got {image_size}")
+    if not 1 <= max_ticks <= MAX_TICKS:
+        raise ValueError(f"--max-steps must be in 1..{MAX_TICKS} (MetaWorld's horizon), got {max_ticks}")
+    orientation = orientation or DEFAULT_ORIENTATION
     size = (image_size, image_size)
     writer = LeRobotV3Writer(out, fps=int(CONTROL_HZ), cameras={c: size for c in CAMERAS}, state_dim=STATE_DIM,
                              action_dim=ACTION_DIM, robot_type="metaworld_sawyer")
@@ -27,8 +38,9 @@ def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 
     start = time.perf_counter()
     bar = tqdm(total=len(tasks) * episodes, desc="metaworld demos", unit="ep")
     for task in tasks:
-        env = MetaWorldEnv(task, seed=seed, image_size=size)
+        env = MetaWorldEnv(task, seed=seed, image_size=size, orientation=orientation)
         kept = failed = 0
+        task_start = time.perf_counter()
         while kept < episodes:
             obs = env.reset()
             frames = {c: [] for c in CAMERAS}
@@ -55,15 +67,22 @@ def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 
             summary["frames"] += len(states)
             bar.update(1)
             bar.set_postfix(task=task, frames=summary["frames"])
-        summary["tasks"][task] = {"kept": kept, "failed": failed, "expert_success": kept / (kept + failed)}
+        summary["tasks"][task] = {"kept": kept, "failed": failed, "expert_success": kept / (kept + failed),
+                                  "seconds_per_episode": round((time.perf_counter() - task_start) / (kept + failed), 2)}
         env.close()
     bar.close()
     writer.close()
     elapsed = time.perf_counter() - start
+    sidecar = {"tasks": {t: INSTRUCTIONS[t] for t in tasks}, "cameras": dict(CAMERAS), "orientation": orientation,
+               "image_size": [image_size, image_size], "control_hz": CONTROL_HZ, "action_repeat": ACTION_REPEAT,
+               "state": ["hand_x", "hand_y", "hand_z", "gripper_opening"],
+               "action": ["dx", "dy", "dz", "gripper_effort"], "seed": seed, "after_success_ticks": AFTER_SUCCESS,
+               "max_ticks": max_ticks}
+    (pathlib.Path(out) / "meta" / "xr0_metaworld.json").write_text(json.dumps(sidecar, indent=2))
     size_mb = sum(f.stat().st_size for f in pathlib.Path(out).rglob("*") if f.is_file()) / 2**20
     summary.update(seconds=round(elapsed, 1), seconds_per_episode=round(elapsed / (len(tasks) * episodes), 2),
                    renders_per_s=round(summary["renders"] / elapsed, 1), size_mb=round(size_mb, 2),
-                   control_hz=CONTROL_HZ, image_size=image_size, out=str(out))
+                   control_hz=CONTROL_HZ, image_size=image_size, orientation=orientation, out=str(out))
     return summary
 
 
@@ -72,14 +91,18 @@ def add_arguments(p) -> None:
     p.add_argument("--episodes", type=int, default=20, help="successful episodes per task")
     p.add_argument("--out", required=True, help="output dataset folder (must not exist)")
     p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--max-ticks", type=int, default=120, help="control ticks per episode at most")
+    p.add_argument("--max-steps", "--max-ticks", dest="max_ticks", type=int, default=120,
+                   help="control ticks per episode at most (one tick = 2 MetaWorld steps at 40 Hz)")
     p.add_argument("--seed", type=int, default=0, help="placement seed (evaluation uses other seeds)")
+    p.add_argument("--orientation", choices=["flipud", "upright"], default=None,
+                   help="image orientation (default: flipud, what the shipped checkpoint was trained on; "
+                        "see xr0.sim.metaworld.ORIENTATIONS)")
 
 
 def run(args) -> int:
     from ..sim.metaworld import DEFAULT_TASKS
 
     summary = generate(args.tasks or ",".join(DEFAULT_TASKS), args.episodes, args.out, args.image_size,
-                       args.max_ticks, args.seed)
+                       args.max_ticks, args.seed, args.orientation)
     print(json.dumps(summary))
     return 0

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xr0.data import DataError, Skipped, chunk_window
+from xr0.data import DataError, EpisodeIndex, Skipped, chunk_window
 from xr0.data.lerobot_v3 import FrameCache, VideoEncoder, cached_frame, check_video_range, probe_video
 
 ACTION_DIM = 32
@@ -224,7 +224,7 @@ def _field(doc: dict, group: str, key: str, n: int, dim: int) -> tuple[np.ndarra
     return value, None
 
 
-class OfficialJsonDataset:
+class OfficialJsonDataset(EpisodeIndex):
     """Chunked samples from official XR-0 JSON episodes; the same sample dict as LeRobotV3Dataset.
 
     `root` is a directory (searched recursively for *.json, sorted) or a list of JSON files; the
@@ -324,22 +324,6 @@ class OfficialJsonDataset:
         return True
 
     # ---- access ---------------------------------------------------------------------------
-
-    def __len__(self) -> int:
-        return int(self._offsets[-1])
-
-    @property
-    def episodes(self) -> list[int]:
-        return [e.index for e in self._episodes]
-
-    def _locate(self, i: int) -> tuple[_Episode, int]:
-        n = len(self)
-        if i < 0:
-            i += n
-        if not 0 <= i < n:
-            raise IndexError(f"sample {i} out of range for {n} samples")
-        pos = int(np.searchsorted(self._offsets, i, side="right")) - 1
-        return self._episodes[pos], i - int(self._offsets[pos])
 
     def lowdim(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(state, actions, action_valid) of sample i without touching video; for statistics."""
