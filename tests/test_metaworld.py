@@ -70,3 +70,133 @@ def test_train_then_evaluate_sync_vs_async(dataset, tmp_path):
     T = policy.config.chunk_len
     assert results["async"]["idle_fraction"] == 0.0
     assert results["sync"]["idle_fraction"] == pytest.approx(4 / (4 + T - T // 2), abs=0.06)
+
+
+# --------------------------------------------------------------------------- observation contract (fast, no model)
+
+
+def _project(env, camera, point, h, w):
+    """Pinhole projection with MuJoCo's camera frame (x right, y up, looking along -z): (col, row), row 0 on top."""
+    cam = env.sim.data.camera(camera)
+    rot = cam.xmat.reshape(3, 3)
+    q = rot.T @ (np.asarray(point) - cam.xpos)
+    f = (h / 2) / np.tan(np.deg2rad(env.sim.model.camera(camera).fovy[0]) / 2)
+    return w / 2 + f * q[0] / -q[2], h / 2 - f * q[1] / -q[2]
+
+
+def _geom_in_raw_render(env, camera, body):
+    """(pixel centroid, world centre) of `body`'s most visible geom in the raw render: a fact about mujoco.Renderer."""
+    import mujoco
+
+    r, model = env._renderer, env.sim.model
+    r.enable_segmentation_rendering()
+    try:
+        r.update_scene(env.sim.data, camera=camera)
+        seg = r.render()
+    finally:
+        r.disable_segmentation_rendering()
+    is_geom = seg[..., 1] == mujoco.mjtObj.mjOBJ_GEOM
+    geoms = [g for g in range(model.ngeom) if model.geom_bodyid[g] == model.body(body).id]
+    counts = [np.sum(is_geom & (seg[..., 0] == g)) for g in geoms]
+    geom = geoms[int(np.argmax(counts))]
+    rows, cols = np.nonzero(is_geom & (seg[..., 0] == geom))
+    assert len(rows) > 30, f"{body} hardly visible from {camera}"
+    return (cols.mean(), rows.mean()), env.sim.data.geom_xpos[geom]
+
+
+def test_state_is_only_hand_position_and_gripper():
+    env = MetaWorldEnv("pick-place-v3", seed=0, image_size=(32, 32))
+    try:
+        for _ in range(15):  # move and close the gripper a bit so the numbers are not the reset defaults
+            env.act(env.expert_action())
+        obs = env.observe()
+        assert set(obs) == {"images", "state", "prompt"} and obs["prompt"] == "pick up the puck and place it at the goal"
+        sim = env.sim
+        fingers = np.linalg.norm(sim.data.body("rightclaw").xpos - sim.data.body("leftclaw").xpos)
+        expected = np.r_[sim.get_endeff_pos(), np.clip(fingers / 0.1, 0, 1)]
+        assert obs["state"].shape == (4,) and obs["state"].dtype == np.float32
+        np.testing.assert_allclose(obs["state"], expected, atol=1e-5)
+        assert not np.allclose(obs["state"][:3], sim._get_pos_objects()[:3], atol=1e-3)  # no object position
+    finally:
+        env.close()
+
+
+def test_raw_render_is_top_down_and_upright_mode_puts_world_up_on_top():
+    env = MetaWorldEnv("reach-v3", seed=0, image_size=(96, 96), orientation="upright")
+    try:
+        for camera in CAMERAS.values():
+            # mujoco.Renderer already returns rows top-down: the pad is where the pinhole model says.
+            body = {"corner3": "right_l4", "gripperPOV": "leftpad"}[camera]  # a compact part seen by each camera
+            (col, row), centre = _geom_in_raw_render(env, camera, body)
+            pcol, prow = _project(env, camera, centre, 96, 96)
+            assert abs(col - pcol) < 8 and abs(row - prow) < 8, (camera, (col, row), (pcol, prow))
+            # upright: for the corner camera a point 15 cm above the table shows above it; for the downward-looking
+            # wrist camera "up" is "farther ahead on the table"
+            pair = {"corner3": ([0, 0.7, 0.0], [0, 0.7, 0.15]), "gripperPOV": ([0, 0.7, 0.0], [0, 0.9, 0.0])}[camera]
+            rolled = env.camera_rolled(camera)
+            rows = [_project(env, camera, p, 96, 96)[1] for p in pair]
+            if rolled:  # turned by 180 degrees
+                rows = [95 - r for r in rows]
+            assert rows[1] < rows[0], camera
+            env._renderer.update_scene(env.sim.data, camera=camera)
+            raw = env._renderer.render()
+            turned = env.render(camera)
+            np.testing.assert_array_equal(turned, raw[::-1, ::-1] if rolled else raw)  # a rotation, never a mirror
+        assert env.camera_rolled("corner3") and not env.camera_rolled("gripperPOV")
+    finally:
+        env.close()
+
+
+def test_bad_camera_orientation_and_horizon_are_named():
+    with pytest.raises(ValueError, match="orientation"):
+        MetaWorldEnv("reach-v3", orientation="sideways")
+    with pytest.raises(ValueError, match="nocam"):
+        MetaWorldEnv("reach-v3", cameras={"Base View": "nocam"})
+    with pytest.raises(ValueError, match="max-steps"):
+        generate(["reach-v3"], episodes=1, out="/nonexistent/never-written", max_ticks=10_000)
+
+
+def test_evaluation_placements_are_unseen():
+    """MT1 draws each reset from 50 placements fixed by the seed; eval (seed 1000) shares none with data (seed 0)."""
+    def placements(seed, n):
+        env = MetaWorldEnv("reach-v3", seed=seed, image_size=(32, 32))
+        try:
+            out = []
+            for _ in range(n):
+                env.reset()
+                out.append(np.r_[env.goal(), env.sim.obj_init_pos])
+            return np.array(out)
+        finally:
+            env.close()
+
+    train, test = placements(0, 30), placements(1000, 10)
+    assert len(np.unique(train.round(6), axis=0)) > 15  # the data cover many placements
+    dists = np.linalg.norm(train[:, None] - test[None], axis=-1)
+    assert dists.min() > 1e-4
+
+
+def test_cli_data_and_random_policy_eval(tmp_path, capsys):
+    from xr0.cli import main
+
+    out = tmp_path / "d"
+    assert main(["data", "metaworld", "--tasks", "reach-v3", "--episodes", "1", "--out", str(out),
+                 "--image-size", "32", "--max-steps", "60", "--orientation", "upright"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["tasks"]["reach-v3"]["kept"] == 1 and summary["orientation"] == "upright"
+    sidecar = json.loads((out / "meta" / "xr0_metaworld.json").read_text())
+    assert sidecar["orientation"] == "upright" and sidecar["cameras"] == CAMERAS and sidecar["control_hz"] == 40.0
+    assert LeRobotV3Dataset(out, chunk_len=4).state_dim == 4
+
+    videos = tmp_path / "v"
+    assert main(["eval", "metaworld", "--preset", "tiny", "--tasks", "reach-v3", "--episodes", "1",
+                 "--max-ticks", "12", "--executor", "async", "--latency-ms", "100", "--video", str(videos),
+                 "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("success_rate", "per_task", "episodes", "mean_time_to_success_s", "idle_fraction",
+                "boundary_discontinuity", "inference_wall_ms_p50", "inference_wall_ms_p95"):
+        assert key in r, key
+    assert r["episodes"] == 1 and 0.0 <= r["success_rate"] <= 1.0 and r["per_task"].keys() == {"reach-v3"}
+    assert r["idle_fraction"] == 0.0  # 100 ms at 40 Hz = 4 ticks, covered by the prefix
+    assert 0 < r["inference_wall_ms_p50"] <= r["inference_wall_ms_p95"]
+    assert (videos / "reach-v3_ep00_async.mp4").stat().st_size > 0
+    assert (videos / "reach-v3_ep00_async_actions.png").stat().st_size > 0

@@ -16,6 +16,16 @@ CONTROL_HZ = 40.0  # one tick = ACTION_REPEAT MetaWorld steps of 12.5 ms
 ACTION_REPEAT = 2
 STATE_DIM, ACTION_DIM = 4, 4  # hand xyz + gripper opening; xyz delta + gripper effort
 CAMERAS = {"Base View": "corner3", "Wrist View": "gripperPOV"}  # xr0 camera name -> MetaWorld camera
+# How rendered images are turned (see `MetaWorldEnv.render`). mujoco.Renderer already returns rows top-down; what
+# looks upside-down are MetaWorld's fixed corner cameras, which are rolled (their image-up axis points below the
+# horizon). "upright" rotates those by 180 degrees and leaves the others alone: world-up is up and nothing is
+# mirrored. "flipud" flips every camera vertically: corner views come out upright but mirrored left-right and the
+# wrist view upside-down. runs/mw-data and the checkpoint trained on it use "flipud", so it stays the default
+# until the data are regenerated with --orientation upright and the policy retrained; data and evaluation must
+# use the same setting.
+MAX_TICKS = 500 // ACTION_REPEAT  # MetaWorld's horizon is 500 steps (SawyerXYZEnv.max_path_length)
+ORIENTATIONS = ("flipud", "upright")
+DEFAULT_ORIENTATION = "flipud"
 
 INSTRUCTIONS = {
     "reach-v3": "reach the red target",
@@ -60,15 +70,22 @@ class MetaWorldEnv:
     """One MetaWorld task. `seed` fixes the sequence of object/goal placements over successive resets."""
 
     def __init__(self, task: str, seed: int = 0, image_size: tuple[int, int] = (128, 128),
-                 cameras: dict[str, str] | None = None):
+                 cameras: dict[str, str] | None = None, orientation: str = DEFAULT_ORIENTATION):
         gym, mujoco = require_metaworld()
         check_tasks([task])
+        if orientation not in ORIENTATIONS:
+            raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
+        self.orientation = orientation
         self.task, self.instruction = task, INSTRUCTIONS[task]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.env = gym.make("Meta-World/MT1", env_name=task, seed=seed, disable_env_checker=True)
         self.sim = self.env.unwrapped
         self.cameras = dict(cameras or CAMERAS)
+        names = [self.sim.model.camera(i).name for i in range(self.sim.model.ncam)]
+        unknown = sorted(set(self.cameras.values()) - set(names))
+        if unknown:
+            raise ValueError(f"unknown MetaWorld camera(s) {unknown}; the scene has {names}")
         self._renderer = mujoco.Renderer(self.sim.model, *image_size)
         self._no_effects = (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
                             mujoco.mjtRndFlag.mjRND_SKYBOX)  # 3x faster on a software renderer
@@ -84,10 +101,18 @@ class MetaWorldEnv:
         return self.observe()
 
     def render(self, camera: str) -> np.ndarray:
+        """One camera image, turned as `self.orientation` says (see ORIENTATIONS above)."""
         self._renderer.update_scene(self.sim.data, camera=camera)
         for flag in self._no_effects:
             self._renderer.scene.flags[flag] = False
-        return self._renderer.render()[::-1].copy()  # MuJoCo's offscreen image is bottom-up
+        img = self._renderer.render()  # rows top-down already (mujoco.Renderer flips the GL buffer)
+        if self.orientation == "flipud":
+            return img[::-1].copy()
+        return img[::-1, ::-1].copy() if self.camera_rolled(camera) else img
+
+    def camera_rolled(self, camera: str) -> bool:
+        """Whether the camera's image-up axis points below the horizon (its raw image shows the world upside-down)."""
+        return bool(self.sim.data.camera(camera).xmat.reshape(3, 3)[2, 1] < 0)
 
     def state(self) -> np.ndarray:
         return np.asarray(self._obs[:STATE_DIM], dtype=np.float32)  # hand xyz, gripper opening
@@ -96,7 +121,15 @@ class MetaWorldEnv:
         return {"images": {name: self.render(cam) for name, cam in self.cameras.items()},
                 "state": self.state(), "prompt": self.instruction}
 
+    @property
+    def max_ticks(self) -> int:
+        """Ticks per episode MetaWorld allows (its 500-step horizon; one more step raises inside MetaWorld)."""
+        return self.sim.max_path_length // ACTION_REPEAT
+
     def act(self, action: np.ndarray) -> None:
+        if self.ticks >= self.max_ticks:
+            raise RuntimeError(f"{self.task}: episode is over after {self.max_ticks} ticks "
+                               f"({self.sim.max_path_length} MetaWorld steps); lower max_ticks or reset()")
         action = np.clip(np.asarray(action, dtype=np.float64)[:ACTION_DIM], -1.0, 1.0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
