@@ -1,27 +1,27 @@
-"""Sync vs async vs naive-async execution in MetaWorld under simulated inference latency (issue: real-time execution).
+"""Sync vs async vs naive-async vs inference-time RTC in MetaWorld under simulated inference latency.
 
 Prints one JSON line per (executor, latency) and a last JSON line with the whole table; writes a PNG plot.
 Usage: python benchmarks/latency_sweep.py [--checkpoint embedded] [--episodes 4] [--latencies 0,50,100,200]
+       [--executors sync,async,naive-async,rtc] [--jobs 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from PIL import Image, ImageDraw  # noqa: E402
 
-from xr0.sim.evaluate import evaluate, load_policy, reactivity  # noqa: E402
-from xr0.sim.metaworld import DEFAULT_TASKS  # noqa: E402
+from xr0.sim.evaluate import EXECUTORS, checkpoint_setup, evaluate, load_policy, reactivity  # noqa: E402
 
-EXECUTORS = ("sync", "async", "naive-async")
-COLORS = {"sync": (214, 39, 40), "async": (44, 160, 44), "naive-async": (31, 119, 180)}
+COLORS = {"sync": (214, 39, 40), "async": (44, 160, 44), "naive-async": (31, 119, 180), "rtc": (148, 103, 189)}
 
 
-def plot(rows: list[dict], path: str) -> None:
+def plot(rows: list[dict], path: str, executors: list[str]) -> None:
     """Two panels: success rate and mean time to success against latency, one line per executor."""
     w, h, pad = 900, 360, 50
     img = Image.new("RGB", (w, h), "white")
@@ -41,7 +41,7 @@ def plot(rows: list[dict], path: str) -> None:
         Y = lambda v: h - pad - (h - 2 * pad) * (v - lo) / (hi - lo)  # noqa: E731
         for lat in lats:
             d.text((X(lat) - 10, h - pad + 5), f"{lat:g}ms", fill="black")
-        for j, ex in enumerate(EXECUTORS):
+        for j, ex in enumerate(executors):
             pts = [(X(r["latency_ms"]), Y(r[key])) for r in rows if r["executor"] == ex and r[key] is not None]
             if len(pts) > 1:
                 d.line(pts, fill=COLORS[ex], width=3)
@@ -51,26 +51,57 @@ def plot(rows: list[dict], path: str) -> None:
     img.save(path)
 
 
+_WORKER: dict = {}
+
+
+def _load(checkpoint: str) -> None:
+    """Per process: one thread (cells run side by side), the policy and its MetaWorld setup, loaded once."""
+    import torch
+
+    torch.set_num_threads(1)
+    setup = checkpoint_setup(checkpoint)
+    _WORKER.update(policy=load_policy(checkpoint, None), tasks=setup["tasks"],
+                   view=dict(orientation=setup["orientation"], cameras=setup["cameras"]))
+
+
+def _cell(job: tuple) -> dict:
+    """("eval" | "reactivity", executor, latency_ms, episodes, seed) -> that cell's result."""
+    kind, ex, lat, episodes, seed = job
+    w = _WORKER
+    if kind == "eval":
+        return evaluate(w["policy"], w["tasks"], episodes, ex, lat, seed, progress=False, **w["view"])[0]
+    return reactivity(w["policy"], ex, lat, episodes=episodes, seed=seed, **w["view"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", default="embedded")
-    ap.add_argument("--episodes", type=int, default=4)
+    ap.add_argument("--episodes", type=int, default=4, help="episodes per task and cell")
     ap.add_argument("--latencies", default="0,50,100,200")
     ap.add_argument("--seed", type=int, default=3000)
     ap.add_argument("--plot", default="docs/latency_sweep.png")
+    ap.add_argument("--executors", default=",".join(COLORS), help=f"comma-separated subset of {list(COLORS)}")
+    ap.add_argument("--jobs", type=int, default=1, help="cells evaluated in parallel, one process and thread each")
     args = ap.parse_args()
-    policy = load_policy(args.checkpoint, None)
-    rows = []
-    for lat in [float(x) for x in args.latencies.split(",")]:
-        for ex in EXECUTORS:
-            result, _ = evaluate(policy, list(DEFAULT_TASKS), args.episodes, ex, lat, args.seed, progress=False)
-            rows.append(result)
-            print(json.dumps(result), flush=True)
-    plot(rows, args.plot)
-    react = []
-    for ex in EXECUTORS:
-        react.append(reactivity(policy, ex, 100.0, episodes=args.episodes, seed=args.seed + 1))
-        print(json.dumps(react[-1]), flush=True)
+    executors = args.executors.split(",")
+    unknown = sorted(set(executors) - set(EXECUTORS))
+    if unknown:
+        ap.error(f"unknown executors {unknown}; choose from {sorted(EXECUTORS)}")
+    cells = [("eval", ex, float(lat), args.episodes, args.seed) for lat in args.latencies.split(",") for ex in executors]
+    cells += [("reactivity", ex, 100.0, args.episodes, args.seed + 1) for ex in executors]
+    if args.jobs > 1:
+        pool = multiprocessing.get_context("spawn").Pool(args.jobs, initializer=_load, initargs=(args.checkpoint,))
+        results = pool.imap(_cell, cells)
+    else:
+        _load(args.checkpoint)
+        pool, results = None, map(_cell, cells)
+    rows, react = [], []
+    for (kind, *_), result in zip(cells, results):
+        (rows if kind == "eval" else react).append(result)
+        print(json.dumps(result), flush=True)
+    if pool is not None:
+        pool.close()
+    plot(rows, args.plot, executors)
     print(json.dumps({"table": [{k: r[k] for k in ("executor", "latency_ms", "success_rate", "mean_time_to_success_s",
                                                      "idle_fraction", "boundary_discontinuity")} for r in rows],
                       "reactivity_100ms": react}))

@@ -11,8 +11,9 @@ pytest.importorskip("metaworld")
 
 from xr0.data.lerobot_v3 import LeRobotV3Dataset  # noqa: E402
 from xr0.data.metaworld_gen import generate  # noqa: E402
-from xr0.sim.evaluate import evaluate, load_policy  # noqa: E402
-from xr0.sim.metaworld import CAMERAS, MetaWorldEnv  # noqa: E402
+from xr0.sim.evaluate import checkpoint_setup, evaluate, load_policy  # noqa: E402
+from xr0.sim.export import export  # noqa: E402
+from xr0.sim.metaworld import CAMERAS, DEFAULT_ORIENTATION, MetaWorldEnv  # noqa: E402
 
 TASKS = ["reach-v3", "handle-press-v3"]
 
@@ -70,6 +71,13 @@ def test_train_then_evaluate_sync_vs_async(dataset, tmp_path):
     T = policy.config.chunk_len
     assert results["async"]["idle_fraction"] == 0.0
     assert results["sync"]["idle_fraction"] == pytest.approx(4 / (4 + T - T // 2), abs=0.06)
+    # shipping: the checkpoint carries the tasks, cameras and orientation of its data, and evaluation reads them
+    export(str(tmp_path / "run"), str(data), dest=tmp_path / "shipped")
+    setup = checkpoint_setup(str(tmp_path / "shipped"))
+    assert setup == {"tasks": TASKS, "cameras": CAMERAS, "orientation": DEFAULT_ORIENTATION}
+    (tmp_path / "shipped" / "metaworld.json").write_text("{")
+    with pytest.raises(ValueError, match="metaworld.json"):
+        checkpoint_setup(str(tmp_path / "shipped"))
 
 
 # --------------------------------------------------------------------------- observation contract (fast, no model)
@@ -173,6 +181,25 @@ def test_evaluation_placements_are_unseen():
     assert len(np.unique(train.round(6), axis=0)) > 15  # the data cover many placements
     dists = np.linalg.norm(train[:, None] - test[None], axis=-1)
     assert dists.min() > 1e-4
+
+
+def test_action_noise_leaves_the_path_but_records_the_expert(tmp_path):
+    """DART-style demos: the executed arm path differs from the clean one, the labels are the expert's own."""
+    clean = generate(["reach-v3"], 1, tmp_path / "clean", image_size=32, max_ticks=60, seed=0)
+    noisy = generate(["reach-v3"], 1, tmp_path / "noisy", image_size=32, max_ticks=60, seed=0, action_noise=0.5)
+    assert noisy["tasks"]["reach-v3"]["kept"] == 1 and clean["tasks"]["reach-v3"]["kept"] == 1
+    a, b = LeRobotV3Dataset(tmp_path / "clean", chunk_len=4), LeRobotV3Dataset(tmp_path / "noisy", chunk_len=4)
+    assert np.allclose(a[0]["state"], b[0]["state"])  # same placement, same start
+    assert np.abs(a[5]["state"] - b[5]["state"]).max() > 1e-3  # noise moved the arm off the clean path
+    env = MetaWorldEnv("reach-v3", seed=0, image_size=(32, 32))
+    try:  # the recorded label at frame 0 is the expert's clean action (nothing executed yet)
+        env.reset()
+        np.testing.assert_allclose(b[0]["actions"][0], env.expert_action(), atol=1e-6)
+    finally:
+        env.close()
+    assert json.loads((tmp_path / "noisy" / "meta" / "xr0_metaworld.json").read_text())["action_noise"] == 0.5
+    with pytest.raises(ValueError, match="action-noise"):
+        generate(["reach-v3"], 1, tmp_path / "bad", action_noise=2.0)
 
 
 def test_cli_data_and_random_policy_eval(tmp_path, capsys):

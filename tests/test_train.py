@@ -20,7 +20,9 @@ from xr0.data.lerobot_v3 import LeRobotV3Writer
 from xr0.train import TrainConfig, Trainer, find_latest, get_recipe, lr_at
 from xr0.train import cli as train_cli
 from xr0.train import trainer as trainer_mod
-from xr0.train.recipes import EMBEDDINGS, RecipeUnavailable
+from xr0.model.choice import ChoiceHeads
+from xr0.train.recipes import EMBEDDINGS
+from xr0.train.vl_tasks import write_vqa_jsonl
 
 STATE_DIM, ACTION_DIM, T = 8, 7, 10
 CAMS = {"front": (32, 32), "wrist": (32, 32)}
@@ -251,17 +253,28 @@ def test_cli_flags_map_to_config_and_ablations():
     assert dataclasses.asdict(defaults) == dataclasses.asdict(TrainConfig())
 
 
-def test_stage1_hook_is_clear_when_missing():
-    try:
-        import xr0.model.choice  # noqa: F401
-    except ModuleNotFoundError:
-        with pytest.raises(RecipeUnavailable, match="xr0.model.choice"):
-            get_recipe("stage1").build_heads(XR0Policy.from_preset("tiny"))
-        with pytest.raises(RecipeUnavailable, match="xr0.model.choice"):
-            Trainer(TrainConfig(recipe="stage1", data="/nonexistent", out="/nonexistent"))  # before any data access
-        assert train_cli.main(["--recipe", "stage1", "--data", "/nonexistent", "--out", "/nonexistent"]) == 2
-    else:
-        pytest.skip("xr0.model.choice exists: the stage1 recipe is live")
+def test_stage1_recipe_trains_vlm_and_heads_with_vl_data(dataset, tmp_path):
+    """`--recipe stage1 --vl-data`: choice heads + VLM learn (WTA, score, VL next-token at 1:6), the DiT is
+    untouched, the heads are checkpointed in their own file and a resume reloads them."""
+    vl = write_vqa_jsonl(tmp_path / "vqa", 8, seed=0, size=(32, 32))
+    kw = dict(recipe="stage1", vl_data=str(vl), batch_size=6, overfit_batch=True, augment=False, steps=20, save_every=10)
+    tr = Trainer(config(dataset, tmp_path / "s1", **kw))
+    before = snapshot(tr.policy)
+    tr.run()
+    rows = metrics(tmp_path / "s1")
+    assert {"loss", "action", "score", "vl"} <= set(rows[0])
+    assert np.mean([r["action"] for r in rows[-3:]]) < 0.6 * np.mean([r["action"] for r in rows[:3]])
+    after = dict(tr.policy.named_parameters())
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert not {k for k in changed if not k.startswith("vlm.")}, "stage 1 must not train the DiT"
+    assert EMBEDDINGS in changed and any(k.startswith("vlm.model.language_model.layers.") for k in changed)
+    ckpt = find_latest(tmp_path / "s1")
+    heads = ChoiceHeads.load(ckpt)
+    assert all(torch.equal(v, tr.heads.state_dict()[k]) for k, v in heads.state_dict().items())
+    resumed = Trainer(config(dataset, tmp_path / "s1", **{**kw, "steps": 22, "resume": True}))
+    assert all(torch.equal(v, resumed.heads.state_dict()[k]) for k, v in heads.state_dict().items())
+    assert train_cli.main(["--recipe", "stage1", "--data", str(dataset), "--out", str(tmp_path / "bad"),
+                           "--vl-data", str(tmp_path / "missing.jsonl")]) == 2
 
 
 def test_cli_run_skips_bad_episodes(tmp_path):

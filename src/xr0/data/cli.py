@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from ..train import vl_tasks
 from . import metaworld_gen
 
-SOURCES = {"metaworld": (metaworld_gen, "MetaWorld scripted-expert demonstrations -> LeRobotDataset v3")}
+SOURCES = {"metaworld": (metaworld_gen, "MetaWorld scripted-expert demonstrations -> LeRobotDataset v3"),
+           "vqa": (vl_tasks, "synthetic VQA about rendered shape scenes (exact labels) -> VL JSONL for stage 1")}
 
 
 def add_arguments(p) -> None:

@@ -13,8 +13,12 @@ AFTER_SUCCESS = 8  # ticks recorded after success, so the policy also learns to 
 
 
 def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 120, seed: int = 0,
-             orientation: str | None = None) -> dict:
+             orientation: str | None = None, action_noise: float = 0.0) -> dict:
     """Roll out MetaWorld's experts and keep the successful episodes. Returns a summary (printed as JSON).
+
+    `action_noise` > 0 (DART-style): the arm executes the expert's xyz action plus Gaussian noise of that standard
+    deviation (actions live in [-1, 1]) while the dataset records the expert's clean action, so the data also show
+    how the closed-loop expert recovers from states off its own path.
 
     Besides the LeRobot tree it writes meta/xr0_metaworld.json: how the observations were made (cameras, image
     orientation, control rate), which evaluation has to reproduce.
@@ -28,6 +32,8 @@ def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
     if image_size < 32 or image_size % 2:
         raise ValueError(f"--image-size must be an even number >= 32, got {image_size}")
+    if not 0.0 <= action_noise <= 1.0:
+        raise ValueError(f"--action-noise must be in [0, 1], got {action_noise}")
     if not 1 <= max_ticks <= MAX_TICKS:
         raise ValueError(f"--max-steps must be in 1..{MAX_TICKS} (MetaWorld's horizon), got {max_ticks}")
     orientation = orientation or DEFAULT_ORIENTATION
@@ -37,6 +43,7 @@ def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 
     summary = {"tasks": {}, "frames": 0, "renders": 0}
     start = time.perf_counter()
     bar = tqdm(total=len(tasks) * episodes, desc="metaworld demos", unit="ep")
+    noise = np.random.default_rng([seed, 0xDA27])
     for task in tasks:
         env = MetaWorldEnv(task, seed=seed, image_size=size, orientation=orientation)
         kept = failed = 0
@@ -51,6 +58,9 @@ def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 
                 action = env.expert_action()
                 states.append(obs["state"])
                 actions.append(action)
+                if action_noise > 0:
+                    action = action.copy()
+                    action[:3] = np.clip(action[:3] + noise.normal(0.0, action_noise, 3), -1.0, 1.0)
                 env.act(action)
                 if env.success and env.ticks - env.success_tick >= AFTER_SUCCESS:
                     break
@@ -77,7 +87,7 @@ def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 
                "image_size": [image_size, image_size], "control_hz": CONTROL_HZ, "action_repeat": ACTION_REPEAT,
                "state": ["hand_x", "hand_y", "hand_z", "gripper_opening"],
                "action": ["dx", "dy", "dz", "gripper_effort"], "seed": seed, "after_success_ticks": AFTER_SUCCESS,
-               "max_ticks": max_ticks}
+               "max_ticks": max_ticks, "action_noise": action_noise}
     (pathlib.Path(out) / "meta" / "xr0_metaworld.json").write_text(json.dumps(sidecar, indent=2))
     size_mb = sum(f.stat().st_size for f in pathlib.Path(out).rglob("*") if f.is_file()) / 2**20
     summary.update(seconds=round(elapsed, 1), seconds_per_episode=round(elapsed / (len(tasks) * episodes), 2),
@@ -95,14 +105,15 @@ def add_arguments(p) -> None:
                    help="control ticks per episode at most (one tick = 2 MetaWorld steps at 40 Hz)")
     p.add_argument("--seed", type=int, default=0, help="placement seed (evaluation uses other seeds)")
     p.add_argument("--orientation", choices=["flipud", "upright"], default=None,
-                   help="image orientation (default: flipud, what the shipped checkpoint was trained on; "
-                        "see xr0.sim.metaworld.ORIENTATIONS)")
+                   help="image orientation (default: upright; see xr0.sim.metaworld.ORIENTATIONS)")
+    p.add_argument("--action-noise", type=float, default=0.0,
+                   help="DART-style: execute expert xyz + N(0, s^2), record the clean expert action")
 
 
 def run(args) -> int:
     from ..sim.metaworld import DEFAULT_TASKS
 
     summary = generate(args.tasks or ",".join(DEFAULT_TASKS), args.episodes, args.out, args.image_size,
-                       args.max_ticks, args.seed, args.orientation)
+                       args.max_ticks, args.seed, args.orientation, args.action_noise)
     print(json.dumps(summary))
     return 0

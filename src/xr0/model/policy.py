@@ -15,6 +15,7 @@ from transformers import Qwen3VLConfig
 
 from ..config import PolicyConfig, get_preset
 from ..processing import Processor, RobotSpec, stats_hash
+from . import rtc
 from .action_expert import ActionExpert, ExpertContext, Prefix, StaticDenoiser
 from .backbone import build_vlm, encode
 from .flow import euler_sample, euler_times, interpolate, sample_time
@@ -249,40 +250,59 @@ class XR0Policy(ActionExpert):
         """
         self.velocity_at = torch.compile(self.velocity_at, dynamic=False, **options)
 
+    def guided_denoise(self, ctx: ExpertContext, noise: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
+                       steps: int | None = None, beta: float = rtc.BETA) -> torch.Tensor:
+        """Inference-time RTC: Euler-integrate from noise (B, T, D) with guidance toward `target` (B, T, D).
+
+        `weights` (B, T, D) is the soft mask (0 = free). The context must carry no trained prefix (prefix_len=0):
+        the target is matched by guidance alone (rtc.py). Returns float32; needs autograd, so not inference_mode.
+        """
+        if ctx.prefix_len:
+            raise ValueError(f"guided_denoise needs a context without a trained prefix, got {ctx.prefix_len=}")
+        steps = steps or self.config.num_steps
+        B = noise.shape[0]
+        times = euler_times(steps, B, noise.device)
+        with torch.no_grad():
+            table = self.modulation_table(times.flatten()).unflatten(1, (steps, B))
+        return rtc.guided_euler_sample(lambda x, t, k: self.velocity_at(ctx, x, table[:, k]), noise, target, weights,
+                                       steps, beta, times)
+
     # ------------------------------------------------------------------ inference
-    @torch.inference_mode()
     def sample(self, images, instruction: str, state, prefix=None, steps: int | None = None, seed: int = 0,
-               robot_type: str | None = None) -> np.ndarray:
+               robot_type: str | None = None, prefix_weights=None) -> np.ndarray:
         """One action chunk (T, action_dim) in physical units, from camera images, an instruction and the state.
 
         images: dict camera -> (H, W, 3) uint8 (or a list in `config.cameras` order). state: (state_dim,).
         prefix: optional (p, action_dim) committed actions (async execution); they come back unchanged in rows :p.
+        prefix_weights: optional (p,) in [0, 1]. Then the prefix is not the trained clean prefix but a soft target
+        for inference-time RTC guidance (Black et al. 2025; model/rtc.py): row i is pulled toward prefix[i] with
+        weight prefix_weights[i], rows :p come back as generated (not overwritten), and p may exceed max_prefix.
         """
         robot = self.robot(robot_type)
         T, D = self.config.chunk_len, self.config.action_dim
         state = _vector("state", state, robot.state_dim)
-        if prefix is not None:
-            prefix = np.asarray(prefix, dtype=np.float32)
-            if prefix.ndim != 2 or prefix.shape[1] != robot.action_dim:
-                raise ValueError(f"prefix must have shape (p, {robot.action_dim}), got {prefix.shape}")
-            if prefix.shape[0] > T:
-                raise ValueError(f"prefix has {prefix.shape[0]} actions, longer than the chunk length T={T}")
-            if not np.isfinite(prefix).all():
-                raise ValueError("prefix contains NaN or inf")
+        prefix = _check_prefix(prefix, robot.action_dim, T)
+        weights = None if prefix_weights is None else _check_prefix_weights(prefix_weights, prefix)
         if steps is not None and (not isinstance(steps, int) or steps < 1):
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        batch = self.processor(images, instruction)
-        dev, dtype = self.sink.weight.device, self.sink.weight.dtype
-        state_t = torch.from_numpy(robot.normalize_state(state))[None]
-        mask = torch.from_numpy(robot.action_mask).expand(1, T, D)
-        gen = torch.Generator().manual_seed(int(seed))
-        noise = torch.randn((1, T, D), generator=gen).to(dev, dtype)
-        p = 0 if prefix is None else prefix.shape[0]
-        prefix_t = None if prefix is None else torch.from_numpy(robot.normalize_actions(prefix))[None].to(dev, dtype)
-        ctx = self.context(self.encode(batch), state_t, mask, p)
-        x = self.denoise(ctx, noise, steps, prefix_t)
+        guided = weights is not None
+        with torch.no_grad() if guided else torch.inference_mode():  # guidance differentiates through the expert
+            batch = self.processor(images, instruction)
+            dev, dtype = self.sink.weight.device, self.sink.weight.dtype
+            state_t = torch.from_numpy(robot.normalize_state(state))[None]
+            mask = torch.from_numpy(robot.action_mask).expand(1, T, D)
+            gen = torch.Generator().manual_seed(int(seed))
+            noise = torch.randn((1, T, D), generator=gen).to(dev, dtype)
+            p = 0 if prefix is None else prefix.shape[0]
+            prefix_t = None if prefix is None else torch.from_numpy(robot.normalize_actions(prefix))[None].to(dev, dtype)
+            if guided:
+                ctx = self.context(self.encode(batch), state_t, mask, 0)
+                x = self.guided_denoise(ctx, noise, *_soft_target(prefix_t, weights, mask.to(dev)), steps)
+            else:
+                ctx = self.context(self.encode(batch), state_t, mask, p)
+                x = self.denoise(ctx, noise, steps, prefix_t)
         out = robot.denormalize_actions(x[0].float().cpu().numpy())
-        if prefix is not None:
+        if prefix is not None and not guided:
             out[:p] = prefix
         return out
 
@@ -363,6 +383,49 @@ def _vector(name: str, x, dim: int) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or inf")
     return arr
+
+
+def _check_prefix(prefix, action_dim: int, chunk_len: int) -> np.ndarray | None:
+    """The prefix as float32 (p, action_dim), or None; raises ValueError naming `prefix`."""
+    if prefix is None:
+        return None
+    prefix = np.asarray(prefix, dtype=np.float32)
+    if prefix.ndim != 2 or prefix.shape[1] != action_dim:
+        raise ValueError(f"prefix must have shape (p, {action_dim}), got {prefix.shape}")
+    if prefix.shape[0] > chunk_len:
+        raise ValueError(f"prefix has {prefix.shape[0]} actions, longer than the chunk length T={chunk_len}")
+    if not np.isfinite(prefix).all():
+        raise ValueError("prefix contains NaN or inf")
+    return prefix
+
+
+def _check_prefix_weights(weights, prefix: np.ndarray | None) -> np.ndarray:
+    """RTC soft-mask weights as float32 (p,), finite and in [0, 1]; raises ValueError naming `prefix_weights`."""
+    if prefix is None:
+        raise ValueError("prefix_weights needs a prefix (the target the weights apply to)")
+    try:
+        w = np.asarray(weights, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"prefix_weights must be a numeric vector: {e}") from e
+    p = prefix.shape[0]
+    if w.shape != (p,):
+        raise ValueError(f"prefix_weights must have shape ({p},) like the prefix, got {w.shape}")
+    if not np.isfinite(w).all():
+        raise ValueError("prefix_weights contains NaN or inf")
+    if w.size and (w.min() < 0 or w.max() > 1):
+        raise ValueError(f"prefix_weights must lie in [0, 1], got range [{w.min():g}, {w.max():g}]")
+    return w
+
+
+def _soft_target(prefix: torch.Tensor, weights: np.ndarray, action_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """RTC target and weights (1, T, D) float32 from a normalised prefix (1, p, D), its weights (p,) and the
+    (1, T, D) action mask: both padded with 0 past row p; the weights also 0 on unused action dims."""
+    T, p = action_mask.shape[1], prefix.shape[1]
+    target = torch.zeros(action_mask.shape, device=prefix.device)
+    target[:, :p] = prefix.float()
+    row_weights = torch.zeros(T, device=prefix.device)
+    row_weights[:p] = torch.from_numpy(weights).to(prefix.device)
+    return target, row_weights[None, :, None] * action_mask.float()
 
 
 def _load_safetensors(file: pathlib.Path) -> dict[str, torch.Tensor]:

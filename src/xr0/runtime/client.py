@@ -195,7 +195,7 @@ class PolicyClient:
                 return reply
 
     def infer(self, obs: dict) -> dict:
-        """One inference: ``obs`` = {images, state, prompt[, action_prefix, steps, seed]} ->
+        """One inference: ``obs`` = {images, state, prompt[, action_prefix, prefix_weights, steps, seed]} ->
         {"actions": (T, D) float32, "server_timing": {...}}."""
         reply = self.request(obs)
         if "actions" not in reply:
@@ -203,12 +203,15 @@ class PolicyClient:
         return reply
 
     def as_policy_fn(self) -> Callable[[dict, np.ndarray | None], np.ndarray]:
-        """An executor-style ``fn(obs, prefix) -> actions`` backed by this client."""
+        """An executor-style ``fn(obs, prefix, prefix_weights=None) -> actions`` backed by this client."""
 
-        def fn(obs: dict, prefix: np.ndarray | None = None) -> np.ndarray:
+        def fn(obs: dict, prefix: np.ndarray | None = None, prefix_weights: np.ndarray | None = None) -> np.ndarray:
             msg = dict(obs)
+            msg.pop("prefix_weights", None)
             if prefix is not None and len(prefix) > 0:
                 msg["action_prefix"] = np.asarray(prefix, dtype=np.float32)
+                if prefix_weights is not None:
+                    msg["prefix_weights"] = np.asarray(prefix_weights, dtype=np.float32)
             else:
                 msg.pop("action_prefix", None)
             return self.infer(msg)["actions"]

@@ -7,7 +7,9 @@ Protocol (one websocket, binary msgpack frames, numpy arrays as in ``xr0.runtime
      ``{"auth_required": True, ...}`` and the client must send ``{"token": "..."}``; the reply is the
      full metadata.
   2. Each request is an observation map ``{"images": {camera: HxWx3 uint8}, "state": (state_dim,),
-     "prompt": str, "action_prefix"?: (p, action_dim), "steps"?: int, "seed"?: int}``.
+     "prompt": str, "action_prefix"?: (p, action_dim), "prefix_weights"?: (p,), "steps"?: int, "seed"?: int}``.
+     With ``prefix_weights`` (in [0, 1]) the prefix is a soft target for inference-time RTC guidance and may
+     be up to chunk_len long; without it, it is the trained clean prefix (at most max_prefix).
   3. Each reply is ``{"actions": (T, action_dim) float32, "server_timing": {"infer_ms", ...}}`` or
      ``{"error": {"type", "message", "field"}}``. After an error the connection stays usable.
 
@@ -44,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 PROTOCOL = "xr0-ws/1"
 REQUIRED_METADATA = ("cameras", "image_size", "state_dim", "action_dim", "chunk_len", "control_hz", "norm_stats_hash")
-REQUEST_FIELDS = ("images", "state", "prompt", "action_prefix", "steps", "seed")
+REQUEST_FIELDS = ("images", "state", "prompt", "action_prefix", "prefix_weights", "steps", "seed")
 TOKEN_ENV = "XR0_SERVE_TOKEN"
 MAX_AUTH_FAILURES = 3
 AUTH_TIMEOUT_S = 10.0  # an unauthenticated socket gets this long per message, not the full idle timeout
@@ -77,6 +79,7 @@ class Observation:
     prefix: np.ndarray | None
     steps: int | None
     seed: int | None
+    prefix_weights: np.ndarray | None = None  # (p,) RTC soft-mask weights for the prefix
 
 
 # ----------------------------------------------------------------------------------------- validation
@@ -168,21 +171,36 @@ def validate_observation(obs: Any, meta: dict, *, max_prompt_chars: int = 2048, 
     if state.shape != (state_dim,):
         raise _bad("state", f"expected shape ({state_dim},), got {tuple(state.shape)}")
 
-    prefix = obs.get("action_prefix")
+    prefix, weights = obs.get("action_prefix"), obs.get("prefix_weights")
+    if weights is not None and prefix is None:
+        raise _bad("prefix_weights", "given without action_prefix")
     if prefix is not None:
         action_dim = int(meta["action_dim"])
-        max_p = int(meta.get("max_prefix") or meta["chunk_len"])
+        # A guided (RTC) prefix may cover the whole chunk; the trained clean prefix only max_prefix actions.
+        max_p = int(meta["chunk_len"] if weights is not None else meta.get("max_prefix") or meta["chunk_len"])
         prefix = _float_array(prefix, "action_prefix")
         if prefix.ndim != 2 or prefix.shape[1] != action_dim:
             raise _bad("action_prefix", f"expected shape (p, {action_dim}), got {tuple(prefix.shape)}")
         if prefix.shape[0] > max_p:
             raise _bad("action_prefix", f"too long: p={prefix.shape[0]} > {max_p}")
+        if weights is not None:
+            weights = _prefix_weights(weights, prefix.shape[0])
         if prefix.shape[0] == 0:
-            prefix = None
+            prefix = weights = None
 
     steps = _int_field(obs["steps"], "steps", 1, MAX_STEPS) if obs.get("steps") is not None else None
     seed = _int_field(obs["seed"], "seed", 0, 2**63 - 1) if obs.get("seed") is not None else None
-    return Observation(out_images, prompt, state, prefix, steps, seed)
+    return Observation(out_images, prompt, state, prefix, steps, seed, weights)
+
+
+def _prefix_weights(value: Any, p: int) -> np.ndarray:
+    """RTC soft-mask weights: float32 (p,) in [0, 1], one per action_prefix row."""
+    weights = _float_array(value, "prefix_weights")
+    if weights.shape != (p,):
+        raise _bad("prefix_weights", f"expected shape ({p},) like action_prefix, got {tuple(weights.shape)}")
+    if weights.size and (weights.min() < 0 or weights.max() > 1):
+        raise _bad("prefix_weights", "values must lie in [0, 1]")
+    return weights
 
 
 def _clean_metadata(meta: Any) -> dict:
@@ -444,6 +462,8 @@ class PolicyServer:
     def _run_policy(self, obs: Observation) -> tuple[np.ndarray, float, float]:
         """Runs on the single worker thread, so the policy never sees two calls at once."""
         kwargs: dict[str, Any] = {"prefix": obs.prefix}
+        if obs.prefix_weights is not None:  # only then: policies without RTC guidance need not know the name
+            kwargs["prefix_weights"] = obs.prefix_weights
         steps = obs.steps if obs.steps is not None else self.default_steps
         if steps is not None:
             kwargs["steps"] = steps

@@ -14,7 +14,8 @@ def add_metaworld_arguments(p) -> None:
     src.add_argument("--preset", help="random weights of a preset (a smoke test of the harness)")
     p.add_argument("--tasks", default=None, help="comma-separated tasks (default: the checkpoint's training tasks)")
     p.add_argument("--episodes", type=int, default=10, help="episodes per task")
-    p.add_argument("--executor", default="async", choices=["sync", "async", "naive-async"])
+    p.add_argument("--executor", default="async", choices=["sync", "async", "naive-async", "rtc"],
+                   help="rtc: inference-time RTC guidance, for checkpoints not trained async")
     p.add_argument("--latency-ms", type=float, default=100.0, help="simulated inference latency")
     p.add_argument("--k", type=int, default=None, help="actions left when the next inference starts (default T/2)")
     p.add_argument("--max-ticks", type=int, default=100, help="control ticks per episode at most")
@@ -23,22 +24,23 @@ def add_metaworld_arguments(p) -> None:
     p.add_argument("--video", default=None, metavar="DIR",
                    help="write one MP4 and one plot of the executed actions (chunk switches marked) per episode here")
     p.add_argument("--orientation", choices=["flipud", "upright"], default=None,
-                   help="image orientation the policy was trained with (default flipud; see xr0 data metaworld)")
+                   help="image orientation the policy was trained with (default: the checkpoint's metaworld.json, "
+                        "else upright; see xr0 data metaworld)")
     p.add_argument("--json", action="store_true", help="print a JSON object as the last line")
 
 
 def run_metaworld(args) -> int:
-    from .evaluate import evaluate, load_policy, print_table
-    from .metaworld import DEFAULT_TASKS
+    from .evaluate import checkpoint_setup, evaluate, load_policy, print_table
 
     try:
         policy = load_policy(args.checkpoint, args.preset)
+        setup = checkpoint_setup(args.checkpoint)
     except (FileNotFoundError, ValueError) as e:  # no embedded checkpoint yet, a bad folder, an unknown preset
         print(f"xr0 eval metaworld: {e}", file=sys.stderr)
         return 2
-    result, _ = evaluate(policy, args.tasks or ",".join(DEFAULT_TASKS), args.episodes, args.executor,
+    result, _ = evaluate(policy, args.tasks or setup["tasks"], args.episodes, args.executor,
                          args.latency_ms, args.seed, args.k, args.max_ticks, args.video, args.steps,
-                         orientation=args.orientation)
+                         orientation=args.orientation or setup["orientation"], cameras=setup["cameras"])
     print_table(result)
     if args.json:
         print(json.dumps(result))

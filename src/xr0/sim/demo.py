@@ -9,8 +9,8 @@ import time
 
 def metaworld_demo(args) -> int:
     from ..assets import embedded_checkpoint
-    from .evaluate import evaluate, load_policy, print_table
-    from .metaworld import DEFAULT_TASKS, require_metaworld
+    from .evaluate import checkpoint_setup, evaluate, load_policy, print_table
+    from .metaworld import require_metaworld
     from .plot import plot_actions
 
     try:
@@ -23,12 +23,13 @@ def metaworld_demo(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     policy = load_policy("embedded", None)
-    tasks_file = path / "tasks.json"  # the tasks the checkpoint was trained on
-    tasks = json.loads(tasks_file.read_text()) if tasks_file.is_file() else list(DEFAULT_TASKS)
+    setup = checkpoint_setup("embedded")  # the tasks, cameras and orientation it was trained with
+    tasks = setup["tasks"]
     print(f"embedded checkpoint {path} ({policy.config.name} preset, T={policy.config.chunk_len} at "
           f"{policy.config.control_hz:g} Hz); tasks: {', '.join(tasks)}")
     result, traces = evaluate(policy, tasks, episodes=args.episodes, executor="async", latency_ms=100.0,
-                              seed=args.seed, video_dir=out / "videos")
+                              seed=args.seed, video_dir=out / "videos",
+                              orientation=setup["orientation"], cameras=setup["cameras"])
     print_table(result)
     hz = result["control_hz"]
     fresh_hz = hz * (1 - result["idle_fraction"])

@@ -14,10 +14,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..runtime import (AsyncExecutor, IdentityActions, InferenceFailed, NaiveAsyncExecutor, SimClock,
+from ..runtime import (AsyncExecutor, IdentityActions, InferenceFailed, NaiveAsyncExecutor, RTCExecutor, SimClock,
                        SyncExecutor)
 
-EXECUTORS = {"sync": SyncExecutor, "async": AsyncExecutor, "naive-async": NaiveAsyncExecutor}
+# rtc: inference-time RTC (guided soft prefix over all remaining actions), for checkpoints not trained async.
+EXECUTORS = {"sync": SyncExecutor, "async": AsyncExecutor, "naive-async": NaiveAsyncExecutor, "rtc": RTCExecutor}
 HOLD_STILL = IdentityActions(zero_on_hold=(0, 1, 2))  # a held delta action must not keep the arm moving
 
 
@@ -25,7 +26,7 @@ def load_policy(checkpoint: str | None, preset: str | None):
     from .. import XR0Policy
 
     if preset:
-        return XR0Policy.from_preset(preset, seed=0, cameras=("Base View", "Wrist View"), chunk_len=20,
+        return XR0Policy.from_preset(preset, seed=0, cameras=("Base View", "Top View"), chunk_len=20,
                                      control_hz=40.0, robots=_metaworld_identity_robot(20))
     if checkpoint == "embedded":
         from ..assets import embedded_checkpoint
@@ -39,6 +40,34 @@ def load_policy(checkpoint: str | None, preset: str | None):
     return XR0Policy.from_pretrained(checkpoint, dtype=torch.float32)  # fp32 compute: see docs/benchmarks.md
 
 
+SETUP_FILE = "metaworld.json"  # in a checkpoint: the tasks, cameras and image orientation it was trained with
+
+
+def checkpoint_setup(checkpoint: str | None) -> dict:
+    """{"tasks", "cameras", "orientation"} a MetaWorld checkpoint was trained with (`SETUP_FILE`, written by
+    `python -m xr0.sim.export` from the dataset's meta/xr0_metaworld.json); the current defaults otherwise."""
+    from .metaworld import CAMERAS, DEFAULT_ORIENTATION, DEFAULT_TASKS
+
+    setup = {"tasks": list(DEFAULT_TASKS), "cameras": dict(CAMERAS), "orientation": DEFAULT_ORIENTATION}
+    if checkpoint == "embedded":
+        from ..assets import embedded_checkpoint
+
+        checkpoint = embedded_checkpoint()
+    if checkpoint:
+        from ..train.trainer import resolve_checkpoint
+
+        file = pathlib.Path(resolve_checkpoint(checkpoint)) / SETUP_FILE
+        if file.is_file():
+            try:
+                saved = json.loads(file.read_text())
+            except ValueError as e:
+                raise ValueError(f"{file}: not valid JSON: {e}") from e
+            if not isinstance(saved, dict) or not set(saved) >= {"tasks", "cameras", "orientation"}:
+                raise ValueError(f"{file}: needs 'tasks', 'cameras' and 'orientation'")
+            setup.update(tasks=list(saved["tasks"]), cameras=dict(saved["cameras"]), orientation=saved["orientation"])
+    return setup
+
+
 def _metaworld_identity_robot(T: int):
     from ..processing import RobotSpec
     from .metaworld import ACTION_DIM, STATE_DIM
@@ -48,11 +77,13 @@ def _metaworld_identity_robot(T: int):
 
 def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency_ms: float = 100.0,
              seed: int = 1000, k: int | None = None, max_ticks: int = 100, video_dir=None,
-             steps: int | None = None, progress: bool = True, orientation: str | None = None) -> dict:
+             steps: int | None = None, progress: bool = True, orientation: str | None = None,
+             cameras: dict[str, str] | None = None) -> dict:
     """Success rate, simulated time to success, idle fraction, boundary discontinuity, real inference latency.
 
     With `video_dir`, each episode also gets an MP4 and a PNG of its executed actions with chunk switches marked.
-    `orientation` must be the one the policy's training data were rendered with (metaworld.ORIENTATIONS).
+    `cameras` (policy camera -> MetaWorld camera) and `orientation` must be those the policy's training data were
+    rendered with: `checkpoint_setup(checkpoint)` gives them.
     """
     from .metaworld import DEFAULT_ORIENTATION, MAX_TICKS, MetaWorldEnv, check_tasks
 
@@ -74,15 +105,17 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
     bar = tqdm(total=len(tasks) * episodes, desc=f"eval {executor} {latency_ms:g} ms", unit="ep", disable=not progress)
     for task in tasks:
         env = MetaWorldEnv(task, seed=seed, image_size=policy.config.image_size,
-                           cameras=_camera_map(policy.config.cameras), orientation=orientation or DEFAULT_ORIENTATION)
+                           cameras=_camera_map(policy.config.cameras, cameras),
+                           orientation=orientation or DEFAULT_ORIENTATION)
         for ep in range(episodes):
             env.reset()
             calls = [0]
 
-            def infer(obs, prefix, _ep=ep):
+            def infer(obs, prefix, prefix_weights=None, _ep=ep):
                 t0 = time.perf_counter()
                 out = policy.sample(images=obs["images"], instruction=obs["prompt"], state=obs["state"][:robot.state_dim],
-                                    prefix=prefix, steps=steps, seed=seed * 100_003 + _ep * 1009 + calls[0])
+                                    prefix=prefix, prefix_weights=prefix_weights, steps=steps,
+                                    seed=seed * 100_003 + _ep * 1009 + calls[0])
                 calls[0] += 1
                 wall_ms.append((time.perf_counter() - t0) * 1000)
                 return out
@@ -90,7 +123,7 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
             recorder = _VideoRecorder(env) if video_dir else None
             clock = SimClock(1.0 / hz, latency_s=latency_ms / 1000.0)
             kwargs = dict(k=k, action_space=HOLD_STILL)
-            if executor == "async":
+            if executor == "async":  # the trained prefix; rtc's guided prefix is not capped by it
                 kwargs["max_prefix"] = policy.config.max_prefix
             runner = EXECUTORS[executor](recorder or env, infer, clock, **kwargs)
             try:
@@ -144,19 +177,22 @@ class _GoalMover:
 
 
 def reactivity(policy, executor: str = "async", latency_ms: float = 100.0, episodes: int = 5, seed: int = 4000,
-               move_at: int = 12, max_ticks: int = 150) -> dict:
+               move_at: int = 12, max_ticks: int = 150, orientation: str | None = None,
+               cameras: dict[str, str] | None = None) -> dict:
     """reach-v3 with the goal moved at tick `move_at`: ticks until the arm heads for the new goal (cos >= 0.8)."""
-    from .metaworld import MetaWorldEnv
+    from .metaworld import DEFAULT_ORIENTATION, MetaWorldEnv
 
     env = MetaWorldEnv("reach-v3", seed=seed, image_size=policy.config.image_size,
-                       cameras=_camera_map(policy.config.cameras))
+                       cameras=_camera_map(policy.config.cameras, cameras),
+                       orientation=orientation or DEFAULT_ORIENTATION)
     hz, T = policy.config.control_hz, policy.config.chunk_len
     ticks, successes = [], []
     for ep in range(episodes):
         env.reset()
         mover = _GoalMover(env, move_at)
-        infer = lambda obs, prefix, _ep=ep: policy.sample(images=obs["images"], instruction=obs["prompt"],  # noqa: E731
-                                                          state=obs["state"], prefix=prefix, seed=seed + _ep)
+        infer = lambda obs, prefix, prefix_weights=None, _ep=ep: policy.sample(  # noqa: E731
+            images=obs["images"], instruction=obs["prompt"], state=obs["state"], prefix=prefix,
+            prefix_weights=prefix_weights, seed=seed + _ep)
         kwargs = dict(k=T // 2, action_space=HOLD_STILL)
         if executor == "async":
             kwargs["max_prefix"] = policy.config.max_prefix
@@ -189,14 +225,17 @@ def summarize(rows: list[dict], tasks: list[str], executor: str, latency_ms: flo
     }
 
 
-def _camera_map(model_cameras) -> dict[str, str]:
+def _camera_map(model_cameras, cameras: dict[str, str] | None = None) -> dict[str, str]:
+    """The policy's camera names -> MetaWorld cameras: by name from `cameras` (default metaworld.CAMERAS), else by
+    position."""
     from .metaworld import CAMERAS
 
-    if set(model_cameras) <= set(CAMERAS):
-        return {c: CAMERAS[c] for c in model_cameras}
-    if len(model_cameras) > len(CAMERAS):
-        raise ValueError(f"the policy wants {len(model_cameras)} cameras; MetaWorld offers {list(CAMERAS)}")
-    return dict(zip(model_cameras, CAMERAS.values()))  # by position
+    cameras = cameras or CAMERAS
+    if set(model_cameras) <= set(cameras):
+        return {c: cameras[c] for c in model_cameras}
+    if len(model_cameras) > len(cameras):
+        raise ValueError(f"the policy wants {len(model_cameras)} cameras; the setup offers {list(cameras)}")
+    return dict(zip(model_cameras, cameras.values()))  # by position
 
 
 class _VideoRecorder:

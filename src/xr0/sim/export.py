@@ -1,9 +1,11 @@
 """Ship a trained MetaWorld run as the embedded checkpoint: bf16 weights, the frozen token embedding left out
-(regenerated from its seed at load time), plus the task list. Usage: python -m xr0.sim.export RUN_DIR [TASKS]"""
+(regenerated from its seed at load time), plus metaworld.json (the tasks, cameras and image orientation of its
+training data, from DATA_DIR/meta/xr0_metaworld.json). Usage: python -m xr0.sim.export RUN_DIR DATA_DIR"""
 
 from __future__ import annotations
 
 import json
+import pathlib
 import shutil
 import sys
 
@@ -11,17 +13,21 @@ import torch
 
 from ..assets import HERE
 from ..train.trainer import resolve_checkpoint
-from .metaworld import DEFAULT_TASKS, check_tasks
+from .evaluate import SETUP_FILE
+from .metaworld import check_tasks
 
 
-def export(run: str, tasks=DEFAULT_TASKS, dest=HERE / "metaworld") -> int:
+def export(run: str, data: str, dest=HERE / "metaworld") -> int:
     from .. import XR0Policy
 
+    sidecar = json.loads((pathlib.Path(data) / "meta" / "xr0_metaworld.json").read_text())
+    setup = {"tasks": check_tasks(list(sidecar["tasks"])), "cameras": sidecar["cameras"],
+             "orientation": sidecar["orientation"]}
     policy = XR0Policy.from_pretrained(resolve_checkpoint(run))
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save_pretrained(tmp, dtype=torch.bfloat16, store_embedding=False)
-    (tmp / "tasks.json").write_text(json.dumps(check_tasks(tasks)))
+    (tmp / SETUP_FILE).write_text(json.dumps(setup, indent=2))
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     size = sum(f.stat().st_size for f in dest.iterdir())
@@ -30,4 +36,6 @@ def export(run: str, tasks=DEFAULT_TASKS, dest=HERE / "metaworld") -> int:
 
 
 if __name__ == "__main__":
-    export(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else DEFAULT_TASKS)
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    export(sys.argv[1], sys.argv[2])

@@ -15,17 +15,18 @@ import numpy as np
 CONTROL_HZ = 40.0  # one tick = ACTION_REPEAT MetaWorld steps of 12.5 ms
 ACTION_REPEAT = 2
 STATE_DIM, ACTION_DIM = 4, 4  # hand xyz + gripper opening; xyz delta + gripper effort
-CAMERAS = {"Base View": "corner3", "Wrist View": "gripperPOV"}  # xr0 camera name -> MetaWorld camera
+# xr0 camera name -> MetaWorld camera: a corner view of the scene and the top view, in which an object's image
+# position maps almost linearly to its table position (the wrist camera "gripperPOV" sees mostly its own finger
+# at 128x128).
+CAMERAS = {"Base View": "corner3", "Top View": "topview"}
 # How rendered images are turned (see `MetaWorldEnv.render`). mujoco.Renderer already returns rows top-down; what
 # looks upside-down are MetaWorld's fixed corner cameras, which are rolled (their image-up axis points below the
-# horizon). "upright" rotates those by 180 degrees and leaves the others alone: world-up is up and nothing is
-# mirrored. "flipud" flips every camera vertically: corner views come out upright but mirrored left-right and the
-# wrist view upside-down. runs/mw-data and the checkpoint trained on it use "flipud", so it stays the default
-# until the data are regenerated with --orientation upright and the policy retrained; data and evaluation must
-# use the same setting.
+# horizon). "upright" (the default) rotates those by 180 degrees and leaves the others alone: world-up is up and
+# nothing is mirrored. "flipud" flips every camera vertically: corner views come out upright but mirrored
+# left-right. Data and evaluation must use the same setting (the dataset's meta/xr0_metaworld.json records it).
 MAX_TICKS = 500 // ACTION_REPEAT  # MetaWorld's horizon is 500 steps (SawyerXYZEnv.max_path_length)
 ORIENTATIONS = ("flipud", "upright")
-DEFAULT_ORIENTATION = "flipud"
+DEFAULT_ORIENTATION = "upright"
 
 INSTRUCTIONS = {
     "reach-v3": "reach the red target",

@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 import sys
 
-from .recipes import RECIPES, RecipeUnavailable
+from .recipes import RECIPES
 from .trainer import TrainConfig, Trainer
 
 # flag -> (TrainConfig field, type, help)
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
         result = Trainer(cfg).run()
-    except (ValueError, FileNotFoundError, FileExistsError, RecipeUnavailable) as e:  # bugs keep their traceback
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # bugs keep their traceback
         print(f"xr0 train: error: {e}", file=sys.stderr)
         return 2
     finally:

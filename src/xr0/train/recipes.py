@@ -8,20 +8,16 @@ Every ingredient of the asynchronous recipe is a separate field, so an ablation 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import random
 from dataclasses import dataclass
 
 import torch
 
+from ..model import choice
 from ..model.masks import sample_hidden_prefix
 from ..model.policy import LossOptions, XR0Policy
 
 EMBEDDINGS = "vlm.model.language_model.embed_tokens.weight"  # the input token embeddings (tied to lm_head)
-
-
-class RecipeUnavailable(RuntimeError):
-    """The recipe needs a module this build lacks (stage1 without xr0.model.choice)."""
 
 
 @dataclass
@@ -57,13 +53,6 @@ class Recipe:
             raise ValueError(f"recipe {self.name}: rope_offset must be >= 0, got {self.rope_offset}")
 
     # ------------------------------------------------------------------ once, before training
-    def check_available(self) -> None:
-        """Fail before any data is read if the recipe's code is missing (stage1 without xr0.model.choice)."""
-        if self.stage == 1:
-            missing = [f for f in ("stage1_loss", "build_heads") if not hasattr(_choice_module(), f)]
-            if missing:
-                raise RecipeUnavailable(f"recipe stage1: xr0.model.choice lacks {missing}")
-
     def configure(self, policy: XR0Policy) -> None:
         """Apply the ablation switches to the policy config (saved with the checkpoint) and set requires_grad."""
         e = policy.config.expert
@@ -101,35 +90,19 @@ class Recipe:
                            freq_weight=self.freq_weight, generator=generator)
 
     def loss(self, policy: XR0Policy, batch: dict, opts: LossOptions, heads: torch.nn.Module | None = None,
-             vl_batch=None) -> dict[str, torch.Tensor]:
+             vl_samples: list[dict] | None = None) -> dict[str, torch.Tensor]:
         if self.stage == 1:
-            return _choice_module().stage1_loss(policy, heads, batch, vl_batch=vl_batch)
+            vl = choice.make_vl_batch(policy, vl_samples) if vl_samples else None
+            return choice.stage1_loss(policy, heads, batch, vl)
         return policy.loss(batch, opts)
 
-    def build_heads(self, policy: XR0Policy) -> torch.nn.Module | None:
+    def build_heads(self, policy: XR0Policy) -> choice.ChoiceHeads | None:
         """Extra trainable modules of the recipe (the stage-1 choice heads), saved next to the policy."""
-        if self.stage != 1:
-            return None
-        module = _choice_module()
-        build = getattr(module, "build_heads", None)
-        if build is None:
-            raise RecipeUnavailable("recipe stage1: xr0.model.choice has no build_heads(policy) -> nn.Module; "
-                                    "the trainer needs it to create the choice/score heads")
-        return build(policy)
-
-
-def _choice_module():
-    try:
-        return importlib.import_module("xr0.model.choice")
-    except ModuleNotFoundError as e:
-        if e.name in ("xr0.model.choice", "xr0.model"):
-            raise RecipeUnavailable("recipe stage1 needs xr0.model.choice (stage1_loss, build_heads), which is not "
-                                    "available in this build") from e
-        raise
+        return choice.ChoiceHeads.for_policy(policy) if self.stage == 1 else None
 
 
 RECIPES: dict[str, Recipe] = {
-    # Stage-1 VLM pre-training with choice policies (spec §4): loss and heads live in xr0.model.choice.
+    # Stage-1 VLM pre-training with choice policies + VL co-training (spec §4): xr0.model.choice.
     "stage1": Recipe("stage1", train_vlm=True, train_expert=False, freeze_embeddings=False, stage=1),
     # Stage-2 pre-training (spec §5): frozen VLM, the DiT learns flow matching from its K/V.
     "stage2": Recipe("stage2", train_vlm=False, freeze_embeddings=True),

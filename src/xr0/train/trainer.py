@@ -29,13 +29,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import PolicyConfig, get_preset
+from ..model import choice
 from ..model.policy import CONFIG, XR0Policy
 from ..processing import RobotSpec
 from .recipes import Recipe, get_recipe
 
 NO_DECAY = ("bias", "norm", "ln", "rotary_emb", "adaln")  # released no-weight-decay name patterns (spec §6.6)
 CKPT_DIR, LATEST, STEP_FMT = "checkpoints", "latest", "step_{:06d}"
-STATE_JSON, STATE_TENSORS, HEADS = "trainer_state.json", "trainer_state.safetensors", "heads.safetensors"
+STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
 METRICS = "metrics.jsonl"
 
 
@@ -172,8 +173,8 @@ class LossModule(nn.Module):
         self.heads = heads
         self.recipe = recipe
 
-    def forward(self, batch: dict, opts, vl_batch=None) -> dict[str, torch.Tensor]:
-        return self.recipe.loss(self.policy, batch, opts, self.heads, vl_batch)
+    def forward(self, batch: dict, opts, vl_samples=None) -> dict[str, torch.Tensor]:
+        return self.recipe.loss(self.policy, batch, opts, self.heads, vl_samples)
 
 
 def _shard(module: LossModule) -> nn.Module:
@@ -401,7 +402,6 @@ class Trainer:
         self.dist = init_distributed(cfg.device)
         self.out = Path(cfg.out)
         self.recipe = get_recipe(cfg.recipe, **cfg.recipe_overrides)
-        self.recipe.check_available()
         self._seed_everything(cfg.seed)
         if not cfg.resume and find_latest(self.out) is not None:
             raise FileExistsError(f"{self.out / CKPT_DIR} already holds checkpoints: pass --resume to continue "
@@ -448,8 +448,8 @@ class Trainer:
         self.policy = policy
         self.heads = self.recipe.build_heads(policy)
         if self.heads is not None:
-            if source is not None and (source / HEADS).is_file():
-                self.heads.load_state_dict(load_file(str(source / HEADS)))
+            if source is not None and (source / choice.HEADS_FILE).is_file():
+                self.heads.load_state_dict(choice.ChoiceHeads.load(source).state_dict())
             self.heads.to(self.dist.device)
         self.vl = None
         if cfg.vl_data:
@@ -522,9 +522,10 @@ class Trainer:
     def _vl_samples(self, step: int, micro: int) -> list[dict] | None:
         if self.vl is None:
             return None
-        n = max(1, self.cfg.batch_size // 6)  # VL : robot = 1 : 6 (spec §4)
-        base = ((step * self.cfg.grad_accum + micro) * self.dist.world + self.dist.rank) * n
-        return [self.vl[self.vl_sampler[base + j]] for j in range(n)]
+        # VL : robot = 1 : 6 (spec §4) exactly over the run: micro-batch g gets floor((g+1)B/6) - floor(gB/6).
+        g = (step * self.cfg.grad_accum + micro) * self.dist.world + self.dist.rank
+        first, end = g * self.cfg.batch_size // 6, (g + 1) * self.cfg.batch_size // 6
+        return [self.vl[self.vl_sampler[j]] for j in range(first, end)] or None
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -696,7 +697,7 @@ class Trainer:
             if self.heads is not None:
                 heads = {k[len("heads."):]: v for k, v in (model_sd or {}).items() if k.startswith("heads.")} \
                     if model_sd is not None else self.heads.state_dict()
-                save_file({k: v.detach().cpu().contiguous() for k, v in heads.items()}, str(tmp / HEADS))
+                self.heads.save(tmp, heads)
             tensors, meta = flatten_optimizer(optim_sd)
             save_file(tensors, str(tmp / STATE_TENSORS))
             state = {"format": "xr0-trainer", "step": self.step, "data_position": self.data_position,
