@@ -38,8 +38,8 @@ def test_demos_keep_only_what_the_robot_knows(dataset):
     try:
         np.testing.assert_allclose(sample["state"], env.state(), atol=1e-5)
         assert sample["instruction"] == env.instruction
-        upright = env.render(CAMERAS["Base View"])
-        assert np.array_equal(upright, env._renderer.render()[::-1])  # MuJoCo renders bottom-up
+        upright = env.render(CAMERAS["Base View"])  # corner3 is rolled: upright = the raw image turned by 180 degrees
+        assert np.array_equal(upright, env._renderer.render()[::-1, ::-1])
     finally:
         env.close()
 
@@ -132,15 +132,16 @@ def test_state_is_only_hand_position_and_gripper():
 def test_raw_render_is_top_down_and_upright_mode_puts_world_up_on_top():
     env = MetaWorldEnv("reach-v3", seed=0, image_size=(96, 96), orientation="upright")
     try:
-        for camera in CAMERAS.values():
+        for camera in ("corner3", "gripperPOV", "topview"):
             # mujoco.Renderer already returns rows top-down: the pad is where the pinhole model says.
-            body = {"corner3": "right_l4", "gripperPOV": "leftpad"}[camera]  # a compact part seen by each camera
+            body = {"corner3": "right_l4", "gripperPOV": "leftpad", "topview": "right_l4"}[camera]  # seen by each
             (col, row), centre = _geom_in_raw_render(env, camera, body)
             pcol, prow = _project(env, camera, centre, 96, 96)
             assert abs(col - pcol) < 8 and abs(row - prow) < 8, (camera, (col, row), (pcol, prow))
             # upright: for the corner camera a point 15 cm above the table shows above it; for the downward-looking
-            # wrist camera "up" is "farther ahead on the table"
-            pair = {"corner3": ([0, 0.7, 0.0], [0, 0.7, 0.15]), "gripperPOV": ([0, 0.7, 0.0], [0, 0.9, 0.0])}[camera]
+            # wrist and top cameras "up" is "farther ahead on the table"
+            pair = {"corner3": ([0, 0.7, 0.0], [0, 0.7, 0.15]), "gripperPOV": ([0, 0.7, 0.0], [0, 0.9, 0.0]),
+                    "topview": ([0, 0.6, 0.0], [0, 0.8, 0.0])}[camera]
             rolled = env.camera_rolled(camera)
             rows = [_project(env, camera, p, 96, 96)[1] for p in pair]
             if rolled:  # turned by 180 degrees
