@@ -97,6 +97,8 @@ def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 
 
 
 def add_arguments(p) -> None:
+    from ..sim.metaworld import ORIENTATIONS
+
     p.add_argument("--tasks", default=None, help="comma-separated MetaWorld v3 task names (default: the demo's 6)")
     p.add_argument("--episodes", type=int, default=20, help="successful episodes per task")
     p.add_argument("--out", required=True, help="output dataset folder (must not exist)")
@@ -104,7 +106,7 @@ def add_arguments(p) -> None:
     p.add_argument("--max-steps", "--max-ticks", dest="max_ticks", type=int, default=120,
                    help="control ticks per episode at most (one tick = 2 MetaWorld steps at 40 Hz)")
     p.add_argument("--seed", type=int, default=0, help="placement seed (evaluation uses other seeds)")
-    p.add_argument("--orientation", choices=["flipud", "upright"], default=None,
+    p.add_argument("--orientation", choices=ORIENTATIONS, default=None,
                    help="image orientation (default: upright; see xr0.sim.metaworld.ORIENTATIONS)")
     p.add_argument("--action-noise", type=float, default=0.0,
                    help="DART-style: execute expert xyz + N(0, s^2), record the clean expert action")

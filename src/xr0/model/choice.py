@@ -172,14 +172,6 @@ class Stage1Inputs:
     slots: torch.Tensor  # (B, T + 2) positions of <state>, A_1..A_T, S in each row
 
 
-def _on_device(policy, batch: dict) -> dict:
-    dev = next(policy.parameters()).device
-    out = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    if out.get("pixel_values") is not None:
-        out["pixel_values"] = out["pixel_values"].to(policy.vlm.dtype)
-    return out
-
-
 def _prompt_lengths(attention_mask: torch.Tensor) -> torch.Tensor:
     """Real-token count per row; rows must be right-padded (the Processor's layout)."""
     n = attention_mask.sum(1)
@@ -194,7 +186,7 @@ def stage1_inputs(policy, heads: ChoiceHeads, batch: dict) -> Stage1Inputs:
     their embeddings into `inputs_embeds`. The Qwen3-VL text stack is causal, so the prompt's own states are
     unchanged by the appended tokens."""
     heads.check(policy)
-    batch = _on_device(policy, batch)
+    batch = policy.batch_to_device(batch)
     if "state" not in batch:
         raise ValueError("stage-1 batch needs 'state' (use policy.make_batch)")
     ids, attn, mm = batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"]
@@ -311,7 +303,7 @@ def make_vl_batch(policy, samples: list[dict]) -> dict[str, torch.Tensor]:
 def _answer_logits(policy, vl_batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (M, V) at the positions predicting each labelled token, and those M target ids. Applying the tied
     lm_head only there avoids a (B, L, 151936) logit tensor."""
-    batch = _on_device(policy, vl_batch)
+    batch = policy.batch_to_device(vl_batch)
     if "labels" not in batch:
         raise ValueError("VL batch needs 'labels' (use make_vl_batch)")
     hidden = _text_hidden(policy, batch)
@@ -353,7 +345,7 @@ def vl_generate(policy, samples: list[dict], max_new_tokens: int = 8) -> list[st
         ids = tok(prompt, add_special_tokens=False)["input_ids"]
         out: list[int] = []
         for _ in range(max_new_tokens):
-            batch = _on_device(policy, proc.collate([ids + out], [np.stack(ims)] if ims else []))
+            batch = policy.batch_to_device(proc.collate([ids + out], [np.stack(ims)] if ims else []))
             nxt = int(policy.vlm.lm_head(_text_hidden(policy, batch)[0, -1]).argmax())
             if nxt == end_id:
                 break

@@ -197,12 +197,16 @@ class XR0Policy(ActionExpert):
             raise ValueError(f"unknown robot_type {robot_type!r}; this checkpoint has {sorted(self.robots)}")
         return self.robots[robot_type]
 
-    def encode(self, batch: dict, inputs_embeds: torch.Tensor | None = None) -> Prefix:
-        """One VLM pass -> the K/V the expert reads (its last `num_layers` layers)."""
+    def batch_to_device(self, batch: dict) -> dict:
+        """A VLM batch's tensors on this policy's device, pixel values in the VLM's dtype."""
         batch = {k: (v.to(self.sink.weight.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         if batch.get("pixel_values") is not None:
             batch["pixel_values"] = batch["pixel_values"].to(self.vlm.dtype)
-        prefix, _ = encode(self.vlm, batch, self.config.expert.num_layers, inputs_embeds)
+        return batch
+
+    def encode(self, batch: dict, inputs_embeds: torch.Tensor | None = None) -> Prefix:
+        """One VLM pass -> the K/V the expert reads (its last `num_layers` layers)."""
+        prefix, _ = encode(self.vlm, self.batch_to_device(batch), self.config.expert.num_layers, inputs_embeds)
         return prefix
 
     def context(self, prefix: Prefix, state: torch.Tensor, action_mask: torch.Tensor, prefix_len: int = 0,
@@ -225,10 +229,14 @@ class XR0Policy(ActionExpert):
         fast = self._static_denoiser
         if fast is not None and not self.training and fast.fits(ctx, noise, steps):
             return fast(ctx, noise, prefix_actions)
+        times, table = self._step_tables(steps, noise)
+        return euler_sample(lambda x, t, k: self.velocity_at(ctx, x, table[:, k]), noise, steps, prefix_actions, times)
+
+    def _step_tables(self, steps: int, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Euler times (steps, B) and their adaLN modulation (computed once: it depends on t alone)."""
         B = noise.shape[0]
         times = euler_times(steps, B, noise.device)
-        table = self.modulation_table(times.flatten()).unflatten(1, (steps, B))
-        return euler_sample(lambda x, t, k: self.velocity_at(ctx, x, table[:, k]), noise, steps, prefix_actions, times)
+        return times, self.modulation_table(times.flatten()).unflatten(1, (steps, B))
 
     def use_static_denoiser(self, max_len: int | None, batch: int = 1, steps: int | None = None,
                             cuda_graph: bool | None = None) -> StaticDenoiser | None:
@@ -260,10 +268,8 @@ class XR0Policy(ActionExpert):
         if ctx.prefix_len:
             raise ValueError(f"guided_denoise needs a context without a trained prefix, got {ctx.prefix_len=}")
         steps = steps or self.config.num_steps
-        B = noise.shape[0]
-        times = euler_times(steps, B, noise.device)
         with torch.no_grad():
-            table = self.modulation_table(times.flatten()).unflatten(1, (steps, B))
+            times, table = self._step_tables(steps, noise)
         return rtc.guided_euler_sample(lambda x, t, k: self.velocity_at(ctx, x, table[:, k]), noise, target, weights,
                                        steps, beta, times)
 

@@ -6,6 +6,7 @@ import json
 import sys
 
 from . import libero_cli
+from .metaworld import ORIENTATIONS
 
 
 def add_metaworld_arguments(p) -> None:
@@ -23,7 +24,7 @@ def add_metaworld_arguments(p) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's)")
     p.add_argument("--video", default=None, metavar="DIR",
                    help="write one MP4 and one plot of the executed actions (chunk switches marked) per episode here")
-    p.add_argument("--orientation", choices=["flipud", "upright"], default=None,
+    p.add_argument("--orientation", choices=ORIENTATIONS, default=None,
                    help="image orientation the policy was trained with (default: the checkpoint's metaworld.json, "
                         "else upright; see xr0 data metaworld)")
     p.add_argument("--json", action="store_true", help="print a JSON object as the last line")

@@ -10,7 +10,7 @@ import time
 def metaworld_demo(args) -> int:
     from ..assets import embedded_checkpoint
     from .evaluate import checkpoint_setup, evaluate, load_policy, print_table
-    from .metaworld import require_metaworld
+    from .metaworld import ACTION_NAMES, require_metaworld
     from .plot import plot_actions
 
     try:
@@ -39,7 +39,7 @@ def metaworld_demo(args) -> int:
           f"p95 {result['inference_wall_ms_p95']:.0f} ms")
     (task, ep), trace = next(iter(traces.items()))
     plot = out / "actions.png"
-    plot_actions(trace, plot, ["dx", "dy", "dz", "gripper"], title=f"{task} episode {ep}: executed actions (async, 100 ms)")
+    plot_actions(trace, plot, list(ACTION_NAMES), title=f"{task} episode {ep}: executed actions (async, 100 ms)")
     print(f"wrote {plot} and one video per episode in {out / 'videos'}")
     result["wall_s"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result))

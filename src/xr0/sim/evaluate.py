@@ -28,16 +28,20 @@ def load_policy(checkpoint: str | None, preset: str | None):
     if preset:
         return XR0Policy.from_preset(preset, seed=0, cameras=("Base View", "Top View"), chunk_len=20,
                                      control_hz=40.0, robots=_metaworld_identity_robot(20))
+    if not checkpoint:
+        raise ValueError("give --checkpoint PATH|embedded or --preset NAME")
+    return XR0Policy.from_pretrained(_checkpoint_dir(checkpoint), dtype=torch.float32)  # fp32: docs/benchmarks.md
+
+
+def _checkpoint_dir(checkpoint: str) -> pathlib.Path:
+    """'embedded', a checkpoint folder, or a training run (its latest checkpoint) -> the checkpoint folder."""
+    from ..train.trainer import resolve_checkpoint
+
     if checkpoint == "embedded":
         from ..assets import embedded_checkpoint
 
         checkpoint = embedded_checkpoint()
-    if not checkpoint:
-        raise ValueError("give --checkpoint PATH|embedded or --preset NAME")
-    from ..train.trainer import resolve_checkpoint
-
-    checkpoint = resolve_checkpoint(checkpoint)  # a checkpoint folder, or a training run's latest checkpoint
-    return XR0Policy.from_pretrained(checkpoint, dtype=torch.float32)  # fp32 compute: see docs/benchmarks.md
+    return pathlib.Path(resolve_checkpoint(checkpoint))
 
 
 SETUP_FILE = "metaworld.json"  # in a checkpoint: the tasks, cameras and image orientation it was trained with
@@ -49,14 +53,8 @@ def checkpoint_setup(checkpoint: str | None) -> dict:
     from .metaworld import CAMERAS, DEFAULT_ORIENTATION, DEFAULT_TASKS
 
     setup = {"tasks": list(DEFAULT_TASKS), "cameras": dict(CAMERAS), "orientation": DEFAULT_ORIENTATION}
-    if checkpoint == "embedded":
-        from ..assets import embedded_checkpoint
-
-        checkpoint = embedded_checkpoint()
     if checkpoint:
-        from ..train.trainer import resolve_checkpoint
-
-        file = pathlib.Path(resolve_checkpoint(checkpoint)) / SETUP_FILE
+        file = _checkpoint_dir(checkpoint) / SETUP_FILE
         if file.is_file():
             try:
                 saved = json.loads(file.read_text())
@@ -85,7 +83,8 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
     `cameras` (policy camera -> MetaWorld camera) and `orientation` must be those the policy's training data were
     rendered with: `checkpoint_setup(checkpoint)` gives them.
     """
-    from .metaworld import DEFAULT_ORIENTATION, MAX_TICKS, MetaWorldEnv, check_tasks
+    from .metaworld import ACTION_NAMES, MAX_TICKS, check_tasks
+    from .plot import plot_actions
 
     tasks = check_tasks(tasks)
     if executor not in EXECUTORS:
@@ -104,9 +103,7 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
     rows, traces = [], {}
     bar = tqdm(total=len(tasks) * episodes, desc=f"eval {executor} {latency_ms:g} ms", unit="ep", disable=not progress)
     for task in tasks:
-        env = MetaWorldEnv(task, seed=seed, image_size=policy.config.image_size,
-                           cameras=_camera_map(policy.config.cameras, cameras),
-                           orientation=orientation or DEFAULT_ORIENTATION)
+        env = _env(policy, task, seed, orientation, cameras)
         for ep in range(episodes):
             env.reset()
             calls = [0]
@@ -121,11 +118,7 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
                 return out
 
             recorder = _VideoRecorder(env) if video_dir else None
-            clock = SimClock(1.0 / hz, latency_s=latency_ms / 1000.0)
-            kwargs = dict(k=k, action_space=HOLD_STILL)
-            if executor == "async":  # the trained prefix; rtc's guided prefix is not capped by it
-                kwargs["max_prefix"] = policy.config.max_prefix
-            runner = EXECUTORS[executor](recorder or env, infer, clock, **kwargs)
+            runner = _runner(policy, executor, recorder or env, infer, latency_ms, k)
             try:
                 trace = runner.run(max_ticks, stop=lambda: env.success)
                 error = ""
@@ -137,12 +130,10 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
                          "idle_fraction": m["idle_fraction"], "boundary_discontinuity": m["boundary_discontinuity"],
                          "error": error})
             if recorder is not None:
-                from .plot import plot_actions
-
                 stem = pathlib.Path(video_dir) / f"{task}_ep{ep:02d}_{executor}"
                 recorder.save(stem.with_suffix(".mp4"), hz)
                 if trace.ticks:
-                    plot_actions(trace, stem.with_name(stem.name + "_actions.png"), ["dx", "dy", "dz", "gripper"],
+                    plot_actions(trace, stem.with_name(stem.name + "_actions.png"), list(ACTION_NAMES),
                                  title=f"{task} episode {ep}: executed actions ({executor}, {latency_ms:g} ms)")
             traces[(task, ep)] = trace
             bar.update(1)
@@ -150,6 +141,24 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
         env.close()
     bar.close()
     return summarize(rows, tasks, executor, latency_ms, wall_ms, hz), traces
+
+
+def _env(policy, task: str, seed: int, orientation: str | None, cameras: dict[str, str] | None):
+    """The MetaWorld task rendered the way the policy's training data were (cameras, orientation, image size)."""
+    from .metaworld import DEFAULT_ORIENTATION, MetaWorldEnv
+
+    return MetaWorldEnv(task, seed=seed, image_size=policy.config.image_size,
+                        cameras=_camera_map(policy.config.cameras, cameras),
+                        orientation=orientation or DEFAULT_ORIENTATION)
+
+
+def _runner(policy, executor: str, env, infer, latency_ms: float, k: int):
+    """The named executor on a simulated clock at the policy's control rate."""
+    clock = SimClock(1.0 / policy.config.control_hz, latency_s=latency_ms / 1000.0)
+    kwargs = dict(k=k, action_space=HOLD_STILL)
+    if executor == "async":  # the trained prefix; rtc's guided prefix is not capped by it
+        kwargs["max_prefix"] = policy.config.max_prefix
+    return EXECUTORS[executor](env, infer, clock, **kwargs)
 
 
 class _GoalMover:
@@ -180,11 +189,7 @@ def reactivity(policy, executor: str = "async", latency_ms: float = 100.0, episo
                move_at: int = 12, max_ticks: int = 150, orientation: str | None = None,
                cameras: dict[str, str] | None = None) -> dict:
     """reach-v3 with the goal moved at tick `move_at`: ticks until the arm heads for the new goal (cos >= 0.8)."""
-    from .metaworld import DEFAULT_ORIENTATION, MetaWorldEnv
-
-    env = MetaWorldEnv("reach-v3", seed=seed, image_size=policy.config.image_size,
-                       cameras=_camera_map(policy.config.cameras, cameras),
-                       orientation=orientation or DEFAULT_ORIENTATION)
+    env = _env(policy, "reach-v3", seed, orientation, cameras)
     hz, T = policy.config.control_hz, policy.config.chunk_len
     ticks, successes = [], []
     for ep in range(episodes):
@@ -193,11 +198,7 @@ def reactivity(policy, executor: str = "async", latency_ms: float = 100.0, episo
         infer = lambda obs, prefix, prefix_weights=None, _ep=ep: policy.sample(  # noqa: E731
             images=obs["images"], instruction=obs["prompt"], state=obs["state"], prefix=prefix,
             prefix_weights=prefix_weights, seed=seed + _ep)
-        kwargs = dict(k=T // 2, action_space=HOLD_STILL)
-        if executor == "async":
-            kwargs["max_prefix"] = policy.config.max_prefix
-        EXECUTORS[executor](mover, infer, SimClock(1.0 / hz, latency_s=latency_ms / 1000.0), **kwargs).run(
-            max_ticks, stop=lambda: env.success)
+        _runner(policy, executor, mover, infer, latency_ms, T // 2).run(max_ticks, stop=lambda: env.success)
         ticks.append(mover.reaction_ticks)
         successes.append(env.success)
     env.close()

@@ -15,6 +15,7 @@ import numpy as np
 CONTROL_HZ = 40.0  # one tick = ACTION_REPEAT MetaWorld steps of 12.5 ms
 ACTION_REPEAT = 2
 STATE_DIM, ACTION_DIM = 4, 4  # hand xyz + gripper opening; xyz delta + gripper effort
+ACTION_NAMES = ("dx", "dy", "dz", "gripper")  # plot labels of the action dims
 # xr0 camera name -> MetaWorld camera: a corner view of the scene and the top view, in which an object's image
 # position maps almost linearly to its table position (the wrist camera "gripperPOV" sees mostly its own finger
 # at 128x128).

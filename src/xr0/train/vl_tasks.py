@@ -100,26 +100,41 @@ def ask(objects: list[Obj], kind: str, rng: np.random.Generator) -> tuple[str, s
     raise ValueError(f"unknown question kind {kind!r}; choose from {QUESTION_KINDS}")
 
 
-class SyntheticVQA:
+class _Synthetic:
+    """n samples; sample i is a pure function of (seed, i), drawn from the generator `_rng(i)`."""
+
+    STREAM = 0  # separates the random streams of different sample kinds with the same seed
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = int(n), int(seed)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _rng(self, i: int) -> np.random.Generator:
+        if not 0 <= i < self.n:
+            raise IndexError(f"index {i} out of range for {self.n} samples")
+        return np.random.default_rng([self.seed, self.STREAM, i])
+
+
+class SyntheticVQA(_Synthetic):
     """Indexable VL samples `{"images": [uint8 (H, W, 3)], "question": str, "answer": str}` (the VL JSONL format).
 
     Sample i depends only on (seed, i): use different seeds for training and held-out sets.
     """
+
+    STREAM = 0x5651
 
     def __init__(self, n: int, seed: int = 0, size: tuple[int, int] = (64, 64),
                  kinds: tuple[str, ...] = QUESTION_KINDS):
         unknown = sorted(set(kinds) - set(QUESTION_KINDS))
         if unknown or not kinds:
             raise ValueError(f"unknown question kind(s) {unknown or kinds}; choose from {QUESTION_KINDS}")
-        self.n, self.seed, self.size, self.kinds = int(n), int(seed), tuple(size), tuple(kinds)
-
-    def __len__(self) -> int:
-        return self.n
+        super().__init__(n, seed)
+        self.size, self.kinds = tuple(size), tuple(kinds)
 
     def __getitem__(self, i: int) -> dict:
-        if not 0 <= i < self.n:
-            raise IndexError(f"index {i} out of range for {self.n} samples")
-        rng = np.random.default_rng([self.seed, 0x5651, i])
+        rng = self._rng(i)
         objects = random_scene(rng)
         kind = self.kinds[int(rng.integers(len(self.kinds)))]
         question, answer = ask(objects, kind, rng)
@@ -134,7 +149,7 @@ def reach_robot_spec(chunk_len: int) -> RobotSpec:
     return RobotSpec.identity(chunk_len, REACH_ACTION_DIM, REACH_STATE_DIM)
 
 
-class SyntheticReach:
+class SyntheticReach(_Synthetic):
     """Robot samples for the same scenes: "move to the <colour> <shape>" with the gripper drawn as a ring.
 
     state = gripper (x, y) in [-1, 1]; actions (T, 2) = absolute gripper targets on the straight line to the named
@@ -143,19 +158,17 @@ class SyntheticReach:
     The first camera is the full scene; any further camera is a 2x crop around the gripper (a wrist view).
     """
 
+    STREAM = 0x5245
+
     def __init__(self, n: int, seed: int = 0, cameras: tuple[str, ...] = ("Base View",),
                  size: tuple[int, int] = (64, 64), chunk_len: int = 10):
-        self.n, self.seed, self.cameras, self.size, self.T = int(n), int(seed), tuple(cameras), tuple(size), chunk_len
+        super().__init__(n, seed)
+        self.cameras, self.size, self.T = tuple(cameras), tuple(size), chunk_len
         if not self.cameras:
             raise ValueError("at least one camera is required")
 
-    def __len__(self) -> int:
-        return self.n
-
     def __getitem__(self, i: int) -> dict:
-        if not 0 <= i < self.n:
-            raise IndexError(f"index {i} out of range for {self.n} samples")
-        rng = np.random.default_rng([self.seed, 0x5245, i])
+        rng = self._rng(i)
         objects = random_scene(rng)
         target = objects[int(rng.integers(len(objects)))]
         state = rng.uniform(-0.9, 0.9, size=2).astype(np.float32)
