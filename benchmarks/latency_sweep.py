@@ -16,7 +16,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 from PIL import Image, ImageDraw  # noqa: E402
 
-from xr0.sim.evaluate import EXECUTORS, checkpoint_setup, evaluate, load_policy, reactivity  # noqa: E402
+from xr0.sim.evaluate import EXECUTORS, checkpoint_setup, evaluate, load_policy  # noqa: E402
 
 COLORS = {"sync": (214, 39, 40), "async": (44, 160, 44), "naive-async": (31, 119, 180), "rtc": (148, 103, 189)}
 
@@ -65,12 +65,10 @@ def _load(checkpoint: str) -> None:
 
 
 def _cell(job: tuple) -> dict:
-    """("eval" | "reactivity", executor, latency_ms, episodes, seed) -> that cell's result."""
-    kind, ex, lat, episodes, seed = job
+    """(executor, latency_ms, episodes, seed) -> that cell's result."""
+    ex, lat, episodes, seed = job
     w = _WORKER
-    if kind == "eval":
-        return evaluate(w["policy"], w["tasks"], episodes, ex, lat, seed, progress=False, **w["view"])[0]
-    return reactivity(w["policy"], ex, lat, episodes=episodes, seed=seed, **w["view"])
+    return evaluate(w["policy"], w["tasks"], episodes, ex, lat, seed, progress=False, **w["view"])[0]
 
 
 def main() -> None:
@@ -87,24 +85,22 @@ def main() -> None:
     unknown = sorted(set(executors) - set(EXECUTORS))
     if unknown:
         ap.error(f"unknown executors {unknown}; choose from {sorted(EXECUTORS)}")
-    cells = [("eval", ex, float(lat), args.episodes, args.seed) for lat in args.latencies.split(",") for ex in executors]
-    cells += [("reactivity", ex, 100.0, args.episodes, args.seed + 1) for ex in executors]
+    cells = [(ex, float(lat), args.episodes, args.seed) for lat in args.latencies.split(",") for ex in executors]
     if args.jobs > 1:
         pool = multiprocessing.get_context("spawn").Pool(args.jobs, initializer=_load, initargs=(args.checkpoint,))
         results = pool.imap(_cell, cells)
     else:
         _load(args.checkpoint)
         pool, results = None, map(_cell, cells)
-    rows, react = [], []
-    for (kind, *_), result in zip(cells, results):
-        (rows if kind == "eval" else react).append(result)
+    rows = []
+    for result in results:
+        rows.append(result)
         print(json.dumps(result), flush=True)
     if pool is not None:
         pool.close()
     plot(rows, args.plot, executors)
     print(json.dumps({"table": [{k: r[k] for k in ("executor", "latency_ms", "success_rate", "mean_time_to_success_s",
-                                                     "idle_fraction", "boundary_discontinuity")} for r in rows],
-                      "reactivity_100ms": react}))
+                                                     "idle_fraction", "boundary_discontinuity")} for r in rows]}))
 
 
 if __name__ == "__main__":

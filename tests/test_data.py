@@ -132,13 +132,39 @@ def test_lerobot_round_trip(lerobot):
     assert last["action_valid"].tolist() == [True, False, False, False, False]
     assert np.array_equal(last["actions"], np.repeat(episodes[0][2][-1:].astype(np.float32), T, 0))
     # Random access after other episodes gives the same pixels as the sequential pass.
-    fresh = LeRobotV3Dataset(root, chunk_len=T, cameras=["observation.images.wrist"], cache_episodes=1)
+    fresh = LeRobotV3Dataset(root, chunk_len=T, cameras=["observation.images.wrist"], cache_episodes=1,
+                             keep_decoded=False)
     for i in (56, 3, 40, 21, 3):
         assert np.array_equal(fresh[i]["images"]["wrist"], ds[i]["images"]["wrist"])
     assert list(fresh[0]["images"]) == ["wrist"]
     assert fresh[-1]["frame"] == LENGTHS[2] - 1
     with pytest.raises(IndexError):
         fresh[len(fresh)]
+
+
+def test_keep_decoded_decodes_each_episode_once(lerobot, monkeypatch):
+    import xr0.data.lerobot_v3 as lr
+
+    root, _ = lerobot
+    calls = []
+    decode = lr.decode_frames
+    monkeypatch.setattr(lr, "decode_frames", lambda *a: calls.append(a) or decode(*a))
+    kept = LeRobotV3Dataset(root, chunk_len=T)  # small: kept in memory by default
+    lazy = LeRobotV3Dataset(root, chunk_len=T, keep_decoded=False)
+    assert kept.keep_decoded and not lazy.keep_decoded
+    assert kept.decoded_bytes == sum(LENGTHS) * sum(h * w * 3 for h, w in CAMS.values())
+    order = [int(i) for i in np.random.default_rng(0).permutation(len(kept))]
+    for _ in range(2):  # random access over the whole dataset, twice
+        for i in order:
+            kept[i]
+    # One decode per (episode, camera), each from the episode's first frame to its end.
+    assert len(calls) == len(LENGTHS) * len(CAMS)
+    assert all(start == keep_from for _, start, _, keep_from, _ in calls)
+    for i in order:
+        a, b = kept[i], lazy[i]
+        assert all(np.array_equal(a["images"][c], b["images"][c]) for c in CAMS)
+    monkeypatch.setattr(lr, "KEEP_DECODED_MAX_BYTES", kept.decoded_bytes - 1)
+    assert not LeRobotV3Dataset(root, chunk_len=T).keep_decoded
 
 
 def test_lerobot_multiple_files_yuv444(tmp_path):

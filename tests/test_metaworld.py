@@ -11,7 +11,7 @@ pytest.importorskip("metaworld")
 
 from xr0.data.lerobot_v3 import LeRobotV3Dataset  # noqa: E402
 from xr0.data.metaworld_gen import generate  # noqa: E402
-from xr0.sim.evaluate import checkpoint_setup, evaluate, load_policy  # noqa: E402
+from xr0.sim.evaluate import checkpoint_setup, evaluate, load_policy, reactivity  # noqa: E402
 from xr0.sim.export import export  # noqa: E402
 from xr0.sim.metaworld import CAMERAS, DEFAULT_ORIENTATION, MetaWorldEnv  # noqa: E402
 
@@ -201,6 +201,19 @@ def test_action_noise_leaves_the_path_but_records_the_expert(tmp_path):
     assert json.loads((tmp_path / "noisy" / "meta" / "xr0_metaworld.json").read_text())["action_noise"] == 0.5
     with pytest.raises(ValueError, match="action-noise"):
         generate(["reach-v3"], 1, tmp_path / "bad", action_noise=2.0)
+
+
+def test_reactivity_oracle_times_the_executor():
+    """With the goal-reading oracle as chunk source the reaction delay is the executor's alone: sync at k = 10 and
+    4 ticks of latency next infers after the move at tick 24 (the move is at 12), so it turns at 24 + 4 = 28."""
+    policy = load_policy(None, "tiny")  # only T = 20 and 40 Hz are used
+    sync, asy = (reactivity(policy, ex, 100.0, episodes=2, chunker="expert") for ex in ("sync", "async"))
+    for r in (sync, asy):
+        assert r["reacted"] == 2 and r["success_after_move"] == 1.0, r
+    assert sync["reaction_ticks_mean"] == 15.5  # moves at ticks 12 and 13: 28 - 12 and 28 - 13
+    assert asy["reaction_ticks_mean"] < sync["reaction_ticks_mean"]
+    with pytest.raises(ValueError, match="chunker"):
+        reactivity(policy, chunker="oracle")
 
 
 def test_cli_data_and_random_policy_eval(tmp_path, capsys):

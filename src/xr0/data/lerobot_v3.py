@@ -164,10 +164,13 @@ def check_video_range(path: Path, probe: VideoProbe, name: str, start_s: float, 
     return None
 
 
-class FrameCache:
-    """LRU over (video, episode) entries, each a dict frame index -> decoded RGB frame."""
+KEEP_DECODED_MAX_BYTES = 2 << 30  # decoded uint8 frames a dataset keeps in memory by default
 
-    def __init__(self, max_entries: int = 8):
+
+class FrameCache:
+    """LRU over (video, episode) entries, each a dict frame index -> decoded RGB frame (None: unbounded)."""
+
+    def __init__(self, max_entries: int | None = 8):
         self.max_entries = max_entries
         self._entries: OrderedDict[tuple, dict[int, np.ndarray]] = OrderedDict()
 
@@ -176,7 +179,7 @@ class FrameCache:
         entry = self._entries.get(key)
         if entry is None:
             entry = self._entries[key] = {}
-            while len(self._entries) > self.max_entries:
+            while self.max_entries is not None and len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         self._entries.move_to_end(key)
         if frame not in entry:
@@ -185,16 +188,20 @@ class FrameCache:
 
 
 def cached_frame(cache: FrameCache, path: Path, key: tuple, start_s: float, n_frames: int, fps: float,
-                 frame: int, readahead: int, episode: int) -> np.ndarray:
+                 frame: int, readahead: int, episode: int, whole: bool = False) -> np.ndarray:
     """Frame `frame` of an episode occupying [start_s, start_s + n_frames/fps) of `path`.
 
     A miss decodes from the preceding keyframe through `frame`; when the previous frame is already
     cached (sequential reading) it goes on `readahead` frames further, so a sequential reader pays
     one seek per `readahead` frames and a random reader decodes no frames it will not use.
+    `whole`: a miss decodes the entire episode (one pass per episode for a cache that keeps everything).
     """
 
     def fill(f: int, sequential: bool) -> dict[int, np.ndarray]:
-        stop = min(n_frames, f + (readahead if sequential else 1))
+        if whole:
+            f, stop = 0, n_frames
+        else:
+            stop = min(n_frames, f + (readahead if sequential else 1))
         try:
             decoded = decode_frames(path, start_s + f / fps, start_s + stop / fps, start_s, fps)
         except Exception as err:  # PyAV raises OSError/ValueError subclasses for corrupt streams
@@ -531,11 +538,15 @@ class LeRobotV3Dataset(EpisodeIndex):
 
     `cameras` takes short names ("front") or full keys ("observation.images.front"); images come
     back under the short name.
+
+    `keep_decoded` keeps every decoded frame in memory, decoding each episode whole on first use, so
+    a random-access trainer decodes each video once instead of once per sample; None (default)
+    turns it on when all frames take at most KEEP_DECODED_MAX_BYTES (`decoded_bytes`).
     """
 
     def __init__(self, root: str | Path, chunk_len: int, cameras: list[str] | None = None,
                  skip_bad: bool = False, *, cache_episodes: int = 8, readahead: int = 16,
-                 verify_videos: bool = False):
+                 verify_videos: bool = False, keep_decoded: bool | None = None):
         if chunk_len <= 0:
             raise ValueError(f"chunk_len must be positive, got {chunk_len}")
         self.root = Path(root)
@@ -559,6 +570,13 @@ class LeRobotV3Dataset(EpisodeIndex):
         self._load(self._load_episode_meta())
         lengths = np.array([e.length for e in self._episodes], dtype=np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(lengths)])
+        feats = self.info["features"]
+        self.decoded_bytes = int(lengths.sum()) * sum(int(np.prod(feats[k]["shape"])) for k in self.camera_keys)
+        if keep_decoded is None:
+            keep_decoded = self.decoded_bytes <= KEEP_DECODED_MAX_BYTES
+        self.keep_decoded = bool(keep_decoded)
+        if self.keep_decoded:
+            self._cache = FrameCache(None)
 
     # ---- metadata -------------------------------------------------------------------------
 
@@ -737,4 +755,4 @@ class LeRobotV3Dataset(EpisodeIndex):
     def _frame(self, ep: _Episode, key: str, frame: int) -> np.ndarray:
         path, start = ep.videos[key]
         return cached_frame(self._cache, path, (key, ep.index), start, ep.length, self.fps, frame,
-                            self.readahead, ep.index)
+                            self.readahead, ep.index, whole=self.keep_decoded)

@@ -161,12 +161,25 @@ def _runner(policy, executor: str, env, infer, latency_ms: float, k: int):
     return EXECUTORS[executor](env, infer, clock, **kwargs)
 
 
+def _reach_oracle_chunk(env, T: int) -> np.ndarray:
+    """reach-v3's scripted expert (xyz action = clip(5 · (goal − hand))) rolled out for T ticks on a kinematic model
+    of the hand (a tick moves it by action · action_scale · ACTION_REPEAT), from the true goal at call time."""
+    from .metaworld import ACTION_DIM, ACTION_REPEAT
+
+    hand, goal, step = env.state()[:3].astype(np.float64), env.goal(), env.sim.action_scale * ACTION_REPEAT
+    chunk = np.zeros((T, ACTION_DIM), dtype=np.float32)
+    for i in range(T):
+        chunk[i, :3] = np.clip(5.0 * (goal - hand), -1.0, 1.0)
+        hand = hand + chunk[i, :3] * step
+    return chunk
+
+
 class _GoalMover:
     """Wraps a reach env: at tick `at` the goal jumps; records the first tick the commanded motion points at it."""
 
     def __init__(self, env, at: int, cos_threshold: float = 0.8):
         self.env, self.at, self.cos_threshold = env, at, cos_threshold
-        self.reaction_ticks = None
+        self.reaction_ticks, self.moved = None, False
 
     def observe(self):
         return self.env.observe()
@@ -176,6 +189,7 @@ class _GoalMover:
             goal = self.env.goal()
             goal[0] = -goal[0] if abs(goal[0]) > 0.05 else goal[0] + 0.15  # the mirrored side of the table
             self.env.move_goal(goal)
+            self.moved = True
         if self.env.ticks >= self.at and self.reaction_ticks is None:
             to_goal = self.env.goal() - self.env.state()[:3]
             move = np.asarray(action[:3], dtype=np.float64)
@@ -187,24 +201,35 @@ class _GoalMover:
 
 def reactivity(policy, executor: str = "async", latency_ms: float = 100.0, episodes: int = 5, seed: int = 4000,
                move_at: int = 12, max_ticks: int = 150, orientation: str | None = None,
-               cameras: dict[str, str] | None = None) -> dict:
-    """reach-v3 with the goal moved at tick `move_at`: ticks until the arm heads for the new goal (cos >= 0.8)."""
+               cameras: dict[str, str] | None = None, k: int | None = None, chunker: str = "policy") -> dict:
+    """reach-v3 with the goal moved at tick `move_at` + episode: ticks until the arm heads for the new goal (cos >= 0.8).
+
+    chunker "policy" asks `policy` for each chunk; "expert" is an oracle that sees the true goal (`_reach_oracle_chunk`;
+    `policy` then only sets T and the control rate). The oracle separates what the execution scheme costs in
+    reaction time from what the learned policy costs.
+    """
+    if chunker not in ("policy", "expert"):
+        raise ValueError(f"chunker must be 'policy' or 'expert', got {chunker!r}")
     env = _env(policy, "reach-v3", seed, orientation, cameras)
     hz, T = policy.config.control_hz, policy.config.chunk_len
     ticks, successes = [], []
     for ep in range(episodes):
         env.reset()
-        mover = _GoalMover(env, move_at)
-        infer = lambda obs, prefix, prefix_weights=None, _ep=ep: policy.sample(  # noqa: E731
-            images=obs["images"], instruction=obs["prompt"], state=obs["state"], prefix=prefix,
-            prefix_weights=prefix_weights, seed=seed + _ep)
-        _runner(policy, executor, mover, infer, latency_ms, T // 2).run(max_ticks, stop=lambda: env.success)
+        mover = _GoalMover(env, move_at + ep)  # every phase of the execution cycle over the episodes
+        if chunker == "expert":
+            infer = lambda obs, prefix, prefix_weights=None: _reach_oracle_chunk(env, T)  # noqa: E731
+        else:
+            infer = lambda obs, prefix, prefix_weights=None, _ep=ep: policy.sample(  # noqa: E731
+                images=obs["images"], instruction=obs["prompt"], state=obs["state"], prefix=prefix,
+                prefix_weights=prefix_weights, seed=seed + _ep)
+        _runner(policy, executor, mover, infer, latency_ms, T // 2 if k is None else k).run(
+            max_ticks, stop=lambda: mover.moved and env.success)  # reaching the old goal first does not end it
         ticks.append(mover.reaction_ticks)
         successes.append(env.success)
     env.close()
     reacted = [t for t in ticks if t is not None]
-    return {"executor": executor, "latency_ms": latency_ms, "episodes": episodes, "reacted": len(reacted),
-            "reaction_ticks_mean": float(np.mean(reacted)) if reacted else None,
+    return {"executor": executor, "chunker": chunker, "latency_ms": latency_ms, "episodes": episodes,
+            "reacted": len(reacted), "reaction_ticks_mean": float(np.mean(reacted)) if reacted else None,
             "reaction_s_mean": float(np.mean(reacted)) / hz if reacted else None,
             "success_after_move": float(np.mean(successes))}
 

@@ -144,9 +144,10 @@ class MetaWorldEnv:
             self.success, self.success_tick = True, self.ticks
 
     def move_goal(self, position) -> None:
-        """Move the task's goal (and its visible marker) mid-episode: a reactivity probe."""
+        """Move the task's goal (and its visible marker) mid-episode: a reactivity probe. Success starts over."""
         self.sim._target_pos = np.asarray(position, dtype=np.float64)
         self.sim.model.site("goal").pos = self.sim._target_pos
+        self.success, self.success_tick = False, None
 
     def goal(self) -> np.ndarray:
         return np.asarray(self.sim._target_pos, dtype=np.float64).copy()
