@@ -184,6 +184,27 @@ def test_evaluation_placements_are_unseen():
     assert dists.min() > 1e-4
 
 
+def test_fresh_placements_are_all_new_seeded_and_solvable(tmp_path):
+    """--placements fresh: every reset a new placement (MT1 repeats its 50), the same sequence for the same seed."""
+    def goals(placements, seed=0, n=12):
+        env = MetaWorldEnv("reach-v3", seed=seed, image_size=(32, 32), placements=placements)
+        try:
+            return np.array([env.reset() and env.goal() for _ in range(n)])
+        finally:
+            env.close()
+
+    fresh = goals("fresh")
+    assert len(np.unique(fresh.round(6), axis=0)) == len(fresh)
+    np.testing.assert_array_equal(fresh, goals("fresh"))
+    assert np.abs(fresh - goals("fresh", seed=1)).max() > 1e-3
+    assert np.linalg.norm(fresh[:, None] - goals("mt1", seed=1000)[None], axis=-1).min() > 1e-4
+    summary = generate(["reach-v3"], 2, tmp_path / "fresh", image_size=32, max_ticks=80, placements="fresh")
+    assert summary["tasks"]["reach-v3"]["kept"] == 2
+    assert json.loads((tmp_path / "fresh" / "meta" / "xr0_metaworld.json").read_text())["placements"] == "fresh"
+    with pytest.raises(ValueError, match="placements"):
+        MetaWorldEnv("reach-v3", placements="random")
+
+
 def test_action_noise_leaves_the_path_but_records_the_expert(tmp_path):
     """DART-style demos: the executed arm path differs from the clean one, the labels are the expert's own."""
     clean = generate(["reach-v3"], 1, tmp_path / "clean", image_size=32, max_ticks=60, seed=0)

@@ -13,12 +13,15 @@ AFTER_SUCCESS = 8  # ticks recorded after success, so the policy also learns to 
 
 
 def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 120, seed: int = 0,
-             orientation: str | None = None, action_noise: float = 0.0) -> dict:
+             orientation: str | None = None, action_noise: float = 0.0, placements: str = "mt1") -> dict:
     """Roll out MetaWorld's experts and keep the successful episodes. Returns a summary (printed as JSON).
 
     `action_noise` > 0 (DART-style): the arm executes the expert's xyz action plus Gaussian noise of that standard
     deviation (actions live in [-1, 1]) while the dataset records the expert's clean action, so the data also show
     how the closed-loop expert recovers from states off its own path.
+
+    `placements` (xr0.sim.metaworld.PLACEMENTS): "mt1" draws from MetaWorld's 50 placements per seed (40 episodes
+    see about 27 distinct ones), "fresh" gives every episode a new placement.
 
     Besides the LeRobot tree it writes meta/xr0_metaworld.json: how the observations were made (cameras, image
     orientation, control rate), which evaluation has to reproduce.
@@ -45,7 +48,7 @@ def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 
     bar = tqdm(total=len(tasks) * episodes, desc="metaworld demos", unit="ep")
     noise = np.random.default_rng([seed, 0xDA27])
     for task in tasks:
-        env = MetaWorldEnv(task, seed=seed, image_size=size, orientation=orientation)
+        env = MetaWorldEnv(task, seed=seed, image_size=size, orientation=orientation, placements=placements)
         kept = failed = 0
         task_start = time.perf_counter()
         while kept < episodes:
@@ -87,7 +90,7 @@ def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 
                "image_size": [image_size, image_size], "control_hz": CONTROL_HZ, "action_repeat": ACTION_REPEAT,
                "state": ["hand_x", "hand_y", "hand_z", "gripper_opening"],
                "action": ["dx", "dy", "dz", "gripper_effort"], "seed": seed, "after_success_ticks": AFTER_SUCCESS,
-               "max_ticks": max_ticks, "action_noise": action_noise}
+               "max_ticks": max_ticks, "action_noise": action_noise, "placements": placements}
     (pathlib.Path(out) / "meta" / "xr0_metaworld.json").write_text(json.dumps(sidecar, indent=2))
     size_mb = sum(f.stat().st_size for f in pathlib.Path(out).rglob("*") if f.is_file()) / 2**20
     summary.update(seconds=round(elapsed, 1), seconds_per_episode=round(elapsed / (len(tasks) * episodes), 2),
@@ -97,7 +100,7 @@ def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 
 
 
 def add_arguments(p) -> None:
-    from ..sim.metaworld import ORIENTATIONS
+    from ..sim.metaworld import ORIENTATIONS, PLACEMENTS
 
     p.add_argument("--tasks", default=None, help="comma-separated MetaWorld v3 task names (default: the demo's 6)")
     p.add_argument("--episodes", type=int, default=20, help="successful episodes per task")
@@ -110,12 +113,14 @@ def add_arguments(p) -> None:
                    help="image orientation (default: upright; see xr0.sim.metaworld.ORIENTATIONS)")
     p.add_argument("--action-noise", type=float, default=0.0,
                    help="DART-style: execute expert xyz + N(0, s^2), record the clean expert action")
+    p.add_argument("--placements", choices=PLACEMENTS, default="mt1",
+                   help="mt1: MetaWorld's 50 placements per seed, drawn with repeats; fresh: a new one every episode")
 
 
 def run(args) -> int:
     from ..sim.metaworld import DEFAULT_TASKS
 
     summary = generate(args.tasks or ",".join(DEFAULT_TASKS), args.episodes, args.out, args.image_size,
-                       args.max_ticks, args.seed, args.orientation, args.action_noise)
+                       args.max_ticks, args.seed, args.orientation, args.action_noise, args.placements)
     print(json.dumps(summary))
     return 0

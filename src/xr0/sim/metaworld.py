@@ -68,11 +68,17 @@ def check_tasks(tasks) -> list[str]:
     return tasks
 
 
+# "mt1": MetaWorld's MT1 benchmark, 50 placements fixed by the seed, one drawn at random per reset (40 resets cover
+# about 27 of them); "fresh": a new placement from the task's whole range at every reset (still set by the seed).
+PLACEMENTS = ("mt1", "fresh")
+
+
 class MetaWorldEnv:
     """One MetaWorld task. `seed` fixes the sequence of object/goal placements over successive resets."""
 
     def __init__(self, task: str, seed: int = 0, image_size: tuple[int, int] = (128, 128),
-                 cameras: dict[str, str] | None = None, orientation: str = DEFAULT_ORIENTATION):
+                 cameras: dict[str, str] | None = None, orientation: str = DEFAULT_ORIENTATION,
+                 placements: str = "mt1"):
         gym, mujoco = require_metaworld()
         check_tasks([task])
         if orientation not in ORIENTATIONS:
@@ -83,6 +89,16 @@ class MetaWorldEnv:
             warnings.simplefilter("ignore")
             self.env = gym.make("Meta-World/MT1", env_name=task, seed=seed, disable_env_checker=True)
         self.sim = self.env.unwrapped
+        if placements not in PLACEMENTS:
+            raise ValueError(f"placements must be one of {PLACEMENTS}, got {placements!r}")
+        if placements == "fresh":  # every reset draws a new placement from MetaWorld's range, seeded by `seed`
+            wrapper = self.env
+            while not hasattr(wrapper, "toggle_sample_tasks_on_reset"):
+                wrapper = wrapper.env
+            wrapper.toggle_sample_tasks_on_reset(False)
+            self.sim.set_task(wrapper.tasks[0])  # the task's fixed settings; its placement is then unfrozen
+            self.sim._freeze_rand_vec, self.sim.seeded_rand_vec = False, True
+            self.sim.np_random = np.random.default_rng([seed, 0x9A7])
         self.cameras = dict(cameras or CAMERAS)
         names = [self.sim.model.camera(i).name for i in range(self.sim.model.ncam)]
         unknown = sorted(set(self.cameras.values()) - set(names))
