@@ -29,7 +29,8 @@ from safetensors.torch import load_model, save_model
 from tqdm import tqdm
 
 from xr0 import XR0Policy
-from xr0.model.choice import ChoiceHeads, choice_forward, make_vl_batch, stage1_loss, vl_correct, vl_generate, vl_loss
+from xr0.model.choice import (ChoiceHeads, candidate_l1, choice_forward, make_vl_batch, stage1_loss, vl_correct,
+                              vl_generate, vl_loss)
 from xr0.train.recipes import get_recipe
 from xr0.train.vl_tasks import QUESTION_KINDS, SyntheticReach, SyntheticVQA, reach_robot_spec
 
@@ -81,13 +82,12 @@ def robot_error(policy, heads, batches) -> dict:
     chosen = oracle = stay = n = 0.0
     for b in batches:
         cand, scores = choice_forward(policy, heads, b)
-        a, m = b["actions"][:, None], b["action_mask"][:, None]
-        d = ((cand - a).abs() * m).sum((2, 3)) / m.sum((2, 3))
+        d = candidate_l1(cand, b["actions"], b["action_mask"])
         chosen += float(d.gather(1, scores.argmin(1, keepdim=True)).sum())
         oracle += float(d.min(1).values.sum())
-        still = b["state"][:, None, None, :].expand_as(a)  # state (x, y) sits in the first 2 dims, like actions
-        stay += float(((still - a).abs() * m).sum((2, 3)).div(m.sum((2, 3))).sum())
-        n += a.shape[0]
+        still = b["state"][:, None, None, :].expand(-1, 1, *b["actions"].shape[1:])  # (x, y) in the action dims
+        stay += float(candidate_l1(still, b["actions"], b["action_mask"]).sum())
+        n += d.shape[0]
     policy.train()
     return {"chosen_l1": round(chosen / n, 4), "best_candidate_l1": round(oracle / n, 4),
             "stay_still_l1": round(stay / n, 4)}

@@ -227,12 +227,17 @@ def choice_forward(policy, heads: ChoiceHeads, batch: dict) -> tuple[torch.Tenso
     return heads(picked[:, 1:-1], picked[:, -1])
 
 
+def candidate_l1(candidates: torch.Tensor, actions: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
+    """Masked-mean L1 of each candidate chunk: (B, N, T, D) against actions / mask (B, T, D) -> (B, N)."""
+    a, m = actions.float()[:, None], action_mask.float()[:, None]  # (B, 1, T, D)
+    return ((candidates - a).abs() * m).sum(dim=(2, 3)) / m.sum(dim=(2, 3)).clamp_min(1.0)
+
+
 def choice_losses(candidates: torch.Tensor, scores: torch.Tensor, actions: torch.Tensor, action_mask: torch.Tensor,
                   score_weight: float = 1.0) -> dict[str, torch.Tensor]:
-    """WTA masked-mean L1 + score MSE. d_n = sum|c_n - a| * m / sum m per sample; only argmin_n d_n gets gradient
-    from the action loss; the score target d_n is detached, so the score loss never moves the candidates."""
-    a, m = actions.float()[:, None], action_mask.float()[:, None]  # (B, 1, T, D)
-    d = ((candidates - a).abs() * m).sum(dim=(2, 3)) / m.sum(dim=(2, 3)).clamp_min(1.0)  # (B, N)
+    """WTA masked-mean L1 + score MSE. d_n = candidate_l1; only argmin_n d_n gets gradient from the action loss;
+    the score target d_n is detached, so the score loss never moves the candidates."""
+    d = candidate_l1(candidates, actions, action_mask)  # (B, N)
     wta = d.min(dim=1).values.mean()
     score = F.mse_loss(scores, d.detach())
     return {"loss": wta + score_weight * score, "action": wta, "score": score, "l1_all": d.detach().mean()}

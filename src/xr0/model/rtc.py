@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from .flow import euler_times
+from .flow import euler_sample
 
 BETA = 5.0  # guidance weight clip: keeps few-step sampling stable (the RTC paper's value)
 T_EPS = 1e-4  # t is clamped to [T_EPS, 1 - T_EPS] so the weight formula never divides by zero
@@ -32,24 +32,19 @@ def guidance_weight(t: torch.Tensor, beta: float = BETA) -> torch.Tensor:
 def guided_euler_sample(velocity: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], noise: torch.Tensor,
                         target: torch.Tensor, weights: torch.Tensor, steps: int = 5, beta: float = BETA,
                         times: torch.Tensor | None = None) -> torch.Tensor:
-    """Euler-integrate dx/dt = v + guidance from noise (B, T, D) at t = 0 to t = 1 (float32 throughout).
+    """flow.euler_sample of dx/dt = v + guidance from noise (B, T, D) at t = 0 to t = 1 (float32 throughout).
 
     velocity(x, t, k) is called with grad enabled on x (the caller's parameters may or may not require grad:
     only the gradient with respect to x is taken). target and weights are (B, T, D); weights hold the soft
     mask already padded with 0 past the overlap and on unused action dims. times: euler_times(steps, B).
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    x = noise.detach().float().clone()
     target, weights = target.detach().float(), weights.detach().float()
-    if times is None:
-        times = euler_times(steps, x.shape[0], x.device)
-    dt = 1.0 / steps
-    for k in range(steps):
-        t = times[k]
+
+    def guided(x: torch.Tensor, t: torch.Tensor, k: int) -> torch.Tensor:
         v, g = _velocity_and_guidance(velocity, x, t, k, target, weights)
-        x = x + dt * (v + guidance_weight(t, beta).view(-1, 1, 1) * g)
-    return x
+        return v + guidance_weight(t, beta).view(-1, 1, 1) * g
+
+    return euler_sample(guided, noise.detach().float(), steps, times=times)
 
 
 def _velocity_and_guidance(velocity, x, t, k, target, weights) -> tuple[torch.Tensor, torch.Tensor]:

@@ -95,9 +95,6 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
         raise ValueError(f"max_ticks must be in 1..{MAX_TICKS} (MetaWorld's horizon), got {max_ticks}")
     if video_dir:
         pathlib.Path(video_dir).mkdir(parents=True, exist_ok=True)
-    robot = policy.robot(None)
-    T = policy.config.chunk_len
-    k = T // 2 if k is None else k
     hz = policy.config.control_hz
     wall_ms: list[float] = []
     rows, traces = [], {}
@@ -106,17 +103,7 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
         env = _env(policy, task, seed, orientation, cameras)
         for ep in range(episodes):
             env.reset()
-            calls = [0]
-
-            def infer(obs, prefix, prefix_weights=None, _ep=ep):
-                t0 = time.perf_counter()
-                out = policy.sample(images=obs["images"], instruction=obs["prompt"], state=obs["state"][:robot.state_dim],
-                                    prefix=prefix, prefix_weights=prefix_weights, steps=steps,
-                                    seed=seed * 100_003 + _ep * 1009 + calls[0])
-                calls[0] += 1
-                wall_ms.append((time.perf_counter() - t0) * 1000)
-                return out
-
+            infer = _policy_infer(policy, lambda call, _ep=ep: seed * 100_003 + _ep * 1009 + call, steps, wall_ms)
             recorder = _VideoRecorder(env) if video_dir else None
             runner = _runner(policy, executor, recorder or env, infer, latency_ms, k)
             try:
@@ -143,6 +130,23 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
     return summarize(rows, tasks, executor, latency_ms, wall_ms, hz), traces
 
 
+def _policy_infer(policy, seed_of_call, steps: int | None = None, wall_ms: list[float] | None = None):
+    """An executor's `infer(obs, prefix, prefix_weights=None)` backed by `policy.sample`; call i samples with seed
+    `seed_of_call(i)`; with `wall_ms`, each call's wall time is appended to it."""
+    calls, state_dim = [0], policy.robot(None).state_dim
+
+    def infer(obs, prefix, prefix_weights=None):
+        t0 = time.perf_counter()
+        out = policy.sample(images=obs["images"], instruction=obs["prompt"], state=obs["state"][:state_dim],
+                            prefix=prefix, prefix_weights=prefix_weights, steps=steps, seed=seed_of_call(calls[0]))
+        calls[0] += 1
+        if wall_ms is not None:
+            wall_ms.append((time.perf_counter() - t0) * 1000)
+        return out
+
+    return infer
+
+
 def _env(policy, task: str, seed: int, orientation: str | None, cameras: dict[str, str] | None):
     """The MetaWorld task rendered the way the policy's training data were (cameras, orientation, image size)."""
     from .metaworld import DEFAULT_ORIENTATION, MetaWorldEnv
@@ -152,10 +156,10 @@ def _env(policy, task: str, seed: int, orientation: str | None, cameras: dict[st
                         orientation=orientation or DEFAULT_ORIENTATION)
 
 
-def _runner(policy, executor: str, env, infer, latency_ms: float, k: int):
-    """The named executor on a simulated clock at the policy's control rate."""
+def _runner(policy, executor: str, env, infer, latency_ms: float, k: int | None = None):
+    """The named executor on a simulated clock at the policy's control rate; k defaults to T/2."""
     clock = SimClock(1.0 / policy.config.control_hz, latency_s=latency_ms / 1000.0)
-    kwargs = dict(k=k, action_space=HOLD_STILL)
+    kwargs = dict(k=policy.config.chunk_len // 2 if k is None else k, action_space=HOLD_STILL)
     if executor == "async":  # the trained prefix; rtc's guided prefix is not capped by it
         kwargs["max_prefix"] = policy.config.max_prefix
     return EXECUTORS[executor](env, infer, clock, **kwargs)
@@ -219,10 +223,8 @@ def reactivity(policy, executor: str = "async", latency_ms: float = 100.0, episo
         if chunker == "expert":
             infer = lambda obs, prefix, prefix_weights=None: _reach_oracle_chunk(env, T)  # noqa: E731
         else:
-            infer = lambda obs, prefix, prefix_weights=None, _ep=ep: policy.sample(  # noqa: E731
-                images=obs["images"], instruction=obs["prompt"], state=obs["state"], prefix=prefix,
-                prefix_weights=prefix_weights, seed=seed + _ep)
-        _runner(policy, executor, mover, infer, latency_ms, T // 2 if k is None else k).run(
+            infer = _policy_infer(policy, lambda call, _ep=ep: seed + _ep)
+        _runner(policy, executor, mover, infer, latency_ms, k).run(
             max_ticks, stop=lambda: mover.moved and env.success)  # reaching the old goal first does not end it
         ticks.append(mover.reaction_ticks)
         successes.append(env.success)
