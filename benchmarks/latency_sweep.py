@@ -61,7 +61,8 @@ def _load(checkpoint: str) -> None:
     torch.set_num_threads(1)
     setup = checkpoint_setup(checkpoint)
     _WORKER.update(policy=load_policy(checkpoint, None), tasks=setup["tasks"],
-                   view=dict(orientation=setup["orientation"], cameras=setup["cameras"]))
+                   view=dict(orientation=setup["orientation"], cameras=setup["cameras"],
+                             image_size=setup["image_size"]))
 
 
 def _cell(job: tuple) -> dict:

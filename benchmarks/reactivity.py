@@ -42,7 +42,8 @@ def main() -> None:
             if chunker == "expert" and ex == "rtc":
                 continue  # RTC steers the policy's denoiser; the oracle has none (it would run as naive async)
             row = reactivity(policy, ex, args.latency_ms, episodes=args.episodes, seed=args.seed, move_at=args.move_at,
-                             k=args.k, chunker=chunker, orientation=setup["orientation"], cameras=setup["cameras"])
+                             k=args.k, chunker=chunker, orientation=setup["orientation"], cameras=setup["cameras"],
+                             image_size=setup["image_size"])
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(json.dumps({"k": args.k, "latency_ms": args.latency_ms, "reactivity": rows}))

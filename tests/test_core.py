@@ -256,6 +256,19 @@ def test_patchify_matches_qwen_image_processor():
     assert torch.allclose(ours, ref["pixel_values"].float(), atol=1e-6)
 
 
+def test_patch_embedding_is_the_stock_conv3d(tiny):
+    """The matmul patch embedding (backbone.patch_embed_as_matmul) gives Qwen3-VL's Conv3d result and gradients."""
+    embed = tiny.vlm.model.visual.patch_embed
+    x = torch.randn(40, embed.proj.weight[0].numel())
+    fast = embed(x)
+    stock = type(embed).forward(embed, x)  # transformers' own Conv3d forward
+    assert fast.shape == stock.shape == (40, embed.embed_dim)
+    torch.testing.assert_close(fast, stock, atol=1e-5, rtol=1e-5)
+    g_fast = torch.autograd.grad(fast.square().sum(), embed.proj.weight)[0]
+    g_stock = torch.autograd.grad(stock.square().sum(), embed.proj.weight)[0]
+    torch.testing.assert_close(g_fast, g_stock, atol=1e-4, rtol=1e-4)
+
+
 def test_tokenizer_and_prompt(tiny):
     tok = tiny.processor.tokenizer
     assert len(tok) == 151669

@@ -11,7 +11,7 @@ pytest.importorskip("metaworld")
 
 from xr0.data.lerobot_v3 import LeRobotV3Dataset  # noqa: E402
 from xr0.data.metaworld_gen import generate  # noqa: E402
-from xr0.sim.evaluate import checkpoint_setup, evaluate, load_policy, reactivity  # noqa: E402
+from xr0.sim.evaluate import _env, checkpoint_setup, evaluate, load_policy, reactivity  # noqa: E402
 from xr0.sim.export import export  # noqa: E402
 from xr0.sim.metaworld import CAMERAS, DEFAULT_ORIENTATION, MetaWorldEnv  # noqa: E402
 
@@ -52,16 +52,18 @@ def test_train_then_evaluate_sync_vs_async(dataset, tmp_path):
     data, _ = dataset
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--recipe", "post-async", "--preset", "tiny", "--data", str(data), "--robot-type",
-                              "metaworld", "--out", str(tmp_path / "run"), "--steps", "3", "--batch-size", "2",
-                              "--no-progress", "--save-every", "3"])
-    assert run(args) == 0
+    flags = ["--recipe", "post-async", "--preset", "tiny", "--data", str(data), "--robot-type", "metaworld",
+             "--steps", "3", "--batch-size", "2", "--no-progress", "--save-every", "3"]
+    # the model may see the 64 x 64 renders larger (finer vision tokens); sizes must be multiples of 32
+    assert run(parser.parse_args(flags + ["--out", str(tmp_path / "bad"), "--image-size", "100"])) == 2
+    assert run(parser.parse_args(flags + ["--out", str(tmp_path / "run"), "--image-size", "96"])) == 0
     policy = load_policy(str(tmp_path / "run"), None)
     assert policy.config.control_hz == 40.0  # the dataset's frame rate
+    assert policy.config.image_size == (96, 96)
     results = {}
     for executor in ("sync", "async"):
         results[executor], traces = evaluate(policy, TASKS, episodes=1, executor=executor, latency_ms=100.0,
-                                             max_ticks=25, progress=False)
+                                             max_ticks=25, progress=False, image_size=(64, 64))
     for r in results.values():
         assert {"success_rate", "per_task", "episodes", "mean_time_to_success_s", "idle_fraction",
                 "boundary_discontinuity"} <= set(r)
@@ -71,10 +73,16 @@ def test_train_then_evaluate_sync_vs_async(dataset, tmp_path):
     T = policy.config.chunk_len
     assert results["async"]["idle_fraction"] == 0.0
     assert results["sync"]["idle_fraction"] == pytest.approx(4 / (4 + T - T // 2), abs=0.06)
-    # shipping: the checkpoint carries the tasks, cameras and orientation of its data, and evaluation reads them
+    # shipping: the checkpoint carries the tasks, cameras, orientation and render size of its data, and evaluation
+    # renders that way
     export(str(tmp_path / "run"), str(data), dest=tmp_path / "shipped")
     setup = checkpoint_setup(str(tmp_path / "shipped"))
-    assert setup == {"tasks": TASKS, "cameras": CAMERAS, "orientation": DEFAULT_ORIENTATION}
+    assert setup == {"tasks": TASKS, "cameras": CAMERAS, "orientation": DEFAULT_ORIENTATION, "image_size": (64, 64)}
+    env = _env(policy, "reach-v3", 0, setup["orientation"], setup["cameras"], setup["image_size"])
+    try:
+        assert env.observe()["images"]["Top View"].shape == (64, 64, 3)
+    finally:
+        env.close()
     (tmp_path / "shipped" / "metaworld.json").write_text("{")
     with pytest.raises(ValueError, match="metaworld.json"):
         checkpoint_setup(str(tmp_path / "shipped"))

@@ -236,8 +236,9 @@ def test_cli_flags_map_to_config_and_ablations():
                               "--no-prefix-dropout", "--freq-weight", "0", "--repeat", "2", "--max-prefix", "3",
                               "--steps", "5", "--batch-size", "3", "--dtype", "fp32", "--cameras", "wrist,front",
                               "--grad-accum", "2", "--fsdp", "--skip-bad", "--resume", "--raw-state", "--no-augment",
-                              "--overfit-batch", "--no-progress"])
+                              "--overfit-batch", "--no-progress", "--image-size", "96,128", "--state-dropout", "0.5"])
     cfg = train_cli.config_from_args(args)
+    assert cfg.image_size == (96, 128) and cfg.state_dropout == 0.5
     assert (cfg.steps, cfg.batch_size, cfg.dtype, cfg.grad_accum, cfg.fsdp, cfg.skip_bad, cfg.resume) == \
         (5, 3, "fp32", 2, True, True, True)
     assert (cfg.raw_state, cfg.augment, cfg.overfit_batch, cfg.progress) == (True, False, True, False)
@@ -251,6 +252,25 @@ def test_cli_flags_map_to_config_and_ablations():
     assert policy.config.max_prefix == 3
     defaults = train_cli.config_from_args(parser.parse_args([]))
     assert dataclasses.asdict(defaults) == dataclasses.asdict(TrainConfig())
+
+
+def test_state_dropout_hides_the_state_of_a_seeded_share_of_samples(dataset, tmp_path):
+    positions = list(range(40))
+    keep = Trainer(config(dataset, tmp_path / "a", recipe="post-sync", augment=False))._samples(positions)
+    tr = Trainer(config(dataset, tmp_path / "b", recipe="post-sync", augment=False, state_dropout=0.5))
+    drop = tr._samples(positions)
+    robot = tr.policy.robot("toy")
+    hidden = [np.array_equal(d["state"], robot.state_mean[:STATE_DIM]) for d in drop]
+    assert 10 <= sum(hidden) <= 30  # about half, drawn per sample position
+    for k, d, h in zip(keep, drop, hidden):
+        if not h:
+            np.testing.assert_array_equal(d["state"], k["state"])
+        np.testing.assert_array_equal(d["actions"], k["actions"])  # only the state changes
+    assert [np.array_equal(d["state"], robot.state_mean[:STATE_DIM]) for d in tr._samples(positions)] == hidden
+    batch = tr.policy.make_batch([drop[hidden.index(True)]], "toy")
+    assert float(batch["state"].abs().max()) < 1e-5  # a hidden state is zero to the model
+    with pytest.raises(ValueError, match="state_dropout"):
+        Trainer(config(dataset, tmp_path / "c", state_dropout=1.5))
 
 
 def test_stage1_recipe_trains_vlm_and_heads_with_vl_data(dataset, tmp_path):

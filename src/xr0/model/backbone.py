@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 from transformers.cache_utils import DynamicCache
 
@@ -15,7 +16,22 @@ def build_vlm(vlm_config: dict) -> Qwen3VLForConditionalGeneration:
     cfg._attn_implementation = "sdpa"
     cfg.text_config._attn_implementation = "sdpa"
     cfg.vision_config._attn_implementation = "sdpa"
-    return Qwen3VLForConditionalGeneration(cfg)
+    vlm = Qwen3VLForConditionalGeneration(cfg)
+    patch_embed_as_matmul(vlm.model.visual.patch_embed)
+    return vlm
+
+
+def patch_embed_as_matmul(embed: torch.nn.Module) -> None:
+    """Run Qwen3-VL's patch embedding (a Conv3d whose stride equals its kernel, over pixel rows that are already one
+    patch each) as the single matmul it is. Same weights and names; on CPU the Conv3d backward took 0.3 s of a 2.8 s
+    `small` training step at 256 x 256, the matmul a tenth of that."""
+    proj = embed.proj
+
+    def forward(hidden_states: torch.Tensor) -> torch.Tensor:
+        w = proj.weight
+        return F.linear(hidden_states.to(w.dtype).reshape(-1, w[0].numel()), w.reshape(w.shape[0], -1), proj.bias)
+
+    embed.forward = forward
 
 
 def vlm_position_ids(vlm: Qwen3VLForConditionalGeneration, batch: dict) -> torch.Tensor:

@@ -41,7 +41,8 @@ def run_metaworld(args) -> int:
         return 2
     result, _ = evaluate(policy, args.tasks or setup["tasks"], args.episodes, args.executor,
                          args.latency_ms, args.seed, args.k, args.max_ticks, args.video, args.steps,
-                         orientation=args.orientation or setup["orientation"], cameras=setup["cameras"])
+                         orientation=args.orientation or setup["orientation"], cameras=setup["cameras"],
+                         image_size=setup["image_size"])
     print_table(result)
     if args.json:
         print(json.dumps(result))

@@ -29,7 +29,8 @@ def metaworld_demo(args) -> int:
           f"{policy.config.control_hz:g} Hz); tasks: {', '.join(tasks)}")
     result, traces = evaluate(policy, tasks, episodes=args.episodes, executor="async", latency_ms=100.0,
                               seed=args.seed, video_dir=out / "videos",
-                              orientation=setup["orientation"], cameras=setup["cameras"])
+                              orientation=setup["orientation"], cameras=setup["cameras"],
+                              image_size=setup["image_size"])
     print_table(result)
     hz = result["control_hz"]
     fresh_hz = hz * (1 - result["idle_fraction"])

@@ -48,11 +48,14 @@ SETUP_FILE = "metaworld.json"  # in a checkpoint: the tasks, cameras and image o
 
 
 def checkpoint_setup(checkpoint: str | None) -> dict:
-    """{"tasks", "cameras", "orientation"} a MetaWorld checkpoint was trained with (`SETUP_FILE`, written by
-    `python -m xr0.sim.export` from the dataset's meta/xr0_metaworld.json); the current defaults otherwise."""
+    """{"tasks", "cameras", "orientation", "image_size"} a MetaWorld checkpoint was trained with (`SETUP_FILE`,
+    written by `python -m xr0.sim.export` from the dataset's meta/xr0_metaworld.json); the current defaults otherwise.
+    "image_size" is the size the data were rendered at (the model may resize them, e.g. 128 -> 256); None (older
+    checkpoints) means the model's own image size."""
     from .metaworld import CAMERAS, DEFAULT_ORIENTATION, DEFAULT_TASKS
 
-    setup = {"tasks": list(DEFAULT_TASKS), "cameras": dict(CAMERAS), "orientation": DEFAULT_ORIENTATION}
+    setup = {"tasks": list(DEFAULT_TASKS), "cameras": dict(CAMERAS), "orientation": DEFAULT_ORIENTATION,
+             "image_size": None}
     if checkpoint:
         file = _checkpoint_dir(checkpoint) / SETUP_FILE
         if file.is_file():
@@ -63,6 +66,8 @@ def checkpoint_setup(checkpoint: str | None) -> dict:
             if not isinstance(saved, dict) or not set(saved) >= {"tasks", "cameras", "orientation"}:
                 raise ValueError(f"{file}: needs 'tasks', 'cameras' and 'orientation'")
             setup.update(tasks=list(saved["tasks"]), cameras=dict(saved["cameras"]), orientation=saved["orientation"])
+            if saved.get("image_size") is not None:
+                setup["image_size"] = tuple(saved["image_size"])
     return setup
 
 
@@ -76,12 +81,12 @@ def _metaworld_identity_robot(T: int):
 def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency_ms: float = 100.0,
              seed: int = 1000, k: int | None = None, max_ticks: int = 100, video_dir=None,
              steps: int | None = None, progress: bool = True, orientation: str | None = None,
-             cameras: dict[str, str] | None = None) -> dict:
+             cameras: dict[str, str] | None = None, image_size: tuple[int, int] | None = None) -> dict:
     """Success rate, simulated time to success, idle fraction, boundary discontinuity, real inference latency.
 
     With `video_dir`, each episode also gets an MP4 and a PNG of its executed actions with chunk switches marked.
-    `cameras` (policy camera -> MetaWorld camera) and `orientation` must be those the policy's training data were
-    rendered with: `checkpoint_setup(checkpoint)` gives them.
+    `cameras` (policy camera -> MetaWorld camera), `orientation` and `image_size` (the render size; default the
+    policy's) must be those the policy's training data were rendered with: `checkpoint_setup(checkpoint)` gives them.
     """
     from .metaworld import ACTION_NAMES, MAX_TICKS, check_tasks
     from .plot import plot_actions
@@ -100,7 +105,7 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
     rows, traces = [], {}
     bar = tqdm(total=len(tasks) * episodes, desc=f"eval {executor} {latency_ms:g} ms", unit="ep", disable=not progress)
     for task in tasks:
-        env = _env(policy, task, seed, orientation, cameras)
+        env = _env(policy, task, seed, orientation, cameras, image_size)
         for ep in range(episodes):
             env.reset()
             infer = _policy_infer(policy, lambda call, _ep=ep: seed * 100_003 + _ep * 1009 + call, steps, wall_ms)
@@ -147,11 +152,12 @@ def _policy_infer(policy, seed_of_call, steps: int | None = None, wall_ms: list[
     return infer
 
 
-def _env(policy, task: str, seed: int, orientation: str | None, cameras: dict[str, str] | None):
+def _env(policy, task: str, seed: int, orientation: str | None, cameras: dict[str, str] | None,
+         image_size: tuple[int, int] | None = None):
     """The MetaWorld task rendered the way the policy's training data were (cameras, orientation, image size)."""
     from .metaworld import DEFAULT_ORIENTATION, MetaWorldEnv
 
-    return MetaWorldEnv(task, seed=seed, image_size=policy.config.image_size,
+    return MetaWorldEnv(task, seed=seed, image_size=tuple(image_size or policy.config.image_size),
                         cameras=_camera_map(policy.config.cameras, cameras),
                         orientation=orientation or DEFAULT_ORIENTATION)
 
@@ -205,7 +211,8 @@ class _GoalMover:
 
 def reactivity(policy, executor: str = "async", latency_ms: float = 100.0, episodes: int = 5, seed: int = 4000,
                move_at: int = 12, max_ticks: int = 150, orientation: str | None = None,
-               cameras: dict[str, str] | None = None, k: int | None = None, chunker: str = "policy") -> dict:
+               cameras: dict[str, str] | None = None, k: int | None = None, chunker: str = "policy",
+               image_size: tuple[int, int] | None = None) -> dict:
     """reach-v3 with the goal moved at tick `move_at` + episode: ticks until the arm heads for the new goal (cos >= 0.8).
 
     chunker "policy" asks `policy` for each chunk; "expert" is an oracle that sees the true goal (`_reach_oracle_chunk`;
@@ -214,7 +221,7 @@ def reactivity(policy, executor: str = "async", latency_ms: float = 100.0, episo
     """
     if chunker not in ("policy", "expert"):
         raise ValueError(f"chunker must be 'policy' or 'expert', got {chunker!r}")
-    env = _env(policy, "reach-v3", seed, orientation, cameras)
+    env = _env(policy, "reach-v3", seed, orientation, cameras, image_size)
     hz, T = policy.config.control_hz, policy.config.chunk_len
     ticks, successes = [], []
     for ep in range(episodes):

@@ -1,6 +1,6 @@
 """Ship a trained MetaWorld run as the embedded checkpoint: bf16 weights, the frozen token embedding left out
-(regenerated from its seed at load time), plus metaworld.json (the tasks, cameras and image orientation of its
-training data, from DATA_DIR/meta/xr0_metaworld.json). Usage: python -m xr0.sim.export RUN_DIR DATA_DIR"""
+(regenerated from its seed at load time), plus metaworld.json (the tasks, cameras, image orientation and render size of
+its training data, from DATA_DIR/meta/xr0_metaworld.json). Usage: python -m xr0.sim.export RUN_DIR DATA_DIR"""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def export(run: str, data: str, dest=HERE / "metaworld") -> int:
 
     sidecar = json.loads((pathlib.Path(data) / "meta" / "xr0_metaworld.json").read_text())
     setup = {"tasks": check_tasks(list(sidecar["tasks"])), "cameras": sidecar["cameras"],
-             "orientation": sidecar["orientation"]}
+             "orientation": sidecar["orientation"], "image_size": sidecar.get("image_size")}
     policy = XR0Policy.from_pretrained(resolve_checkpoint(run))
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -40,6 +40,8 @@ _FIELDS = [
     ("--device", "device", str, "auto | cpu | cuda"),
     ("--tracker", "tracker", str, "also log to: none | auto | wandb | trackio (only if installed)"),
     ("--vl-data", "vl_data", str, "stage1: VL JSONL co-training data"),
+    ("--state-dropout", "state_dropout", float, "probability that a training sample's state is replaced by the mean "
+                                                "state, so the actions have to be read from the images"),
 ]
 _SWITCHES = [
     ("--resume", "resume", True, "continue from the latest complete checkpoint in --out"),
@@ -68,6 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, name, typ, helptext in _FIELDS:
         g.add_argument(flag, dest=name, type=typ, default=None, choices=_CHOICES.get(name),
                        help=f"{helptext} (default: {getattr(d, name)})")
+    g.add_argument("--image-size", default=None, metavar="H[,W]",
+                   help="fresh runs: resize camera images to H x W, multiples of 32 (default: the preset's)")
     g.add_argument("--cameras", default=None,
                    help="comma-separated dataset cameras, in the model's camera order (default: all, by name)")
     for flag, name, value, helptext in _SWITCHES:
@@ -91,8 +95,23 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             values[f.name] = v
     if getattr(args, "cameras", None):
         values["cameras"] = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
+    if getattr(args, "image_size", None):
+        values["image_size"] = parse_image_size(args.image_size)
     values["recipe_overrides"] = {k[2:]: v for k, v in vars(args).items() if k.startswith("r_") and v is not None}
     return TrainConfig(**values)
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """"256" or "192,256" -> (H, W); a ValueError naming the flag otherwise."""
+    try:
+        hw = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        hw = ()
+    if len(hw) == 1:
+        hw = hw * 2
+    if len(hw) != 2 or min(hw) <= 0:
+        raise ValueError(f"--image-size must be H or H,W in pixels, got {text!r}")
+    return hw
 
 
 def run(args: argparse.Namespace) -> int:

@@ -50,6 +50,7 @@ class TrainConfig:
     robot_type: str = "default"
     cameras: tuple[str, ...] | None = None  # dataset cameras to use, in the model's camera order
     chunk_len: int | None = None  # fresh runs: action chunk length T (default: the preset's)
+    image_size: tuple[int, int] | None = None  # fresh runs: (H, W) the images are resized to (default: the preset's)
     out: str = "runs/xr0"
     steps: int = 30_000
     batch_size: int = 16  # per process and micro-batch
@@ -71,6 +72,7 @@ class TrainConfig:
     fsdp: bool = False
     skip_bad: bool = False
     augment: bool = True
+    state_dropout: float = 0.0  # chance that a sample's state is replaced by the mean state (0 once normalised)
     raw_state: bool = False  # feed the state unnormalised, as the released pipeline does
     stats_samples: int | None = None  # cap on samples read for normalisation statistics
     overfit_batch: bool = False  # reuse the first batch and its t/noise every step (a sanity check of the loss)
@@ -86,6 +88,7 @@ class TrainConfig:
                   (self.grad_accum >= 1, "grad_accum must be >= 1"), (self.lr > 0, "lr must be > 0"),
                   (self.warmup >= 0, "warmup must be >= 0"), (self.save_every >= 1, "save_every must be >= 1"),
                   (self.log_every >= 1, "log_every must be >= 1"),
+                  (0.0 <= self.state_dropout <= 1.0, f"state_dropout must be in [0, 1], got {self.state_dropout}"),
                   (self.dtype in ("auto", "bf16", "fp32"), f"dtype must be auto, bf16 or fp32, got {self.dtype!r}"),
                   (self.tracker in ("none", "auto", "wandb", "trackio"), f"unknown tracker {self.tracker!r}"),
                   (not (self.resume and self.init), "use either resume or init, not both")]
@@ -418,6 +421,9 @@ class Trainer:
         config = policy.config if policy is not None else get_preset(cfg.preset)
         if policy is None and cfg.chunk_len:
             config.chunk_len = cfg.chunk_len
+        if policy is None and cfg.image_size:
+            config.image_size = tuple(cfg.image_size)
+            config.validate()
 
         # ---- data
         if dataset is None:
@@ -436,7 +442,8 @@ class Trainer:
             # The dataset's frame rate is the robot's control rate (the executors and the server report it).
             fps = getattr(dataset, "fps", None) or config.control_hz
             policy = XR0Policy.from_preset(cfg.preset, seed=cfg.seed, cameras=config.cameras,
-                                           chunk_len=config.chunk_len, control_hz=float(fps))
+                                           chunk_len=config.chunk_len, image_size=config.image_size,
+                                           control_hz=float(fps))
         if resume_from is None and (source is None or cfg.robot_type not in policy.robots):
             spec = robot_spec_from_data(dataset, policy.config, cfg.stats_samples, cfg.raw_state)
             robots = {} if source is None else dict(policy.robots)
@@ -511,12 +518,17 @@ class Trainer:
         from ..data.augment import ImageAugment
 
         aug = ImageAugment(train=self.cfg.augment)
+        robot = self.policy.robot(self.cfg.robot_type)
         out = []
         for pos in positions:
             s = self.dataset[self.sampler[pos]]
             images = {self.cam_map[k]: v for k, v in s["images"].items() if k in self.cam_map}
             images = aug(images, np.random.default_rng([self.cfg.seed, 0xA06, pos]))
-            out.append({**s, "images": images})
+            s = {**s, "images": images}
+            if self.cfg.state_dropout and np.random.default_rng([self.cfg.seed, 0x57A7E, pos]).random() < \
+                    self.cfg.state_dropout:  # the state says nothing: actions must come from the images
+                s["state"] = robot.state_mean[:robot.state_dim].copy()
+            out.append(s)
         return out
 
     def _vl_samples(self, step: int, micro: int) -> list[dict] | None:
