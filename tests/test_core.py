@@ -1,5 +1,6 @@
 """The core model: masks, positions, time law, sampling, layout, checkpoints, processing, bad input."""
 
+import copy
 import json
 import pathlib
 
@@ -261,12 +262,14 @@ def test_patch_embedding_is_the_stock_conv3d(tiny):
     embed = tiny.vlm.model.visual.patch_embed
     x = torch.randn(40, embed.proj.weight[0].numel())
     fast = embed(x)
-    stock = type(embed).forward(embed, x)  # transformers' own Conv3d forward
+    stock = type(embed).__mro__[1].forward(embed, x)  # transformers' own Conv3d forward
     assert fast.shape == stock.shape == (40, embed.embed_dim)
     torch.testing.assert_close(fast, stock, atol=1e-5, rtol=1e-5)
     g_fast = torch.autograd.grad(fast.square().sum(), embed.proj.weight)[0]
     g_stock = torch.autograd.grad(stock.square().sum(), embed.proj.weight)[0]
     torch.testing.assert_close(g_fast, g_stock, atol=1e-4, rtol=1e-4)
+    half = copy.deepcopy(tiny.vlm).to(torch.bfloat16).model.visual.patch_embed  # a copy uses its own weights
+    assert half(x).dtype == torch.bfloat16 and embed(x).dtype == torch.float32
 
 
 def test_tokenizer_and_prompt(tiny):
