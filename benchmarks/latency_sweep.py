@@ -16,7 +16,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 from PIL import Image, ImageDraw  # noqa: E402
 
-from xr0.sim.evaluate import EXECUTORS, checkpoint_setup, evaluate, load_policy  # noqa: E402
+from xr0.sim.evaluate import EXECUTORS, checkpoint_setup, evaluate, load_policy, render_view  # noqa: E402
 
 COLORS = {"sync": (214, 39, 40), "async": (44, 160, 44), "naive-async": (31, 119, 180), "rtc": (148, 103, 189)}
 
@@ -60,9 +60,7 @@ def _load(checkpoint: str) -> None:
 
     torch.set_num_threads(1)
     setup = checkpoint_setup(checkpoint)
-    _WORKER.update(policy=load_policy(checkpoint, None), tasks=setup["tasks"],
-                   view=dict(orientation=setup["orientation"], cameras=setup["cameras"],
-                             image_size=setup["image_size"]))
+    _WORKER.update(policy=load_policy(checkpoint, None), tasks=setup["tasks"], view=render_view(setup))
 
 
 def _cell(job: tuple) -> dict:

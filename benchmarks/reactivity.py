@@ -16,7 +16,7 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from xr0.sim.evaluate import EXECUTORS, checkpoint_setup, load_policy, reactivity  # noqa: E402
+from xr0.sim.evaluate import EXECUTORS, checkpoint_setup, load_policy, reactivity, render_view  # noqa: E402
 
 
 def main() -> None:
@@ -42,8 +42,7 @@ def main() -> None:
             if chunker == "expert" and ex == "rtc":
                 continue  # RTC steers the policy's denoiser; the oracle has none (it would run as naive async)
             row = reactivity(policy, ex, args.latency_ms, episodes=args.episodes, seed=args.seed, move_at=args.move_at,
-                             k=args.k, chunker=chunker, orientation=setup["orientation"], cameras=setup["cameras"],
-                             image_size=setup["image_size"])
+                             k=args.k, chunker=chunker, **render_view(setup))
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(json.dumps({"k": args.k, "latency_ms": args.latency_ms, "reactivity": rows}))

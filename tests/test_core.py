@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionPatchEmbed
 
 from xr0 import LossOptions, RobotSpec, XR0Policy
 from xr0.inspect import OFFICIAL_LAYOUT, official_layout
@@ -258,11 +259,11 @@ def test_patchify_matches_qwen_image_processor():
 
 
 def test_patch_embedding_is_the_stock_conv3d(tiny):
-    """The matmul patch embedding (backbone.patch_embed_as_matmul) gives Qwen3-VL's Conv3d result and gradients."""
+    """The matmul patch embedding (backbone.MatmulPatchEmbed) gives Qwen3-VL's Conv3d result and gradients."""
     embed = tiny.vlm.model.visual.patch_embed
     x = torch.randn(40, embed.proj.weight[0].numel())
     fast = embed(x)
-    stock = type(embed).__mro__[1].forward(embed, x)  # transformers' own Conv3d forward
+    stock = Qwen3VLVisionPatchEmbed.forward(embed, x)  # transformers' own Conv3d forward
     assert fast.shape == stock.shape == (40, embed.embed_dim)
     torch.testing.assert_close(fast, stock, atol=1e-5, rtol=1e-5)
     g_fast = torch.autograd.grad(fast.square().sum(), embed.proj.weight)[0]

@@ -31,7 +31,7 @@ def add_metaworld_arguments(p) -> None:
 
 
 def run_metaworld(args) -> int:
-    from .evaluate import checkpoint_setup, evaluate, load_policy, print_table
+    from .evaluate import checkpoint_setup, evaluate, load_policy, print_table, render_view
 
     try:
         policy = load_policy(args.checkpoint, args.preset)
@@ -41,8 +41,7 @@ def run_metaworld(args) -> int:
         return 2
     result, _ = evaluate(policy, args.tasks or setup["tasks"], args.episodes, args.executor,
                          args.latency_ms, args.seed, args.k, args.max_ticks, args.video, args.steps,
-                         orientation=args.orientation or setup["orientation"], cameras=setup["cameras"],
-                         image_size=setup["image_size"])
+                         **{**render_view(setup), "orientation": args.orientation or setup["orientation"]})
     print_table(result)
     if args.json:
         print(json.dumps(result))

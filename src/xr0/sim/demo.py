@@ -9,7 +9,7 @@ import time
 
 def metaworld_demo(args) -> int:
     from ..assets import embedded_checkpoint
-    from .evaluate import checkpoint_setup, evaluate, load_policy, print_table
+    from .evaluate import checkpoint_setup, evaluate, load_policy, print_table, render_view
     from .metaworld import ACTION_NAMES, require_metaworld
     from .plot import plot_actions
 
@@ -28,9 +28,7 @@ def metaworld_demo(args) -> int:
     print(f"embedded checkpoint {path} ({policy.config.name} preset, T={policy.config.chunk_len} at "
           f"{policy.config.control_hz:g} Hz); tasks: {', '.join(tasks)}")
     result, traces = evaluate(policy, tasks, episodes=args.episodes, executor="async", latency_ms=100.0,
-                              seed=args.seed, video_dir=out / "videos",
-                              orientation=setup["orientation"], cameras=setup["cameras"],
-                              image_size=setup["image_size"])
+                              seed=args.seed, video_dir=out / "videos", **render_view(setup))
     print_table(result)
     hz = result["control_hz"]
     fresh_hz = hz * (1 - result["idle_fraction"])

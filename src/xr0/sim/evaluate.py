@@ -71,6 +71,12 @@ def checkpoint_setup(checkpoint: str | None) -> dict:
     return setup
 
 
+def render_view(setup: dict) -> dict:
+    """The `orientation`, `cameras` and `image_size` of a `checkpoint_setup`: how `evaluate` and `reactivity` must
+    render for that checkpoint (pass as keyword arguments)."""
+    return {k: setup[k] for k in ("orientation", "cameras", "image_size")}
+
+
 def _metaworld_identity_robot(T: int):
     from ..processing import RobotSpec
     from .metaworld import ACTION_DIM, STATE_DIM

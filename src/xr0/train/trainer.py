@@ -423,7 +423,6 @@ class Trainer:
             config.chunk_len = cfg.chunk_len
         if policy is None and cfg.image_size:
             config.image_size = tuple(cfg.image_size)
-            config.validate()
 
         # ---- data
         if dataset is None:
@@ -525,8 +524,8 @@ class Trainer:
             images = {self.cam_map[k]: v for k, v in s["images"].items() if k in self.cam_map}
             images = aug(images, np.random.default_rng([self.cfg.seed, 0xA06, pos]))
             s = {**s, "images": images}
-            if self.cfg.state_dropout and np.random.default_rng([self.cfg.seed, 0x57A7E, pos]).random() < \
-                    self.cfg.state_dropout:  # the state says nothing: actions must come from the images
+            p = self.cfg.state_dropout  # a hidden state says nothing: the actions must come from the images
+            if p and np.random.default_rng([self.cfg.seed, 0x57A7E, pos]).random() < p:
                 s["state"] = robot.state_mean[:robot.state_dim].copy()
             out.append(s)
         return out
