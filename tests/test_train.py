@@ -28,8 +28,12 @@ STATE_DIM, ACTION_DIM, T = 8, 7, 10
 CAMS = {"front": (32, 32), "wrist": (32, 32)}
 
 
-def write_dataset(root, lengths=(24, 20), frames_per_file=None):
-    with LeRobotV3Writer(root, 10, CAMS, STATE_DIM, ACTION_DIM, robot_type="toy", frames_per_file=frames_per_file) as w:
+def write_dataset(root, lengths=(24, 20), frames_per_file=None, env_state=False):
+    """Toy episodes (one random image per episode); env_state=True also records a 3-D environment state that
+    only the images reveal (a per-episode constant)."""
+    names = ["a", "b", "c"] if env_state else None
+    with LeRobotV3Writer(root, 10, CAMS, STATE_DIM, ACTION_DIM, robot_type="toy", frames_per_file=frames_per_file,
+                         env_state_names=names) as w:
         for e, n in enumerate(lengths):
             rng = np.random.default_rng(e)
             t = np.linspace(0, 1, n)[:, None]
@@ -37,7 +41,8 @@ def write_dataset(root, lengths=(24, 20), frames_per_file=None):
             states = np.cumsum(rng.normal(size=(n, STATE_DIM)), 0)
             images = {c: np.repeat(rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8), n, 0)
                       for c, (h, w) in CAMS.items()}
-            w.add_episode(images, states, actions, f"move arm pattern {e}")
+            env = np.repeat(rng.normal(size=(1, 3)), n, 0) if env_state else None
+            w.add_episode(images, states, actions, f"move arm pattern {e}", env_states=env)
     return root
 
 
@@ -236,7 +241,8 @@ def test_cli_flags_map_to_config_and_ablations():
                               "--no-prefix-dropout", "--freq-weight", "0", "--repeat", "2", "--max-prefix", "3",
                               "--steps", "5", "--batch-size", "3", "--dtype", "fp32", "--cameras", "wrist,front",
                               "--grad-accum", "2", "--fsdp", "--skip-bad", "--resume", "--raw-state", "--no-augment",
-                              "--overfit-batch", "--no-progress", "--image-size", "96,128", "--state-dropout", "0.5"])
+                              "--overfit-batch", "--no-progress", "--image-size", "96,128", "--state-dropout", "0.5",
+                              "--env-state-loss", "0.5"])
     cfg = train_cli.config_from_args(args)
     assert cfg.image_size == (96, 128) and cfg.state_dropout == 0.5
     assert (cfg.steps, cfg.batch_size, cfg.dtype, cfg.grad_accum, cfg.fsdp, cfg.skip_bad, cfg.resume) == \
@@ -245,7 +251,7 @@ def test_cli_flags_map_to_config_and_ablations():
     assert cfg.cameras == ("wrist", "front") and cfg.lr == TrainConfig().lr
     rec = get_recipe(cfg.recipe, **cfg.recipe_overrides)
     assert (rec.lambda_mask, rec.rope_offset, rec.reweight, rec.prefix_dropout, rec.freq_weight, rec.repeat,
-            rec.max_prefix) == (False, 0, False, 0.0, 0.0, 2, 3)
+            rec.max_prefix, rec.env_state_weight) == (False, 0, False, 0.0, 0.0, 2, 3, 0.5)
     policy = XR0Policy.from_preset("tiny")
     rec.configure(policy)
     assert policy.config.expert.local_window is None and policy.config.expert.rope_offset == 0
@@ -271,6 +277,32 @@ def test_state_dropout_hides_the_state_of_a_seeded_share_of_samples(dataset, tmp
     assert float(batch["state"].abs().max()) < 1e-5  # a hidden state is zero to the model
     with pytest.raises(ValueError, match="state_dropout"):
         Trainer(config(dataset, tmp_path / "c", state_dropout=1.5))
+
+
+def test_env_state_loss_teaches_the_image_tokens_and_stays_out_of_the_policy(dataset, tmp_path):
+    """--env-state-loss: a head reads the environment state from the VLM's image tokens and learns it (loss well
+    under 1 = predicting the mean); it is checkpointed in its own file, reloaded on resume, and the policy's
+    weights keep their layout (loadable by XR0Policy, no head tensors)."""
+    data = write_dataset(tmp_path / "es-data", env_state=True)
+    kw = dict(recipe="post-sync", overfit_batch=True, augment=False, steps=40, save_every=20,
+              recipe_overrides={"env_state_weight": 1.0})
+    tr = Trainer(config(data, tmp_path / "es", **kw))
+    assert tr.heads.dims["env_state_dim"] == 3
+    tr.run()
+    rows = metrics(tmp_path / "es")
+    for key in ("env_state_vlm", "env_state_expert"):  # both readouts learn what only the images reveal
+        first, last = np.mean([r[key] for r in rows[:3]]), np.mean([r[key] for r in rows[-3:]])
+        assert last < 0.3 * first and last < 0.3, (key, first, last)
+    ckpt = find_latest(tmp_path / "es")
+    assert (ckpt / "env_state_head.safetensors").is_file()
+    policy = XR0Policy.from_pretrained(ckpt)  # strict load: the head is not in the policy's weights
+    assert set(policy.state_dict()) == set(tr.policy.state_dict())
+    resumed = Trainer(config(data, tmp_path / "es", **{**kw, "steps": 41, "resume": True}))
+    assert all(torch.equal(v, resumed.heads.state_dict()[k]) for k, v in tr.heads.state_dict().items())
+    with pytest.raises(ValueError, match="environment_state"):
+        Trainer(config(dataset, tmp_path / "plain", recipe_overrides={"env_state_weight": 1.0}))
+    with pytest.raises(ValueError, match="env_state_weight"):
+        get_recipe("stage1", env_state_weight=1.0)
 
 
 def test_stage1_recipe_trains_vlm_and_heads_with_vl_data(dataset, tmp_path):

@@ -38,6 +38,7 @@ TASKS_PATH = "meta/tasks.parquet"
 INFO_PATH = "meta/info.json"
 STATS_PATH = "meta/stats.json"
 STATE_KEY = "observation.state"
+ENV_STATE_KEY = "observation.environment_state"  # optional: privileged simulator state (objects, goals)
 ACTION_KEY = "action"
 IMAGE_PREFIX = "observation.images."
 
@@ -295,14 +296,16 @@ class LeRobotV3Writer:
     """
 
     def __init__(self, root: str | Path, fps: int, cameras: dict[str, tuple[int, int]], state_dim: int,
-                 action_dim: int, robot_type: str = "", *, frames_per_file: int | None = None,
-                 codec: str = "libx264", crf: int = 18, gop: int = 2, pix_fmt: str = "yuv420p"):
+                 action_dim: int, robot_type: str = "", *, env_state_names: list[str] | None = None,
+                 frames_per_file: int | None = None, codec: str = "libx264", crf: int = 18, gop: int = 2,
+                 pix_fmt: str = "yuv420p"):
         self.root = Path(root)
         if (self.root / INFO_PATH).exists():
             raise FileExistsError(f"{self.root / INFO_PATH} exists; refusing to overwrite a dataset")
         if fps <= 0 or state_dim <= 0 or action_dim <= 0:
             raise ValueError(f"fps, state_dim, action_dim must be positive, got {fps}, {state_dim}, {action_dim}")
         self.fps, self.state_dim, self.action_dim = int(fps), int(state_dim), int(action_dim)
+        self.env_state_names = list(env_state_names or [])  # names of ENV_STATE_KEY's dims; empty = not written
         self.cameras = {name: (int(h), int(w)) for name, (h, w) in cameras.items()}
         self.robot_type = robot_type
         self.frames_per_file = frames_per_file
@@ -329,14 +332,17 @@ class LeRobotV3Writer:
         return IMAGE_PREFIX + camera
 
     def add_episode(self, images: dict[str, np.ndarray], states: np.ndarray, actions: np.ndarray,
-                    task: str) -> int:
-        """Append one episode; returns its episode_index. Bad input raises DataError naming the field."""
+                    task: str, env_states: np.ndarray | None = None) -> int:
+        """Append one episode; returns its episode_index. Bad input raises DataError naming the field.
+
+        `env_states` (n, len(env_state_names)) is required exactly when the writer has env_state_names."""
         if self._closed:
             raise RuntimeError(f"{self.root}: writer is closed")
         ep = len(self._episodes)
         states, actions = np.asarray(states), np.asarray(actions)
         n = len(states)
         self._check_episode(ep, images, states, actions, task, n)
+        self._check_env_states(ep, env_states, n)
 
         if self.frames_per_file and self._file_frames and self._file_frames + n > self.frames_per_file:
             self._roll_file()
@@ -373,6 +379,7 @@ class LeRobotV3Writer:
             "timestamp": (frames / self.fps).astype(np.float32), "frame_index": frames,
             "episode_index": np.full(n, ep), "index": self._total + frames,
             "task_index": np.full(n, self._tasks[task]),
+            **({ENV_STATE_KEY: np.asarray(env_states, np.float32)} if self.env_state_names else {}),
         })
         self._state_m.add(states)
         self._action_m.add(actions)
@@ -401,6 +408,18 @@ class LeRobotV3Writer:
                 raise DataError(f"{where}: images[{name!r}] is {img.dtype} {img.shape}, "
                                 f"expected uint8 ({n}, {h}, {w}, 3)")
 
+    def _check_env_states(self, ep, env_states, n) -> None:
+        where, dim = f"{self.root}: episode {ep}", len(self.env_state_names)
+        if not dim:
+            if env_states is not None:
+                raise DataError(f"{where}: env_states given but the writer has no env_state_names")
+            return
+        shape = None if env_states is None else np.shape(env_states)
+        if shape != (n, dim):
+            raise DataError(f"{where}: env_states shape {shape}, expected ({n}, {dim})")
+        if not np.isfinite(env_states).all():
+            raise DataError(f"{where}: env_states contain NaN/inf")
+
     def _flush_data(self) -> None:
         if not self._rows:
             return
@@ -413,6 +432,7 @@ class LeRobotV3Writer:
             "episode_index": pa.array(cols["episode_index"], pa.int64()),
             "index": pa.array(cols["index"], pa.int64()),
             "task_index": pa.array(cols["task_index"], pa.int64()),
+            **({ENV_STATE_KEY: _fixed_list(cols[ENV_STATE_KEY])} if ENV_STATE_KEY in cols else {}),
         })
         path = self.root / DATA_PATH.format(chunk_index=self._chunk, file_index=self._file)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -493,6 +513,9 @@ class LeRobotV3Writer:
                                "names": [f"state_{i}" for i in range(self.state_dim)]}
         features[ACTION_KEY] = {"dtype": "float32", "shape": [self.action_dim],
                                 "names": [f"action_{i}" for i in range(self.action_dim)]}
+        if self.env_state_names:
+            features[ENV_STATE_KEY] = {"dtype": "float32", "shape": [len(self.env_state_names)],
+                                       "names": list(self.env_state_names)}
         features["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
         for key in ("frame_index", "episode_index", "index", "task_index"):
             features[key] = {"dtype": "int64", "shape": [1], "names": None}
@@ -523,6 +546,7 @@ class _Episode:
     actions: np.ndarray  # (N, Da) float32
     task_index: np.ndarray  # (N,) int64
     videos: dict[str, tuple[Path, float]] = field(default_factory=dict)  # key -> (mp4, from_timestamp)
+    env_state: np.ndarray | None = None  # (N, De) float32, when the dataset has ENV_STATE_KEY
 
 
 class LeRobotV3Dataset(EpisodeIndex):
@@ -562,6 +586,7 @@ class LeRobotV3Dataset(EpisodeIndex):
         feats = self.info["features"]
         self.state_dim = int(feats[STATE_KEY]["shape"][0])
         self.action_dim = int(feats[ACTION_KEY]["shape"][0])
+        self.env_state_dim = int(feats[ENV_STATE_KEY]["shape"][0]) if ENV_STATE_KEY in feats else 0
         self.camera_keys = self._select_cameras(cameras)
         self.cameras = [k.removeprefix(IMAGE_PREFIX) for k in self.camera_keys]
         self.tasks = self._load_tasks()
@@ -663,6 +688,7 @@ class LeRobotV3Dataset(EpisodeIndex):
             path = self.root / self.info["data_path"].format(chunk_index=chunk, file_index=file)
             try:
                 columns = ["episode_index", "frame_index", "task_index", STATE_KEY, ACTION_KEY]
+                columns += [ENV_STATE_KEY] if self.env_state_dim else []
                 table = pq.read_table(path, columns=columns)
                 cols = self._columns(table)
             except (OSError, pa.ArrowException, KeyError) as err:
@@ -681,6 +707,8 @@ class LeRobotV3Dataset(EpisodeIndex):
         cols["sorted_ep"] = cols["episode_index"][cols["order"]]
         cols["state"], cols["state_len"] = _matrix(table.column(STATE_KEY), self.state_dim)
         cols["action"], cols["action_len"] = _matrix(table.column(ACTION_KEY), self.action_dim)
+        if self.env_state_dim:
+            cols["env_state"], cols["env_state_len"] = _matrix(table.column(ENV_STATE_KEY), self.env_state_dim)
         return cols
 
     def _episode(self, row: dict, path: Path, cols: dict[str, np.ndarray]) -> _Episode | None:
@@ -694,7 +722,9 @@ class LeRobotV3Dataset(EpisodeIndex):
         if not np.array_equal(cols["frame_index"][rows], np.arange(n)):
             self._bad(ep, path, "frame_index is not 0..length-1")
             return None
-        for name, dim, key in (("observation.state", self.state_dim, "state"), ("action", self.action_dim, "action")):
+        checks = [(STATE_KEY, self.state_dim, "state"), (ACTION_KEY, self.action_dim, "action")]
+        checks += [(ENV_STATE_KEY, self.env_state_dim, "env_state")] if self.env_state_dim else []
+        for name, dim, key in checks:
             lengths = cols[f"{key}_len"][rows]
             if (lengths != dim).any():
                 k = int(np.argmax(lengths != dim))
@@ -712,7 +742,8 @@ class LeRobotV3Dataset(EpisodeIndex):
             if not isinstance(text, str) or not text.strip():
                 self._bad(ep, path, f"missing task string for task_index {int(t)} in {self.root / TASKS_PATH}")
                 return None
-        return _Episode(ep, n, cols["state"][rows], cols["action"][rows], task_index)
+        env_state = cols["env_state"][rows] if self.env_state_dim else None
+        return _Episode(ep, n, cols["state"][rows], cols["action"][rows], task_index, env_state=env_state)
 
     def _videos_ok(self, ep: _Episode, row: dict, probes: dict) -> bool:
         for key in self.camera_keys:
@@ -744,13 +775,23 @@ class LeRobotV3Dataset(EpisodeIndex):
         idx, valid = chunk_window(ep.length, frame, self.chunk_len)
         return ep.state[frame].copy(), ep.actions[idx], valid
 
+    def env_state(self, i: int) -> np.ndarray:
+        """observation.environment_state of sample i (datasets that record it), without touching video."""
+        ep, frame = self._locate(int(i))
+        if ep.env_state is None:
+            raise DataError(f"{self.root}: no {ENV_STATE_KEY} in this dataset")
+        return ep.env_state[frame].copy()
+
     def __getitem__(self, i: int) -> dict:
         ep, frame = self._locate(int(i))
         idx, valid = chunk_window(ep.length, frame, self.chunk_len)
         images = {name: self._frame(ep, key, frame) for name, key in zip(self.cameras, self.camera_keys, strict=True)}
-        return {"images": images, "instruction": self.tasks[int(ep.task_index[frame])],
-                "state": ep.state[frame].copy(), "actions": ep.actions[idx], "action_valid": valid,
-                "episode": ep.index, "frame": frame}
+        sample = {"images": images, "instruction": self.tasks[int(ep.task_index[frame])],
+                  "state": ep.state[frame].copy(), "actions": ep.actions[idx], "action_valid": valid,
+                  "episode": ep.index, "frame": frame}
+        if ep.env_state is not None:
+            sample["env_state"] = ep.env_state[frame].copy()
+        return sample
 
     def _frame(self, ep: _Episode, key: str, frame: int) -> np.ndarray:
         path, start = ep.videos[key]

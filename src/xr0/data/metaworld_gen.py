@@ -23,11 +23,14 @@ def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 
     `placements` (xr0.sim.metaworld.PLACEMENTS): "mt1" draws from MetaWorld's 50 placements per seed (40 episodes
     see about 27 distinct ones), "fresh" gives every episode a new placement.
 
+    Each frame also records `observation.environment_state` (ENV_STATE_NAMES: object and goal positions), which
+    the policy never sees; `xr0 train --env-state-loss` may use it as a training-only target.
+
     Besides the LeRobot tree it writes meta/xr0_metaworld.json: how the observations were made (cameras, image
     orientation, control rate), which evaluation has to reproduce.
     """
-    from ..sim.metaworld import (ACTION_DIM, ACTION_REPEAT, CAMERAS, CONTROL_HZ, DEFAULT_ORIENTATION, INSTRUCTIONS,
-                                 MAX_TICKS, STATE_DIM, MetaWorldEnv, check_tasks)
+    from ..sim.metaworld import (ACTION_DIM, ACTION_REPEAT, CAMERAS, CONTROL_HZ, DEFAULT_ORIENTATION, ENV_STATE_NAMES,
+                                 INSTRUCTIONS, MAX_TICKS, STATE_DIM, MetaWorldEnv, check_tasks)
     from .lerobot_v3 import LeRobotV3Writer
 
     tasks = check_tasks(tasks)
@@ -42,7 +45,7 @@ def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 
     orientation = orientation or DEFAULT_ORIENTATION
     size = (image_size, image_size)
     writer = LeRobotV3Writer(out, fps=int(CONTROL_HZ), cameras={c: size for c in CAMERAS}, state_dim=STATE_DIM,
-                             action_dim=ACTION_DIM, robot_type="metaworld_sawyer")
+                             action_dim=ACTION_DIM, robot_type="metaworld_sawyer", env_state_names=list(ENV_STATE_NAMES))
     summary = {"tasks": {}, "frames": 0, "renders": 0}
     start = time.perf_counter()
     bar = tqdm(total=len(tasks) * episodes, desc="metaworld demos", unit="ep")
@@ -54,12 +57,13 @@ def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 
         while kept < episodes:
             obs = env.reset()
             frames = {c: [] for c in CAMERAS}
-            states, actions = [], []
+            states, actions, env_states = [], [], []
             while env.ticks < max_ticks:
                 for c in CAMERAS:
                     frames[c].append(obs["images"][c])
                 action = env.expert_action()
                 states.append(obs["state"])
+                env_states.append(env.env_state())
                 actions.append(action)
                 if action_noise > 0:
                     action = action.copy()
@@ -75,7 +79,7 @@ def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 
                     raise RuntimeError(f"{task}: the scripted expert failed {failed} times; giving up")
                 continue
             writer.add_episode({c: np.stack(v) for c, v in frames.items()}, np.stack(states), np.stack(actions),
-                               env.instruction)
+                               env.instruction, env_states=np.stack(env_states))
             kept += 1
             summary["frames"] += len(states)
             bar.update(1)

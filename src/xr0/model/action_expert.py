@@ -242,13 +242,21 @@ class ActionExpert(nn.Module):
 
     def velocity_at(self, ctx: ExpertContext, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """velocity() given the rows of modulation_table(t) (num_layers, B, 6, 1, H): the per-step DiT pass."""
+        return self.velocity_from(ctx, self.hidden_at(ctx, x, table), x.dtype)
+
+    def hidden_at(self, ctx: ExpertContext, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """The DiT's last hidden states (B, 2 + T, H) of [sink, state, actions] for actions x (B, T, D)."""
         dtype = self.sink.weight.dtype
         B = x.shape[0]
         actions = self.action_projector((x * ctx.action_mask).to(dtype))
         h = torch.cat([self.sink.weight.expand(B, 1, -1), ctx.state_token, actions], dim=1)
         for layer, mod, k, v in zip(self.dit.layers, table, ctx.prefix.keys, ctx.prefix.values):
             h = layer(h, mod, k, v, ctx.cos, ctx.sin, ctx.mask)
-        return self.action_output_layer(h[:, FIRST_ACTION:]).to(x.dtype) * ctx.velocity_mask
+        return h
+
+    def velocity_from(self, ctx: ExpertContext, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """hidden_at()'s output -> velocity (B, T, D), zero on the prefix and masked dims."""
+        return self.action_output_layer(h[:, FIRST_ACTION:]).to(dtype) * ctx.velocity_mask
 
 
 class StaticDenoiser:

@@ -61,6 +61,8 @@ class MLP(nn.Module):
 class ChoiceHeads(nn.Module):
     """State token MLP, T action-query and one score-query embeddings, and the action / score heads."""
 
+    FILE = HEADS_FILE
+
     def __init__(self, config: ChoiceConfig):
         super().__init__()
         c = config

@@ -19,7 +19,7 @@ from . import rtc
 from .action_expert import ActionExpert, ExpertContext, Prefix, StaticDenoiser
 from .backbone import build_vlm, encode
 from .flow import euler_sample, euler_times, interpolate, sample_time
-from .masks import expert_mask, expert_positions
+from .masks import SINK, expert_mask, expert_positions
 
 WEIGHTS, CONFIG, NORMS = "model.safetensors", "config.json", "normalization.safetensors"
 FORMAT = "xr0"
@@ -37,6 +37,10 @@ class LossOptions:
     reweight_steps: int = 5
     freq_weight: float = 0.0  # c of the rFFT term
     generator: torch.Generator | None = None
+    # Training-only: a head predicting batch["env_state"] from the image tokens and the expert's sink token
+    # (xr0.train.env_state)
+    env_state_head: torch.nn.Module | None = None
+    env_state_weight: float = 0.0
 
 
 class XR0Policy(ActionExpert):
@@ -334,6 +338,8 @@ class XR0Policy(ActionExpert):
             raise ValueError(f"actions must have shape (T={T}, {robot.action_dim}), got {actions.shape[1:]}")
         if not np.isfinite(actions).all():
             raise ValueError("actions contain NaN or inf")
+        if all("env_state" in s for s in samples):  # training-only supervision (xr0.train.env_state)
+            vlm["env_state"] = torch.from_numpy(np.stack([np.asarray(s["env_state"], np.float32) for s in samples]))
         valid = np.stack([np.asarray(s.get("action_valid", np.ones(T, bool)), bool) for s in samples])
         mask = robot.action_mask[None, None, :] * valid[:, :, None]
         vlm.update(state=torch.from_numpy(state), actions=torch.from_numpy(robot.normalize_actions(actions)),
@@ -347,7 +353,9 @@ class XR0Policy(ActionExpert):
         dev, dtype = self.sink.weight.device, self.sink.weight.dtype
         vlm_trains = any(q.requires_grad for q in self.vlm.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and vlm_trains):  # a frozen VLM's K/V are constants
-            prefix = self.encode(batch).repeat_interleave(r)
+            prefix = self.encode(batch)
+        last_values = prefix.values[-1]  # (B, kv_heads, L, Dh): what the expert's last layer reads
+        prefix = prefix.repeat_interleave(r)
         rep = lambda x: x.to(dev).repeat_interleave(r, dim=0)  # noqa: E731
         actions, mask, state = rep(batch["actions"]).float(), rep(batch["action_mask"]).float(), rep(batch["state"])
         B = actions.shape[0]
@@ -357,7 +365,8 @@ class XR0Policy(ActionExpert):
         x_t, target = interpolate(actions, noise, t)
         if p:
             x_t[:, :p] = actions[:, :p]
-        v = self.velocity(ctx, x_t.to(dtype), t).float()
+        hidden = self.hidden_at(ctx, x_t.to(dtype), self.modulation_table(t))
+        v = self.velocity_from(ctx, hidden, dtype).float()
         weight = torch.ones_like(actions)
         if opts.reweight and p:
             with torch.no_grad():
@@ -375,6 +384,15 @@ class XR0Policy(ActionExpert):
             per_sample = (fv - ft).abs().mean(dim=(1, 2)) * weight.mean(dim=(1, 2))
             out["freq"] = per_sample.mean()
             out["loss"] = out["loss"] + opts.freq_weight * out["freq"]
+        if opts.env_state_head is not None:
+            if "env_state" not in batch:
+                raise ValueError("the env-state loss needs samples with env_state (observation.environment_state)")
+            images = batch["mm_token_type_ids"].to(dev).bool()
+            tokens = last_values.transpose(1, 2).flatten(2)[images].unflatten(0, (images.shape[0], -1))  # (B, N, C)
+            terms = opts.env_state_head.loss(tokens, hidden[:, SINK], batch["env_state"], r)
+            out.update({f"env_state_{k}": v for k, v in terms.items()})
+            out["env_state"] = sum(terms.values()) / len(terms)
+            out["loss"] = out["loss"] + opts.env_state_weight * out["env_state"]
         return out
 
 

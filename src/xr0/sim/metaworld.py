@@ -16,6 +16,8 @@ CONTROL_HZ = 40.0  # one tick = ACTION_REPEAT MetaWorld steps of 12.5 ms
 ACTION_REPEAT = 2
 STATE_DIM, ACTION_DIM = 4, 4  # hand xyz + gripper opening; xyz delta + gripper effort
 ACTION_NAMES = ("dx", "dy", "dz", "gripper")  # plot labels of the action dims
+# What the simulator knows and the policy does not (training-only supervision, `xr0 train --env-state-loss`).
+ENV_STATE_NAMES = ("object_x", "object_y", "object_z", "goal_x", "goal_y", "goal_z")
 # xr0 camera name -> MetaWorld camera: a corner view of the scene and the top view, in which an object's image
 # position maps almost linearly to its table position (the wrist camera "gripperPOV" sees mostly its own finger
 # at 128x128).
@@ -134,6 +136,10 @@ class MetaWorldEnv:
 
     def state(self) -> np.ndarray:
         return np.asarray(self._obs[:STATE_DIM], dtype=np.float32)  # hand xyz, gripper opening
+
+    def env_state(self) -> np.ndarray:
+        """ENV_STATE_NAMES: the task's first object and its goal (privileged; recorded for training only)."""
+        return np.concatenate([self._obs[4:7], self.goal()]).astype(np.float32)
 
     def observe(self) -> dict:
         return {"images": {name: self.render(cam) for name, cam in self.cameras.items()},

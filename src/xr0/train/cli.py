@@ -85,6 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="training_repeat: noise/time draws per VLM pass (default 4)")
     a.add_argument("--max-prefix", dest="r_max_prefix", type=int, default=None, metavar="N",
                    help="post-async: longest action prefix (default 6)")
+    a.add_argument("--env-state-loss", dest="r_env_state_weight", type=float, default=None, metavar="W",
+                   help="training-only: also predict the dataset's observation.environment_state (object and goal "
+                        "positions) from the image tokens, weight W (default 0: off; xr0.train.env_state)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

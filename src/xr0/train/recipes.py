@@ -16,6 +16,7 @@ import torch
 from ..model import choice
 from ..model.masks import sample_hidden_prefix
 from ..model.policy import LossOptions, XR0Policy
+from .env_state import EnvStateHead
 
 EMBEDDINGS = "vlm.model.language_model.embed_tokens.weight"  # the input token embeddings (tied to lm_head)
 
@@ -39,6 +40,7 @@ class Recipe:
     lambda_mask: bool = True  # Λ / local-window band (w from the preset); False = plain causal attention
     rope_offset: int | None = None  # None = keep the preset's (+10); 0 disables the offset
     stage: int = 2  # 1 = choice-policy pre-training (xr0.model.choice), 2 = flow matching
+    env_state_weight: float = 0.0  # > 0: training-only env-state supervision (xr0.train.env_state)
 
     def validate(self) -> None:
         if self.repeat < 1:
@@ -49,6 +51,9 @@ class Recipe:
             raise ValueError(f"recipe {self.name}: probabilities must lie in [0, 1]")
         if self.freq_weight < 0:
             raise ValueError(f"recipe {self.name}: freq_weight must be >= 0, got {self.freq_weight}")
+        if self.env_state_weight < 0 or (self.env_state_weight and self.stage == 1):
+            raise ValueError(f"recipe {self.name}: env_state_weight must be >= 0 and needs stage 2, "
+                             f"got {self.env_state_weight} (stage {self.stage})")
         if self.rope_offset is not None and self.rope_offset < 0:
             raise ValueError(f"recipe {self.name}: rope_offset must be >= 0, got {self.rope_offset}")
 
@@ -94,11 +99,18 @@ class Recipe:
         if self.stage == 1:
             vl = choice.make_vl_batch(policy, vl_samples) if vl_samples else None
             return choice.stage1_loss(policy, heads, batch, vl)
+        if heads is not None:
+            opts = dataclasses.replace(opts, env_state_head=heads, env_state_weight=self.env_state_weight)
         return policy.loss(batch, opts)
 
-    def build_heads(self, policy: XR0Policy) -> choice.ChoiceHeads | None:
-        """Extra trainable modules of the recipe (the stage-1 choice heads), saved next to the policy."""
-        return choice.ChoiceHeads.for_policy(policy) if self.stage == 1 else None
+    def build_heads(self, policy: XR0Policy, dataset=None) -> torch.nn.Module | None:
+        """Extra trainable modules of the recipe, saved next to the policy: the stage-1 choice heads, or the
+        env-state head (sized and normalised from `dataset`)."""
+        if self.stage == 1:
+            return choice.ChoiceHeads.for_policy(policy)
+        if self.env_state_weight:
+            return EnvStateHead.for_policy(policy, dataset)
+        return None
 
 
 RECIPES: dict[str, Recipe] = {

@@ -29,7 +29,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import PolicyConfig, get_preset
-from ..model import choice
 from ..model.policy import CONFIG, XR0Policy
 from ..processing import RobotSpec
 from .recipes import Recipe, get_recipe
@@ -452,10 +451,10 @@ class Trainer:
         self.recipe.configure(policy)
         policy.to(self.dist.device)
         self.policy = policy
-        self.heads = self.recipe.build_heads(policy)
+        self.heads = self.recipe.build_heads(policy, dataset)
         if self.heads is not None:
-            if source is not None and (source / choice.HEADS_FILE).is_file():
-                self.heads.load_state_dict(choice.ChoiceHeads.load(source).state_dict())
+            if source is not None and (source / self.heads.FILE).is_file():
+                self.heads.load_state_dict(type(self.heads).load(source).state_dict())
             self.heads.to(self.dist.device)
         self.vl = None
         if cfg.vl_data:

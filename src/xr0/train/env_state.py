@@ -1,0 +1,114 @@
+"""Training-only supervision from the simulator: predict the environment state (object and goal positions) from
+the VLM's image tokens and from the action expert (`xr0 train --env-state-loss W`).
+
+The policy never sees the environment state: it acts from images, its own state and the instruction. A policy
+trained from random weights on a few hundred demonstrations learns slowly, from the action loss alone, where a
+small target is in the image; this head asks the image tokens' values, and the expert's sink token that reads
+them, to encode the recorded object and goal positions (LeRobot's `observation.environment_state`), a dense and direct
+signal for the same skill. The head is saved next to the training checkpoint (`env_state_head.safetensors`) for resuming, never in the policy's weights,
+so exported checkpoints keep the official layout.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+FILE = "env_state_head.safetensors"
+FORMAT = "xr0-env-state-head"
+
+
+class EnvStateHead(nn.Module):
+    """Two readouts of the environment state (B, De), each trained to predict it:
+
+    - `vlm`: the image tokens' values in the VLM's last layer (B, N, C), which the expert's last layer attends to:
+      per-token LayerNorm + projection to `width`, then one linear map of all tokens (it knows which token is where);
+    - `expert`: the DiT's last hidden state at the sink token (B', H): a two-layer MLP. The sink sees only the
+      VLM's K/V (not the robot state, not the noisy actions) and every action token attends to it, so the expert
+      itself learns to gather the object and goal positions where its actions can read them.
+
+    Targets are normalised by the dataset's mean/std, kept as buffers.
+    """
+
+    FILE = FILE
+
+    def __init__(self, value_size: int, num_tokens: int, expert_size: int, env_state_dim: int, width: int = 32):
+        super().__init__()
+        if min(value_size, num_tokens, expert_size, env_state_dim, width) < 1:
+            raise ValueError(f"invalid env-state head: values {value_size}, tokens {num_tokens}, expert "
+                             f"{expert_size}, env_state_dim {env_state_dim}, width {width}")
+        self.dims = {"value_size": value_size, "num_tokens": num_tokens, "expert_size": expert_size,
+                     "env_state_dim": env_state_dim, "width": width}
+        self.vlm = nn.Sequential(nn.LayerNorm(value_size), nn.Linear(value_size, width), nn.GELU(), nn.Flatten(1),
+                                 nn.Linear(num_tokens * width, env_state_dim))
+        self.expert = nn.Sequential(nn.Linear(expert_size, expert_size), nn.GELU(),
+                                    nn.Linear(expert_size, env_state_dim))
+        self.register_buffer("mean", torch.zeros(env_state_dim))
+        self.register_buffer("std", torch.ones(env_state_dim))
+
+    @classmethod
+    def for_policy(cls, policy, dataset, max_samples: int = 20_000) -> "EnvStateHead":
+        """Sized for `policy` and `dataset`'s environment state, normalised by its statistics."""
+        dim = int(getattr(dataset, "env_state_dim", 0) or 0)
+        if not dim:
+            raise ValueError("--env-state-loss needs a dataset with observation.environment_state "
+                             "(`xr0 data metaworld` records it)")
+        text, cfg = policy.config.text, policy.config
+        head = cls(text["num_key_value_heads"] * text["head_dim"], policy.processor.image_tokens * len(cfg.cameras),
+                   cfg.expert.hidden_size, dim)
+        n = len(dataset)
+        picks = np.linspace(0, n - 1, min(n, max_samples)).astype(int)
+        values = np.stack([dataset.env_state(int(i)) for i in picks])
+        head.mean.copy_(torch.from_numpy(values.mean(0)))
+        head.std.copy_(torch.from_numpy(np.where(values.std(0) > 1e-6, values.std(0), 1.0)))
+        return head.to(policy.sink.weight.device)
+
+    def forward(self, tokens: torch.Tensor, sink_hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Image-token values (B, N, C) and the expert's sink hidden (B', H) -> normalised predictions."""
+        if tokens.shape[1] != self.dims["num_tokens"]:
+            raise ValueError(f"env-state head expects {self.dims['num_tokens']} image tokens, got {tokens.shape[1]}")
+        return {"vlm": self.vlm(tokens.float()), "expert": self.expert(sink_hidden.float())}
+
+    def loss(self, tokens: torch.Tensor, sink_hidden: torch.Tensor, env_state: torch.Tensor,
+             repeat: int = 1) -> dict[str, torch.Tensor]:
+        """MSE per readout in normalised units (1.0 = predicting the mean). The expert ran `repeat` noise draws
+        per sample (B' = B * repeat, sample-major)."""
+        target = (env_state.to(self.mean.device).float() - self.mean) / self.std
+        pred = self(tokens, sink_hidden)
+        return {"vlm": (pred["vlm"] - target).pow(2).mean(),
+                "expert": (pred["expert"] - target.repeat_interleave(repeat, dim=0)).pow(2).mean()}
+
+    def predict(self, tokens: torch.Tensor, sink_hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Both readouts in physical units."""
+        return {k: v * self.std + self.mean for k, v in self(tokens, sink_hidden).items()}
+
+    def save(self, folder: str | pathlib.Path, state_dict: dict | None = None) -> pathlib.Path:
+        sd = self.state_dict() if state_dict is None else state_dict
+        target = pathlib.Path(folder) / FILE
+        tmp = target.with_name(target.name + ".tmp")
+        save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp),
+                  metadata={"format": FORMAT, "config": json.dumps(self.dims)})
+        tmp.replace(target)
+        return target
+
+    @classmethod
+    def load(cls, path: str | pathlib.Path) -> "EnvStateHead":
+        file = pathlib.Path(path)
+        file = file / FILE if file.is_dir() else file
+        try:
+            with safe_open(str(file), "pt") as f:
+                meta = f.metadata() or {}
+            state = load_file(str(file))
+        except Exception as e:  # missing, truncated or corrupt
+            raise ValueError(f"{file}: not a readable env-state head: {e}") from e
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{file}: not an env-state head (format {meta.get('format')!r})")
+        head = cls(**json.loads(meta["config"]))
+        head.load_state_dict(state, strict=True)
+        return head
