@@ -36,12 +36,13 @@ def run_metaworld(args) -> int:
     try:
         policy = load_policy(args.checkpoint, args.preset)
         setup = checkpoint_setup(args.checkpoint)
+        setup["orientation"] = args.orientation or setup["orientation"]
     except (FileNotFoundError, ValueError) as e:  # no embedded checkpoint yet, a bad folder, an unknown preset
         print(f"xr0 eval metaworld: {e}", file=sys.stderr)
         return 2
     result, _ = evaluate(policy, args.tasks or setup["tasks"], args.episodes, args.executor,
                          args.latency_ms, args.seed, args.k, args.max_ticks, args.video, args.steps,
-                         **{**render_view(setup), "orientation": args.orientation or setup["orientation"]})
+                         **render_view(setup))
     print_table(result)
     if args.json:
         print(json.dumps(result))

@@ -109,6 +109,9 @@ class EnvStateHead(nn.Module):
             raise ValueError(f"{file}: not a readable env-state head: {e}") from e
         if meta.get("format") != FORMAT:
             raise ValueError(f"{file}: not an env-state head (format {meta.get('format')!r})")
-        head = cls(**json.loads(meta["config"]))
-        head.load_state_dict(state, strict=True)
+        try:
+            head = cls(**json.loads(meta["config"]))
+            head.load_state_dict(state, strict=True)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # bad config, missing or mis-shaped tensors
+            raise ValueError(f"{file}: env-state head does not match its config: {e}") from e
         return head
