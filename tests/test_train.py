@@ -242,9 +242,10 @@ def test_cli_flags_map_to_config_and_ablations():
                               "--steps", "5", "--batch-size", "3", "--dtype", "fp32", "--cameras", "wrist,front",
                               "--grad-accum", "2", "--fsdp", "--skip-bad", "--resume", "--raw-state", "--no-augment",
                               "--overfit-batch", "--no-progress", "--image-size", "96,128", "--state-dropout", "0.5",
-                              "--env-state-loss", "0.5"])
+                              "--env-state-loss", "0.5", "--start-frames", "8", "--start-repeat", "4"])
     cfg = train_cli.config_from_args(args)
     assert cfg.image_size == (96, 128) and cfg.state_dropout == 0.5
+    assert (cfg.start_frames, cfg.start_repeat) == (8, 4)
     assert (cfg.steps, cfg.batch_size, cfg.dtype, cfg.grad_accum, cfg.fsdp, cfg.skip_bad, cfg.resume) == \
         (5, 3, "fp32", 2, True, True, True)
     assert (cfg.raw_state, cfg.augment, cfg.overfit_batch, cfg.progress) == (True, False, True, False)
@@ -277,6 +278,24 @@ def test_state_dropout_hides_the_state_of_a_seeded_share_of_samples(dataset, tmp
     assert float(batch["state"].abs().max()) < 1e-5  # a hidden state is zero to the model
     with pytest.raises(ValueError, match="state_dropout"):
         Trainer(config(dataset, tmp_path / "c", state_dropout=1.5))
+
+
+def test_start_frames_are_drawn_start_repeat_times_per_epoch(dataset, tmp_path):
+    """--start-frames N --start-repeat R: one epoch draws each episode's first N frames R times, every other frame
+    once, in a seeded order that is the same on every call (so resuming is exact)."""
+    lengths = (24, 20)
+    plain = Trainer(config(dataset, tmp_path / "a", recipe="post-sync"))
+    tr = Trainer(config(dataset, tmp_path / "b", recipe="post-sync", start_frames=3, start_repeat=4))
+    frames = tr.dataset.frame_indices()
+    assert frames.tolist() == list(range(lengths[0])) + list(range(lengths[1]))
+    assert plain.sampler.n == sum(lengths) and tr.sampler.n == sum(lengths) + 2 * 3 * 3
+    drawn = np.bincount([tr.sampler[k] for k in range(tr.sampler.n)], minlength=sum(lengths))
+    assert drawn.tolist() == [4 if f < 3 else 1 for f in frames]
+    again = Trainer(config(dataset, tmp_path / "c", recipe="post-sync", start_frames=3, start_repeat=4))
+    assert [again.sampler[k] for k in range(100)] == [tr.sampler[k] for k in range(100)]
+    for bad in ({"start_frames": -1}, {"start_repeat": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Trainer(config(dataset, tmp_path / "d", **bad))
 
 
 def test_env_state_loss_teaches_the_image_tokens_and_stays_out_of_the_policy(dataset, tmp_path):

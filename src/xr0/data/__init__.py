@@ -81,6 +81,10 @@ class EpisodeIndex:
         """Indices of the episodes kept (after skipping bad ones)."""
         return [e.index for e in self._episodes]
 
+    def frame_indices(self) -> np.ndarray:
+        """Each sample's frame index within its episode (len(self),)."""
+        return np.concatenate([np.arange(n) for n in np.diff(self._offsets)]) if len(self) else np.zeros(0, int)
+
     def _locate(self, i: int):
         n = len(self)
         if i < 0:

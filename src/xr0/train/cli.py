@@ -42,6 +42,9 @@ _FIELDS = [
     ("--vl-data", "vl_data", str, "stage1: VL JSONL co-training data"),
     ("--state-dropout", "state_dropout", float, "probability that a training sample's state is replaced by the mean "
                                                 "state, so the actions have to be read from the images"),
+    ("--start-frames", "start_frames", int, "draw the first N frames of every episode --start-repeat times per "
+                                            "epoch (where a target's position decides the motion; 0: off)"),
+    ("--start-repeat", "start_repeat", int, "how often each of the --start-frames frames is drawn per epoch"),
 ]
 _SWITCHES = [
     ("--resume", "resume", True, "continue from the latest complete checkpoint in --out"),

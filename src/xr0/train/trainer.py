@@ -72,6 +72,8 @@ class TrainConfig:
     skip_bad: bool = False
     augment: bool = True
     state_dropout: float = 0.0  # chance that a sample's state is replaced by the mean state (0 once normalised)
+    start_frames: int = 0  # the first N frames of every episode are drawn `start_repeat` times per epoch (0: off)
+    start_repeat: int = 3
     raw_state: bool = False  # feed the state unnormalised, as the released pipeline does
     stats_samples: int | None = None  # cap on samples read for normalisation statistics
     overfit_batch: bool = False  # reuse the first batch and its t/noise every step (a sanity check of the loss)
@@ -88,6 +90,8 @@ class TrainConfig:
                   (self.warmup >= 0, "warmup must be >= 0"), (self.save_every >= 1, "save_every must be >= 1"),
                   (self.log_every >= 1, "log_every must be >= 1"),
                   (0.0 <= self.state_dropout <= 1.0, f"state_dropout must be in [0, 1], got {self.state_dropout}"),
+                  (self.start_frames >= 0, f"start_frames must be >= 0, got {self.start_frames}"),
+                  (self.start_repeat >= 1, f"start_repeat must be >= 1, got {self.start_repeat}"),
                   (self.dtype in ("auto", "bf16", "fp32"), f"dtype must be auto, bf16 or fp32, got {self.dtype!r}"),
                   (self.tracker in ("none", "auto", "wandb", "trackio"), f"unknown tracker {self.tracker!r}"),
                   (not (self.resume and self.init), "use either resume or init, not both")]
@@ -201,19 +205,43 @@ def _shard(module: LossModule) -> nn.Module:
 
 # ---------------------------------------------------------------------- data
 class EpochSampler:
-    """Global sample position k -> dataset index: a fresh seeded permutation per epoch (pure, so resumable)."""
+    """Global sample position k -> dataset index: a fresh seeded permutation per epoch (pure, so resumable).
 
-    def __init__(self, n: int, seed: int):
+    `index` (optional): the dataset indices one epoch draws, repeats allowed (default: each of the n samples once);
+    n is then the epoch's length.
+    """
+
+    def __init__(self, n: int, seed: int, index: np.ndarray | None = None):
+        self.index = None if index is None else np.asarray(index, dtype=np.int64)
+        n = int(n) if self.index is None else len(self.index)
         if n <= 0:
             raise ValueError("the dataset has no samples (every episode skipped or empty)")
-        self.n, self.seed = int(n), int(seed)
+        self.n, self.seed = n, int(seed)
         self._cache: tuple[int, np.ndarray] | None = None
 
     def __getitem__(self, k: int) -> int:
         epoch, pos = divmod(int(k), self.n)
         if self._cache is None or self._cache[0] != epoch:
             self._cache = (epoch, np.random.default_rng([self.seed, 0x5A4D, epoch]).permutation(self.n))
-        return int(self._cache[1][pos])
+        i = int(self._cache[1][pos])
+        return i if self.index is None else int(self.index[i])
+
+
+def start_oversampled(dataset, start_frames: int, repeat: int) -> np.ndarray | None:
+    """Epoch index that draws the first `start_frames` frames of every episode `repeat` times and the rest once:
+    all samples in order, then the start frames again (repeat - 1) times. None when off.
+
+    Where the target's position decides the motion, the first frames of an episode are the few samples that
+    show it (later, the arm's own position already says where it is heading); see docs/metaworld.md.
+    """
+    if start_frames <= 0 or repeat <= 1:
+        return None
+    if not hasattr(dataset, "frame_indices"):
+        raise ValueError(f"--start-frames needs a dataset that knows each sample's frame index "
+                         f"({type(dataset).__name__} does not)")
+    frames = np.asarray(dataset.frame_indices())
+    start = np.nonzero(frames < start_frames)[0]
+    return np.concatenate([np.arange(len(frames))] + [start] * (repeat - 1))
 
 
 def open_dataset(path: str | Path, chunk_len: int, cameras=None, skip_bad: bool = False):
@@ -433,7 +461,8 @@ class Trainer:
         if source is None:
             config.cameras = tuple(view_title(c) for c in data_cams)
         self.cam_map = camera_map(data_cams, config.cameras, explicit=bool(cfg.cameras))
-        self.sampler = EpochSampler(len(dataset), cfg.seed)
+        self.sampler = EpochSampler(len(dataset), cfg.seed,
+                                    start_oversampled(dataset, cfg.start_frames, cfg.start_repeat))
 
         # ---- policy and normalisation
         if policy is None:
