@@ -35,7 +35,7 @@ libero: $(STAMP)
 test-libero: libero
 	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/python -m pytest -q -m slow tests/test_adapters.py
 
-# Re-create the embedded MetaWorld checkpoint (10-15 min of demonstrations + about 58 min of training on 2 cores).
+# Re-create the embedded MetaWorld checkpoint (10-15 min of demonstrations + about 60 min of training on 2 cores).
 MW_TASKS ?= reach-v3,drawer-open-v3,drawer-close-v3,button-press-topdown-v3,window-open-v3,handle-press-v3
 train-metaworld: $(STAMP)
 	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/xr0 data metaworld --tasks $(MW_TASKS) --episodes 40 --placements fresh --out runs/mw-data

@@ -12,19 +12,18 @@ The heads live in `choice_heads.safetensors` (names `choice.*`) beside the polic
 
 from __future__ import annotations
 
-import json
 import pathlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..processing.images import check_image, resize
 from ..processing.prompts import vl_prompt
 from .backbone import vlm_position_ids
+from .headfile import load_head, save_head
 
 HEADS_FILE = "choice_heads.safetensors"
 PREFIX = "choice."
@@ -124,32 +123,15 @@ class ChoiceHeads(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         sd = self.state_dict() if state_dict is None else state_dict
         state = {PREFIX + k: v.detach().contiguous().cpu() for k, v in sd.items()}
-        target = folder / HEADS_FILE
-        tmp = target.with_name(target.name + ".tmp")
-        save_file(state, str(tmp), metadata={"format": FORMAT, "config": json.dumps(asdict(self.config))})
-        tmp.replace(target)
-        return target
+        return save_head(folder / HEADS_FILE, state, FORMAT, asdict(self.config))
 
     @classmethod
     def load(cls, path: str | pathlib.Path, device: str | torch.device = "cpu",
              dtype: torch.dtype | None = None) -> "ChoiceHeads":
         """Read a folder (or the file) written by `save`; strict: every `choice.*` tensor must match."""
-        path = pathlib.Path(path)
-        file = path / HEADS_FILE if path.is_dir() else path
-        if not file.is_file():
-            raise FileNotFoundError(f"{file} not found: no choice heads saved there")
+        file, config, state = load_head(path, HEADS_FILE, FORMAT, "choice heads")
         try:
-            from safetensors import safe_open
-
-            with safe_open(str(file), "pt") as f:
-                meta = f.metadata() or {}
-            state = load_file(str(file))
-        except Exception as e:  # safetensors raises its own types for truncated / corrupt headers
-            raise ValueError(f"{file} is not a readable safetensors file: {e}") from e
-        if meta.get("format") != FORMAT or "config" not in meta:
-            raise ValueError(f"{file} is not a choice-heads file (format {meta.get('format')!r})")
-        try:
-            heads = cls(ChoiceConfig(**json.loads(meta["config"])))
+            heads = cls(ChoiceConfig(**config))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{file}: invalid choice-heads config: {e}") from e
         foreign = sorted(k for k in state if not k.startswith(PREFIX))

@@ -19,6 +19,7 @@ from . import rtc
 from .action_expert import ActionExpert, ExpertContext, Prefix, StaticDenoiser
 from .backbone import build_vlm, encode
 from .flow import euler_sample, euler_times, interpolate, sample_time
+from .headfile import atomic_write
 from .masks import SINK, expert_mask, expert_positions
 
 WEIGHTS, CONFIG, NORMS = "model.safetensors", "config.json", "normalization.safetensors"
@@ -176,14 +177,14 @@ class XR0Policy(ActionExpert):
                                  "but it was trained or loaded from elsewhere")
             del state[EMBED]
             extra["embedding_sha256"] = _sha256(seeded)
-        _atomic(path / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
+        atomic_write(path / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
         norms = {f"{name}.{key}": torch.from_numpy(arr) for name, spec in self.robots.items()
                  for key, arr in spec.arrays().items()}
-        _atomic(path / NORMS, lambda tmp: save_file(norms, tmp, metadata={"format": FORMAT}))
+        atomic_write(path / NORMS, lambda tmp: save_file(norms, tmp, metadata={"format": FORMAT}))
         meta = {"format": FORMAT, "policy": self.config.to_dict(),
                 "robots": {n: {"action_dim": s.action_dim, "state_dim": s.state_dim} for n, s in self.robots.items()},
                 "norm_stats_hash": stats_hash(self.robots), **extra}
-        _atomic(path / CONFIG, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(meta, indent=2)))
+        atomic_write(path / CONFIG, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(meta, indent=2)))
 
     # ------------------------------------------------------------------ model core
     @property
@@ -478,13 +479,6 @@ def load_robots(file: pathlib.Path, dims: dict) -> dict[str, RobotSpec]:
 
 def _sha256(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
-
-
-def _atomic(target: pathlib.Path, write) -> None:
-    """Write to a temporary sibling, then rename: a crash mid-write leaves the previous file intact."""
-    tmp = target.with_name(target.name + ".tmp")
-    write(str(tmp))
-    tmp.replace(target)
 
 
 def count_parameters(module: torch.nn.Module) -> int:

@@ -11,14 +11,13 @@ so exported checkpoints keep the official layout.
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+from ..model.headfile import load_head, save_head
 
 FILE = "env_state_head.safetensors"
 FORMAT = "xr0-env-state-head"
@@ -90,28 +89,15 @@ class EnvStateHead(nn.Module):
 
     def save(self, folder: str | pathlib.Path, state_dict: dict | None = None) -> pathlib.Path:
         sd = self.state_dict() if state_dict is None else state_dict
-        target = pathlib.Path(folder) / FILE
-        tmp = target.with_name(target.name + ".tmp")
-        save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp),
-                  metadata={"format": FORMAT, "config": json.dumps(self.dims)})
-        tmp.replace(target)
-        return target
+        return save_head(pathlib.Path(folder) / FILE, {k: v.detach().contiguous().cpu() for k, v in sd.items()},
+                         FORMAT, self.dims)
 
     @classmethod
     def load(cls, path: str | pathlib.Path) -> "EnvStateHead":
-        file = pathlib.Path(path)
-        file = file / FILE if file.is_dir() else file
+        file, config, state = load_head(path, FILE, FORMAT, "env-state head")
         try:
-            with safe_open(str(file), "pt") as f:
-                meta = f.metadata() or {}
-            state = load_file(str(file))
-        except Exception as e:  # missing, truncated or corrupt
-            raise ValueError(f"{file}: not a readable env-state head: {e}") from e
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{file}: not an env-state head (format {meta.get('format')!r})")
-        try:
-            head = cls(**json.loads(meta["config"]))
+            head = cls(**config)
             head.load_state_dict(state, strict=True)
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # bad config, missing or mis-shaped tensors
+        except (TypeError, ValueError, RuntimeError) as e:  # bad config, missing or mis-shaped tensors
             raise ValueError(f"{file}: env-state head does not match its config: {e}") from e
         return head
