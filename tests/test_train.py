@@ -83,8 +83,11 @@ def test_recipe_lowers_loss_and_freezes(dataset, tmp_path, recipe):
     rows = metrics(tmp_path / recipe)
     losses = [r["loss"] for r in rows]
     assert len(losses) == 30 and all(np.isfinite(losses))
-    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
-    assert last < 0.6 * first, (recipe, losses)
+    # the MSE on the active dims: the official rFFT term also covers the dims the action mask drops, where the
+    # target (-noise) cannot be predicted, so the total has a floor
+    mse = [r["mse"] for r in rows]
+    first, last = np.mean(mse[:5]), np.mean(mse[-5:])
+    assert last < 0.6 * first, (recipe, mse)
     # the schedule the trainer applied: warm-up from the floor to the peak, cosine back to the floor
     assert [r["lr"] for r in rows] == pytest.approx([lr_at(s, 3e-3, 3, 30) for s in range(30)], rel=1e-12)
     after = dict(tr.policy.named_parameters())
@@ -103,7 +106,7 @@ def test_recipe_lowers_loss_and_freezes(dataset, tmp_path, recipe):
     if recipe == "post-async":
         assert 0 in prefixes and any(p > 0 for p in prefixes) and max(prefixes) <= 6
         # the losses of prefix-free steps still fall monotonically-ish under the fixed batch
-        sync = [r["loss"] for r in rows if r["prefix_len"][0] == 0]
+        sync = [r["mse"] for r in rows if r["prefix_len"][0] == 0]
         assert sync[-1] < 0.6 * sync[0]
     else:
         assert set(prefixes) == {0}

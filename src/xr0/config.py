@@ -34,6 +34,18 @@ class ExpertConfig:
     rope_offset: int = 10  # extra RoPE shift of every noisy (non-prefix) action token; 0 disables it
 
 
+# The settings a checkpoint's weights do not fix, and that must match how it was trained: the DiT mask window, the
+# RoPE offset, the RoPE table precision and the longest trained prefix. Written into every checkpoint; `xr0 inspect`
+# shows them and the CLI's --dit-window/--rope-offset/--rope-tables override them.
+RUNTIME_FIELDS = ("local_window", "rope_offset", "rope_tables", "max_prefix")
+ROPE_TABLES = ("fp32", "bf16")  # bf16: every rotary inv_freq rounded to bf16, as the April code's `.to(bfloat16)`
+# How the released checkpoints' Hugging Face runtime (model_type "mibot") runs the DiT: plain causal mask, no RoPE
+# offset, fp32 tables, no trained prefix (its generate() takes none).
+RELEASE_RUNTIME = {"local_window": None, "rope_offset": 0, "rope_tables": "fp32", "max_prefix": 0}
+# How the April post-training code (DeepSpeed checkpoints) runs it: the w = 4 band, +10, tables rounded to bf16.
+APRIL_RUNTIME = {"local_window": 4, "rope_offset": 10, "rope_tables": "bf16", "max_prefix": 6}
+
+
 @dataclass
 class PolicyConfig:
     """Everything needed to rebuild a policy: VLM config (transformers' Qwen3VLConfig kwargs) + expert + I/O."""
@@ -48,7 +60,8 @@ class PolicyConfig:
     cameras: tuple[str, ...] = ("Base View", "Left-Wrist View")
     num_steps: int = 5  # Euler steps at inference
     control_hz: float = 30.0
-    max_prefix: int = 6  # longest clean action prefix seen in async training
+    max_prefix: int = 6  # longest clean action prefix seen in async training; 0 = not trained with prefixes
+    rope_tables: str = "fp32"  # precision of the rotary inv_freq tables (ROPE_TABLES)
     embedding_seed: int = 0  # the token embedding starts as a pure function of this seed (see seeded_embedding)
 
     def to_dict(self) -> dict:
@@ -66,17 +79,41 @@ class PolicyConfig:
         d["cameras"] = tuple(d.get("cameras", ()))
         return cls(**d)
 
+    def runtime(self) -> dict:
+        """The RUNTIME_FIELDS as a dict (what `xr0 inspect` shows)."""
+        return {"local_window": self.expert.local_window, "rope_offset": self.expert.rope_offset,
+                "rope_tables": self.rope_tables, "max_prefix": self.max_prefix}
+
+    def override(self, **settings) -> "PolicyConfig":
+        """Set RUNTIME_FIELDS in place (e.g. from_pretrained(path, local_window=4)); unknown names are an error."""
+        bad = sorted(set(settings) - set(RUNTIME_FIELDS))
+        if bad:
+            raise ValueError(f"unknown runtime setting(s) {bad}; choose from {list(RUNTIME_FIELDS)}")
+        for key, value in settings.items():
+            setattr(self.expert if key in ("local_window", "rope_offset") else self, key, value)
+        self.validate()
+        return self
+
     @property
     def text(self) -> dict:
         return self.vlm["text_config"]
 
     def validate(self) -> None:
         t, e = self.text, self.expert
-        if e.num_heads != t["num_key_value_heads"] or e.head_dim != t["head_dim"]:
+        kv = t["num_key_value_heads"]
+        if e.head_dim != t["head_dim"] or e.num_heads % kv:
             raise ValueError(
-                f"expert heads x head_dim ({e.num_heads}x{e.head_dim}) must equal the VLM's KV heads x head_dim "
-                f"({t['num_key_value_heads']}x{t['head_dim']}): DiT queries read the VLM K/V head by head"
+                f"expert heads x head_dim ({e.num_heads}x{e.head_dim}) must be a multiple of the VLM's KV heads "
+                f"x the same head_dim ({kv}x{t['head_dim']}): each VLM K/V head serves num_heads / kv_heads queries"
             )
+        if e.local_window is not None and e.local_window < 0:
+            raise ValueError(f"local_window must be >= 0 or None (plain causal), got {e.local_window}")
+        if e.rope_offset < 0:
+            raise ValueError(f"rope_offset must be >= 0, got {e.rope_offset}")
+        if self.rope_tables not in ROPE_TABLES:
+            raise ValueError(f"rope_tables must be one of {ROPE_TABLES}, got {self.rope_tables!r}")
+        if self.max_prefix < 0:
+            raise ValueError(f"max_prefix must be >= 0, got {self.max_prefix}")
         if e.num_layers > t["num_hidden_layers"]:
             raise ValueError(f"expert has {e.num_layers} layers but the VLM only {t['num_hidden_layers']}")
         unit = 32  # patch 16 x spatial merge 2

@@ -61,20 +61,26 @@ class RMSNorm(nn.Module):
         return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
 
 
-class MLP2(nn.Module):
-    """Linear -> GELU(tanh) -> Linear, no biases; `layers.0` / `layers.2` as in the official checkpoint."""
+class Projector(nn.Module):
+    """The official `MLPProjector(d_in, d_out, num_layers=2)`: Linear(d_in -> d_out) -> GELU(tanh) ->
+    Linear(d_out -> d_out), no biases, as `layers.0` / `layers.2`. Its hidden width is its output width, so the
+    output head (1024 -> 32) is [32, 1024] + [32, 32]."""
 
-    def __init__(self, d_in: int, d_hidden: int, d_out: int):
+    def __init__(self, d_in: int, d_out: int):
         super().__init__()
-        self.layers = nn.Sequential(nn.Linear(d_in, d_hidden, bias=False), nn.GELU(approximate="tanh"),
-                                    nn.Linear(d_hidden, d_out, bias=False))
+        self.layers = nn.Sequential(nn.Linear(d_in, d_out, bias=False), nn.GELU(approximate="tanh"),
+                                    nn.Linear(d_out, d_out, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
 
 
 class TimestepEmbedder(nn.Module):
-    """t in [0, 1] -> 1000 t -> sinusoid [cos, sin] (max period 1e4) -> Linear -> SiLU -> Linear."""
+    """t in [0, 1] -> 1000 t -> sinusoid [cos, sin] (max period 1e4) -> Linear -> SiLU -> Linear.
+
+    1000 t is computed in t's dtype, as the official code does in the action dtype: a bf16 model embeds
+    bf16(bf16(t) * 1000) (t = 0.2 -> 200.0, t = 0.6 -> 600.0, t = 0.4 -> 400.0; 0.37 -> 370.0 exactly by chance),
+    an fp32 model the fp32 product. ActionExpert.modulation_table hands it t in the model's dtype."""
 
     def __init__(self, hidden: int, freq_dim: int = 256):
         super().__init__()
@@ -84,7 +90,7 @@ class TimestepEmbedder(nn.Module):
     def sinusoid(self, t: torch.Tensor) -> torch.Tensor:
         half = self.freq_dim // 2
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-        args = (t.float() * 1000.0)[:, None] * freqs[None]
+        args = (t * 1000).float()[:, None] * freqs[None]
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
@@ -120,7 +126,7 @@ class ExpertAttention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        k = torch.cat([vlm_k.to(k.dtype), k], dim=2)
+        k = torch.cat([vlm_k.to(k.dtype), k], dim=2)  # vlm_k/v already repeated to num_heads (ActionExpert.prepare)
         v = torch.cat([vlm_v.to(v.dtype), v], dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.o_proj(out.transpose(1, 2).reshape(B, S, -1))
@@ -182,17 +188,17 @@ class ExpertContext:
     cos: torch.Tensor  # (B, 1, S, Dh)
     sin: torch.Tensor
     mask: torch.Tensor  # (B, 1, S, L + S) bool
-    action_mask: torch.Tensor  # (B, T, D)
+    action_mask: torch.Tensor  # (B, T, D): the DiT's input is multiplied by it (its output is not)
     prefix_len: int
-    velocity_mask: torch.Tensor | None = None  # (B, T, D): action_mask with the prefix rows zeroed (derived)
+    velocity_mask: torch.Tensor | None = None  # (B, T, D): 0 on the prefix rows, 1 elsewhere (derived)
 
     def __post_init__(self):
-        # One multiply per step instead of a masked write: static shapes, and one graph serves every prefix length.
+        # As the official dit_forward: the output's prefix rows are 0, dims the action mask drops stay free (the
+        # server zeroes them when decoding). One multiply per step instead of a masked write: static shapes, and
+        # one graph serves every prefix length.
         if self.velocity_mask is None:
-            self.velocity_mask = self.action_mask
-            if self.prefix_len:
-                self.velocity_mask = self.action_mask.clone()
-                self.velocity_mask[:, : self.prefix_len] = 0
+            self.velocity_mask = torch.ones_like(self.action_mask)
+            self.velocity_mask[:, : self.prefix_len] = 0
 
 
 class ActionExpert(nn.Module):
@@ -203,9 +209,9 @@ class ActionExpert(nn.Module):
         h = cfg.hidden_size
         self.expert_config = cfg
         self.dit = ExpertStack(cfg)
-        self.state_projector = MLP2(state_dim, h, h)
-        self.action_projector = MLP2(action_dim, h, h)
-        self.action_output_layer = MLP2(h, h, action_dim)
+        self.state_projector = Projector(state_dim, h)
+        self.action_projector = Projector(action_dim, h)
+        self.action_output_layer = Projector(h, action_dim)
         self.t_embedder = TimestepEmbedder(h, cfg.time_embed_dim)
         self.t_projector = Linear1(h, 6 * h)
         self.sink = nn.Embedding(1, h)
@@ -214,9 +220,15 @@ class ActionExpert(nn.Module):
 
     def prepare(self, prefix: Prefix, state: torch.Tensor, action_mask: torch.Tensor, self_mask: torch.Tensor,
                 positions: torch.Tensor, prefix_len: int) -> ExpertContext:
-        """Precompute what every denoising step shares: state token, RoPE tables, the full boolean mask."""
+        """Precompute what every denoising step shares: state token, RoPE tables, the full boolean mask, and the
+        VLM K/V repeated to the DiT's head count where it has more heads than the VLM has KV heads (GQA)."""
         dtype = self.sink.weight.dtype
         B = prefix.batch_size
+        group = self.expert_config.num_heads // prefix.keys[0].shape[1]
+        if group > 1:  # the official repeat_kv: head h of the DiT reads VLM KV head h // group
+            prefix = Prefix([k.repeat_interleave(group, dim=1) for k in prefix.keys],
+                            [v.repeat_interleave(group, dim=1) for v in prefix.values],
+                            prefix.position_ids, prefix.pad_mask)
         state_token = self.state_projector(state.to(dtype)).unsqueeze(1)
         cos, sin = self.rotary(state_token, positions)
         S = self_mask.shape[-1]
@@ -231,13 +243,13 @@ class ActionExpert(nn.Module):
         Depends on t only, so inference computes it once per chunk for the fixed Euler times (one pass through the
         6H-wide t_projector instead of one per step) and the DiT steps just index it.
         """
-        time_mod = self.t_projector(self.t_embedder(t)).view(t.shape[0], 6, -1)
+        time_mod = self.t_projector(self.t_embedder(t.to(self.sink.weight.dtype))).view(t.shape[0], 6, -1)
         tables = torch.stack([layer.adaln_table for layer in self.dit.layers])  # (num_layers, 6, H)
         plus_one = torch.tensor([0, 1, 0, 0, 1, 0], dtype=time_mod.dtype, device=time_mod.device)[:, None]
         return (time_mod[None] + tables[:, None] + plus_one).unsqueeze(3)
 
     def velocity(self, ctx: ExpertContext, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Predicted velocity (B, T, D) for actions x (B, T, D) at times t (B,); zero on the prefix and masked dims."""
+        """Predicted velocity (B, T, D) for actions x (B, T, D) at times t (B,); zero on the prefix rows."""
         return self.velocity_at(ctx, x, self.modulation_table(t))
 
     def velocity_at(self, ctx: ExpertContext, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -255,7 +267,7 @@ class ActionExpert(nn.Module):
         return h
 
     def velocity_from(self, ctx: ExpertContext, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """hidden_at()'s output -> velocity (B, T, D), zero on the prefix and masked dims."""
+        """hidden_at()'s output -> velocity (B, T, D), zero on the prefix rows."""
         return self.action_output_layer(h[:, FIRST_ACTION:]).to(dtype) * ctx.velocity_mask
 
 

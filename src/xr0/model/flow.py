@@ -20,6 +20,15 @@ def sample_time(n: int, generator: torch.Generator | None = None, device=None) -
     return T_MAX * (1.0 - u)
 
 
+def initial_noise(shape: tuple[int, ...], seed: int, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """x_0 of sampling as the official runtime draws it: `torch.manual_seed(seed)` then `randn_like` of a tensor of
+    this shape in the model's dtype on its device. A private generator in the same state gives the same numbers and
+    leaves the global one alone. CPU float32 draws of >= 16 numbers depend on the CPU's vector ISA in the last bits;
+    CUDA generators give other numbers altogether."""
+    gen = torch.Generator(device=device or "cpu").manual_seed(int(seed))
+    return torch.randn(shape, generator=gen, device=device, dtype=dtype)
+
+
 def interpolate(actions: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (x_t, velocity target) for (B, T, D) actions/noise and (B,) times."""
     tt = t.view(-1, *([1] * (actions.dim() - 1))).to(actions.dtype)

@@ -7,7 +7,7 @@ import torch
 SINK, STATE, FIRST_ACTION = 0, 1, 2  # token slots
 
 
-def expert_mask(chunk_len: int, prefix_len: int = 0, window: int | None = 4,
+def expert_mask(chunk_len: int, prefix_len: int, window: int | None,
                 hidden_prefix: torch.Tensor | None = None, device=None) -> torch.Tensor:
     """Boolean (S, S) self-attention mask, S = 2 + T; True = the query (row) may attend to the key (column).
 
@@ -36,18 +36,21 @@ def expert_mask(chunk_len: int, prefix_len: int = 0, window: int | None = 4,
     return m
 
 
-def sample_hidden_prefix(prefix_len: int, prob: float = 0.5, keep_last: int = 2,
+def sample_hidden_prefix(prefix_len: int, prob: float, keep_last: int,
                          generator: torch.Generator | None = None) -> torch.Tensor | None:
-    """Prefix dropout: each prefix token except the last `keep_last` is hidden with probability `prob` (one draw per batch)."""
+    """Prefix dropout: each prefix token except the last `keep_last` is hidden with probability `prob` (one draw per
+    batch), from prefix_len - keep_last uniform draws as the official `_random_mask_prefix`; None if none can hide."""
     if prefix_len <= keep_last or prob <= 0:
         return None
-    hidden = torch.rand(prefix_len, generator=generator) < prob
-    hidden[prefix_len - keep_last:] = False
-    return hidden
+    return hidden_prefix_from_draws(torch.rand(prefix_len - keep_last, generator=generator), prob, keep_last)
 
 
-def expert_positions(max_position: torch.Tensor, chunk_len: int, prefix_len: int = 0,
-                     rope_offset: int = 10) -> torch.Tensor:
+def hidden_prefix_from_draws(draws: torch.Tensor, prob: float, keep_last: int) -> torch.Tensor:
+    """(p - keep_last,) uniform draws -> the bool (p,) hidden-prefix mask: draw < prob hides, the last kept."""
+    return torch.cat([draws < prob, torch.zeros(keep_last, dtype=torch.bool, device=draws.device)])
+
+
+def expert_positions(max_position: torch.Tensor, chunk_len: int, prefix_len: int, rope_offset: int) -> torch.Tensor:
     """M-RoPE position ids (3, B, S) of the DiT tokens, continuing after the VLM prompt.
 
     max_position: (3, B), the per-axis maximum of the prompt's position ids (P). sink = P+1, state = P+2,

@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ..config import ExpertConfig, PolicyConfig
+from ..config import RELEASE_RUNTIME, ExpertConfig, PolicyConfig
 from ..processing.normalize import RobotSpec
 
 CONFIG, INDEX, SINGLE = "config.json", "model.safetensors.index.json", "model.safetensors"
@@ -435,8 +435,9 @@ def read_tensors(shards: dict[str, pathlib.Path]) -> dict[str, torch.Tensor]:
 
 
 def load_official(path: str | pathlib.Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                  stats_file: str | pathlib.Path | None = None):
-    """An XR0Policy from an official release folder (strict; see ASSUMPTIONS)."""
+                  stats_file: str | pathlib.Path | None = None, **settings):
+    """An XR0Policy from an official release folder (strict; see ASSUMPTIONS), set up as the release runtime runs
+    it (config.RELEASE_RUNTIME) unless `settings` say otherwise (e.g. config.APRIL_RUNTIME)."""
     from .policy import XR0Policy
 
     path = pathlib.Path(path)
@@ -449,7 +450,7 @@ def load_official(path: str | pathlib.Path, device: str | torch.device = "cpu", 
     shapes = {remap_key(n[len(prefix):]): s for n, s in tensor_shapes(shards).items()}
     fallback_T = meta.get("action_length") or meta.get("chunk_len")
     robots = load_robots(path, int(fallback_T) if fallback_T else None, stats_file)
-    config = official_config(path, shapes, robots, meta)
+    config = official_config(path, shapes, robots, meta).override(**{**RELEASE_RUNTIME, **settings})
     with torch.device("meta"):
         policy = XR0Policy(config, robots)
     policy.load_weights(read_tensors(shards), device=device)

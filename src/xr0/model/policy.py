@@ -18,7 +18,7 @@ from ..processing import Processor, RobotSpec, stats_hash
 from . import rtc
 from .action_expert import ActionExpert, ExpertContext, Prefix, StaticDenoiser
 from .backbone import build_vlm, encode
-from .flow import euler_sample, euler_times, interpolate, sample_time
+from .flow import euler_sample, euler_times, initial_noise, interpolate, sample_time
 from .headfile import atomic_write
 from .masks import SINK, expert_mask, expert_positions
 
@@ -38,6 +38,10 @@ class LossOptions:
     reweight_steps: int = 5
     freq_weight: float = 0.0  # c of the rFFT term
     generator: torch.Generator | None = None
+    # The loss's own draws, when handed in (B * repeat,) times and (B * repeat, T, D) noise; else drawn from
+    # `generator`. Reproducing a run of the official code needs its draws: its Beta sampler is another stream.
+    time: torch.Tensor | None = None
+    noise: torch.Tensor | None = None
     # Training-only: a head predicting batch["env_state"] from the image tokens and the expert's sink token
     # (xr0.train.env_state)
     env_state_head: torch.nn.Module | None = None
@@ -80,20 +84,24 @@ class XR0Policy(ActionExpert):
 
     @classmethod
     def from_pretrained(cls, path: str | pathlib.Path, device: str | torch.device = "cpu",
-                        dtype: torch.dtype | None = None) -> "XR0Policy":
-        """Load a folder written by save_pretrained (safetensors only; strict: every tensor must match)."""
+                        dtype: torch.dtype | None = None, **settings) -> "XR0Policy":
+        """Load a folder written by save_pretrained, or an official release folder (safetensors only; strict:
+        every tensor must match). `settings` override the checkpoint's RUNTIME_FIELDS (config.py), e.g.
+        local_window=4, rope_offset=10 to run a release folder as the April post-training code does."""
         path = pathlib.Path(path)
         cfg_file = path / CONFIG
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{cfg_file} not found: not an xr0 checkpoint folder")
         from . import official  # an official release folder (no "format": "xr0") is mapped by official.py
         if official.is_official(cfg_file):
-            return official.load_official(path, device, dtype)
+            return official.load_official(path, device, dtype, **settings)
         try:
             meta = json.loads(cfg_file.read_text())
             config = PolicyConfig.from_dict(meta["policy"])
+            config.validate()
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{cfg_file} is not a valid xr0 config: {e}") from e
+        config.override(**settings)
         robots = load_robots(path / NORMS, meta.get("robots", {}))
         with torch.device("meta"):
             policy = cls(config, robots)
@@ -130,12 +138,15 @@ class XR0Policy(ActionExpert):
         self.reset_rope_buffers(device)
 
     def reset_rope_buffers(self, device: str | torch.device = "cpu") -> None:
-        """Recompute the (non-persistent, fp32) RoPE frequency tables after a meta-device build or a dtype cast."""
+        """Recompute the (non-persistent) RoPE frequency tables of the VLM text, vision and DiT rotary modules after
+        a meta-device build or a dtype cast: fp32, with values rounded to bf16 where config.rope_tables is "bf16"
+        (what the April code's `.to(torch.bfloat16)` left; the rotary forwards compute in fp32 either way)."""
         for m in self.modules():
             if isinstance(getattr(m, "inv_freq", None), torch.Tensor) and hasattr(m, "config"):
-                fresh = type(m)(m.config)
-                m.inv_freq = fresh.inv_freq.to(device)
-                m.original_inv_freq = fresh.original_inv_freq.to(device)
+                inv = type(m)(m.config).inv_freq
+                if self.config.rope_tables == "bf16":
+                    inv = inv.to(torch.bfloat16).float()
+                m.inv_freq, m.original_inv_freq = inv.to(device), inv.clone().to(device)
 
     def to(self, *args, **kwargs):
         out = super().to(*args, **kwargs)
@@ -280,7 +291,7 @@ class XR0Policy(ActionExpert):
 
     # ------------------------------------------------------------------ inference
     def sample(self, images, instruction: str, state, prefix=None, steps: int | None = None, seed: int = 0,
-               robot_type: str | None = None, prefix_weights=None) -> np.ndarray:
+               robot_type: str | None = None, prefix_weights=None, noise: torch.Tensor | None = None) -> np.ndarray:
         """One action chunk (T, action_dim) in physical units, from camera images, an instruction and the state.
 
         images: dict camera -> (H, W, 3) uint8 (or a list in `config.cameras` order). state: (state_dim,).
@@ -288,6 +299,8 @@ class XR0Policy(ActionExpert):
         prefix_weights: optional (p,) in [0, 1]. Then the prefix is not the trained clean prefix but a soft target
         for inference-time RTC guidance (Black et al. 2025; model/rtc.py): row i is pulled toward prefix[i] with
         weight prefix_weights[i], rows :p come back as generated (not overwritten), and p may exceed max_prefix.
+        noise: optional x_0 (T, D) or (1, T, D); by default flow.initial_noise(seed), the official runtime's draw.
+        Dims the robot's action mask drops come back 0 (RobotSpec.denormalize_actions), as the official server.
         """
         robot = self.robot(robot_type)
         T, D = self.config.chunk_len, self.config.action_dim
@@ -302,8 +315,7 @@ class XR0Policy(ActionExpert):
             dev, dtype = self.sink.weight.device, self.sink.weight.dtype
             state_t = torch.from_numpy(robot.normalize_state(state))[None]
             mask = torch.from_numpy(robot.action_mask).expand(1, T, D)
-            gen = torch.Generator().manual_seed(int(seed))
-            noise = torch.randn((1, T, D), generator=gen).to(dev, dtype)
+            noise = _check_noise(noise, (1, T, D), dev, dtype, int(seed))
             p = 0 if prefix is None else prefix.shape[0]
             prefix_t = None if prefix is None else torch.from_numpy(robot.normalize_actions(prefix))[None].to(dev, dtype)
             if guided:
@@ -348,7 +360,7 @@ class XR0Policy(ActionExpert):
         return vlm
 
     def loss(self, batch: dict[str, torch.Tensor], opts: LossOptions | None = None) -> dict[str, torch.Tensor]:
-        """Flow-matching loss 0.5 * weighted MSE + c * rFFT-L1 on the non-prefix slots (spec §6.2-6.4)."""
+        """The official flow-matching loss on the non-prefix rows (flow_loss), plus the optional env-state term."""
         opts = opts or LossOptions()
         p, r = opts.prefix_len, opts.repeat
         dev, dtype = self.sink.weight.device, self.sink.weight.dtype
@@ -361,30 +373,24 @@ class XR0Policy(ActionExpert):
         actions, mask, state = rep(batch["actions"]).float(), rep(batch["action_mask"]).float(), rep(batch["state"])
         B = actions.shape[0]
         ctx = self.context(prefix, state, mask, p, opts.hidden_prefix)
-        t = sample_time(B, opts.generator).to(dev)
-        noise = torch.randn(actions.shape, generator=opts.generator).to(dev)
-        x_t, target = interpolate(actions, noise, t)
+        t = (sample_time(B, opts.generator) if opts.time is None else opts.time).to(dev)
+        noise = (torch.randn(actions.shape, generator=opts.generator) if opts.noise is None else opts.noise).to(dev)
+        if t.shape != (B,) or noise.shape != actions.shape:
+            raise ValueError(f"loss draws must be time ({B},) and noise {tuple(actions.shape)}, got "
+                             f"{tuple(t.shape)} and {tuple(noise.shape)}")
+        x_t, target = interpolate(actions, noise, t.to(dtype))
         if p:
             x_t[:, :p] = actions[:, :p]
         hidden = self.hidden_at(ctx, x_t.to(dtype), self.modulation_table(t))
-        v = self.velocity_from(ctx, hidden, dtype).float()
-        weight = torch.ones_like(actions)
+        v = self.velocity_from(ctx, hidden, dtype).float()[:, p:]
+        target, active = target[:, p:].float(), mask[:, p:].bool()
+        weight = torch.ones_like(v)
         if opts.reweight and p:
-            with torch.no_grad():
+            with torch.no_grad():  # L1 re-weighting: where a rollout from the same prefix misses the data, weigh more
                 start = torch.cat([actions[:, :p], noise[:, p:]], dim=1).to(dtype)
-                gen = self.denoise(ctx, start, opts.reweight_steps, start[:, :p]).float()
-                w = (gen - actions).abs() * mask
-                w = w / (w.sum() / mask.sum().clamp_min(1)).clamp_min(1e-8)
-                weight = w.clamp(0.5, 5.0)
-        v, target, weight, mask = v[:, p:], target[:, p:], weight[:, p:], mask[:, p:]
-        mse = (weight * (v - target).pow(2) * mask).sum() / mask.sum().clamp_min(1)
-        out = {"mse": mse, "loss": 0.5 * mse}
-        if opts.freq_weight:
-            # Spectral L1 along time of the masked velocities, weighted per sample by its mean re-weighting.
-            fv, ft = torch.fft.rfft(v * mask, dim=1), torch.fft.rfft(target * mask, dim=1)
-            per_sample = (fv - ft).abs().mean(dim=(1, 2)) * weight.mean(dim=(1, 2))
-            out["freq"] = per_sample.mean()
-            out["loss"] = out["loss"] + opts.freq_weight * out["freq"]
+                rollout = self.denoise(ctx, start, opts.reweight_steps, start[:, :p]).float()
+                weight = (rollout[:, p:] - actions[:, p:]).abs()
+        out = flow_loss(v, target, active, weight, opts.freq_weight)
         if opts.env_state_head is not None:
             if "env_state" not in batch:
                 raise ValueError("the env-state loss needs samples with env_state (observation.environment_state)")
@@ -398,6 +404,43 @@ class XR0Policy(ActionExpert):
 
 
 # ---------------------------------------------------------------------- helpers
+def flow_loss(pred: torch.Tensor, target: torch.Tensor, active: torch.Tensor, weight: torch.Tensor,
+              freq_weight: float) -> dict[str, torch.Tensor]:
+    """The official `compute_loss` on (B, T - p, D) suffix rows: 0.5 * weighted MSE + c * weighted rFFT-L1.
+
+    The weight is normalised by its mean over the active entries (the action mask), then every entry is clamped to
+    [0.5, 5]. The MSE averages the active entries; the rFFT term takes pred and target unmasked (inactive dims
+    enter it too, as the official code) and weights each sample by its mean weight over all entries.
+    """
+    pred, target, weight = pred.float(), target.float(), weight.float()
+    if not active.any():
+        zero = (pred.reshape(-1)[0] - target.reshape(-1)[0]) * 0.0
+        return {"loss": zero, "mse": zero, "freq": zero}
+    with torch.no_grad():
+        weight = weight.clone()
+        weight[active] = weight[active] / weight[active].mean()
+        weight = weight.clamp(0.5, 5.0)
+    mse = ((pred - target).pow(2) * weight)[active].mean()
+    out = {"mse": mse, "loss": 0.5 * mse}
+    if freq_weight:
+        spectral = (torch.fft.rfft(pred, dim=1) - torch.fft.rfft(target, dim=1)).abs()
+        out["freq"] = (spectral * weight.mean(dim=(1, 2))[:, None, None]).mean()
+        out["loss"] = out["loss"] + freq_weight * out["freq"]
+    return out
+
+
+def _check_noise(noise, shape: tuple[int, ...], device, dtype, seed: int) -> torch.Tensor:
+    """x_0 for sample(): the given tensor (checked) or the official runtime's seeded draw."""
+    if noise is None:
+        return initial_noise(shape, seed, device, dtype)
+    if not torch.is_tensor(noise) or tuple(noise.shape) not in (shape, shape[1:]):
+        raise ValueError(f"noise must be a tensor of shape {shape[1:]} or {shape}, got "
+                         f"{tuple(noise.shape) if torch.is_tensor(noise) else type(noise).__name__}")
+    if not torch.isfinite(noise).all():
+        raise ValueError("noise contains NaN or inf")
+    return noise.reshape(shape).to(device, dtype)
+
+
 def _vector(name: str, x, dim: int) -> np.ndarray:
     try:
         arr = np.asarray(x, dtype=np.float32)

@@ -15,7 +15,7 @@ class RobotSpec:
     """Normalisation for one robot type.
 
     action_mean/action_std: (T, D) per-timestep statistics of normalised-space chunks (D = padded action dim).
-    action_mask: (D,) 1 on dims the robot uses; masked dims are zeroed in and out of the expert.
+    action_mask: (D,) 1 on dims the robot uses; the expert's input is multiplied by it; decoded actions are 0 on the other dims.
     state_mean/state_std: (D_state,) (identity by default: the released models feed raw state).
     action_dim/state_dim: how many leading dims users pass and receive (e.g. 7 and 8 for LIBERO).
     """
@@ -70,9 +70,10 @@ class RobotSpec:
         return (padded - self.action_mean[:p]) / (self.action_std[:p] + EPS) * self.action_mask
 
     def denormalize_actions(self, x: np.ndarray) -> np.ndarray:
-        """(..., T, D) normalised -> (..., T, action_dim) physical; masked dims are zero before de-normalising."""
+        """(..., T, D) normalised -> (..., T, action_dim) physical, as the official server's
+        `denormalize_action(x * mask) * mask`: dims the action mask drops come back 0."""
         T = x.shape[-2]
-        out = (x * self.action_mask) * (self.action_std[:T] + EPS) + self.action_mean[:T]
+        out = ((x * self.action_mask) * (self.action_std[:T] + EPS) + self.action_mean[:T]) * self.action_mask
         return out[..., : self.action_dim].astype(np.float32)
 
     def arrays(self) -> dict[str, np.ndarray]:

@@ -30,7 +30,7 @@ class Recipe:
     train_expert: bool = True  # False: the DiT is not trained (stage 1 trains only the VLM and its heads)
     freeze_embeddings: bool = True  # keep the input token embeddings fixed (the released post-training does)
     async_prefix: bool = False  # training-time action prefix (spec §6.2)
-    zero_prefix_prob: float = 0.5  # per batch: p = 0 with this probability, else p ~ U{1..min(max_prefix, T)}
+    prefix_prob: float = 0.5  # per batch: p ~ U{1..min(max_prefix, T)} with this probability, else p = 0
     max_prefix: int = 6
     prefix_dropout: float = 0.5  # hide each prefix token (except the last `keep_last`) from noisy queries
     keep_last: int = 2
@@ -47,7 +47,7 @@ class Recipe:
             raise ValueError(f"recipe {self.name}: repeat must be >= 1, got {self.repeat}")
         if self.max_prefix < 0:
             raise ValueError(f"recipe {self.name}: max_prefix must be >= 0, got {self.max_prefix}")
-        if not 0.0 <= self.zero_prefix_prob <= 1.0 or not 0.0 <= self.prefix_dropout <= 1.0:
+        if not 0.0 <= self.prefix_prob <= 1.0 or not 0.0 <= self.prefix_dropout <= 1.0:
             raise ValueError(f"recipe {self.name}: probabilities must lie in [0, 1]")
         if self.freq_weight < 0:
             raise ValueError(f"recipe {self.name}: freq_weight must be >= 0, got {self.freq_weight}")
@@ -65,8 +65,8 @@ class Recipe:
             e.local_window = None
         if self.rope_offset is not None:
             e.rope_offset = self.rope_offset
-        if self.async_prefix:
-            policy.config.max_prefix = min(self.max_prefix, policy.config.chunk_len)
+        # A checkpoint records the longest prefix it was trained with: 0 refuses the async executor (xr0 eval).
+        policy.config.max_prefix = min(self.max_prefix, policy.config.chunk_len) if self.async_prefix else 0
         for name, p in policy.named_parameters():
             in_vlm = name.startswith("vlm.")
             frozen = ((in_vlm and not self.train_vlm) or (not in_vlm and not self.train_expert)
@@ -86,7 +86,8 @@ class Recipe:
         (default: `generator`) the prefix dropout, `generator` the flow times and noise."""
         p, hidden = 0, None
         top = min(self.max_prefix, chunk_len)
-        if self.async_prefix and top >= 1 and rng.random() >= self.zero_prefix_prob:
+        # The official draws: random.random() < 0.5 -> p = random.randint(1, min(6, T)).
+        if self.async_prefix and top >= 1 and rng.random() < self.prefix_prob:
             p = rng.randint(1, top)
             if self.prefix_dropout > 0:
                 hidden = sample_hidden_prefix(p, self.prefix_dropout, keep_last=self.keep_last,
