@@ -250,3 +250,65 @@ def test_an_old_layout_checkpoint_names_the_tensor_and_its_expected_shape(folder
     assert "action_output_layer.layers.0.weight: file (1024, 1024) vs model (32, 1024)" in msg
     assert "action_output_layer.layers.2.weight: file (32, 1024) vs model (32, 32)" in msg
     assert json.loads((folder / "config.json").read_text())["model_type"] == "mibot"
+
+
+def test_april_deepspeed_checkpoint_converts_and_runs_as_the_april_code(folder, cases, tmp_path, capsys):
+    """A DeepSpeed `mp_rank_00_model_states.pt` ({"module": {"model.<name>": tensor}, ...}) of the fixture's
+    weights converts through `xr0 convert` and runs with the April settings, bf16 tables included (asbuilt.*)."""
+    from xr0.cli import main
+
+    module = {f"model.{k}": v for k, v in load_file(str(folder / "model.safetensors")).items()}
+    run = tmp_path / "run" / "last.ckpt" / "checkpoint"
+    run.mkdir(parents=True)
+    torch.save({"module": module, "ds_version": "0.16.4", "buffer_names": [], "global_steps": 7},
+               run / "mp_rank_00_model_states.pt")
+    out = tmp_path / "converted"
+    args = ["convert", "--official", str(tmp_path / "run"), "--out", str(out), "--vlm-config",
+            str(folder / "config.json"), "--stats", str(folder / "processor_config.json"), "--json"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["source"] == "deepspeed" and summary["runtime"] == APRIL_RUNTIME
+    policy = XR0Policy.from_pretrained(out)
+    assert policy.config.runtime() == APRIL_RUNTIME
+    assert rel(actions(policy, cases, 0), cases["asbuilt.c.p0.actions"], cases["in.action_mask"]) < TOL
+    # without statistics: a clear error, no traceback
+    assert main(args[:7]) == 2
+    assert "--stats" in capsys.readouterr().err
+
+
+class NotATensor:  # any pickled class: a weights-only load must refuse it
+    pass
+
+
+def test_a_deepspeed_file_holding_code_is_refused(tmp_path, capsys):
+    from xr0.cli import main
+
+    torch.save({"module": {"model.sink.weight": torch.zeros(1, 4)}, "extra": NotATensor()},
+               tmp_path / "mp_rank_00_model_states.pt")
+    assert main(["convert", "--official", str(tmp_path / "mp_rank_00_model_states.pt"), "--out",
+                 str(tmp_path / "out"), "--stats", str(FIXTURE / "processor_config.json")]) == 2
+    assert "weights_only" in capsys.readouterr().err
+
+
+def test_runtime_settings_from_the_cli_and_the_async_refusal(folder, tmp_path, capsys):
+    """--dit-window/--rope-offset/--rope-tables override what a folder records; a folder not trained with
+    prefixes (the release runtime: max_prefix 0) refuses the async executor and points to rtc."""
+    from xr0.cli import main
+    from xr0.config import runtime_settings
+
+    out = tmp_path / "xr0"
+    assert main(["convert", "--official", str(folder), "--out", str(out), "--dit-window", "4", "--rope-offset",
+                 "10", "--json"]) == 0
+    capsys.readouterr()
+    policy = XR0Policy.from_pretrained(out)
+    assert policy.config.runtime() == {**RELEASE_RUNTIME, "local_window": 4, "rope_offset": 10}
+    assert main(["inspect", "--checkpoint", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runtime"]["local_window"] == 4
+    with pytest.raises(ValueError, match="--executor rtc"):
+        policy.config.check_executor("async")
+    policy.config.check_executor("rtc")
+    import argparse
+    with pytest.raises(ValueError, match="--dit-window"):
+        runtime_settings(argparse.Namespace(dit_window="wide", rope_offset=None, rope_tables=None))
+    with pytest.raises(ValueError, match="rope_tables"):
+        XR0Policy.from_pretrained(folder, rope_tables="fp16")

@@ -46,6 +46,33 @@ RELEASE_RUNTIME = {"local_window": None, "rope_offset": 0, "rope_tables": "fp32"
 APRIL_RUNTIME = {"local_window": 4, "rope_offset": 10, "rope_tables": "bf16", "max_prefix": 6}
 
 
+def add_runtime_arguments(parser) -> None:
+    """The CLI flags that override a checkpoint's RUNTIME_FIELDS (xr0 eval, serve, convert)."""
+    g = parser.add_argument_group("runtime settings (default: the checkpoint's own; `xr0 inspect --checkpoint`)")
+    g.add_argument("--dit-window", default=None, metavar="N|causal",
+                   help="DiT action-token attention: a band of N earlier actions (the April code and xr0's "
+                        "post-async recipe: 4) or causal (the release runtime)")
+    g.add_argument("--rope-offset", type=int, default=None, metavar="N",
+                   help="extra RoPE shift of the noisy action tokens (April code: 10; release runtime: 0)")
+    g.add_argument("--rope-tables", choices=ROPE_TABLES, default=None,
+                   help="rotary table precision (April code as built: bf16; release runtime: fp32)")
+
+
+def runtime_settings(args) -> dict:
+    """The RUNTIME_FIELDS that add_runtime_arguments' flags set (only those given)."""
+    out = {}
+    window = getattr(args, "dit_window", None)
+    if window is not None:
+        if window != "causal" and not window.isdigit():
+            raise ValueError(f"--dit-window must be a non-negative integer or 'causal', got {window!r}")
+        out["local_window"] = None if window == "causal" else int(window)
+    if getattr(args, "rope_offset", None) is not None:
+        out["rope_offset"] = args.rope_offset
+    if getattr(args, "rope_tables", None) is not None:
+        out["rope_tables"] = args.rope_tables
+    return out
+
+
 @dataclass
 class PolicyConfig:
     """Everything needed to rebuild a policy: VLM config (transformers' Qwen3VLConfig kwargs) + expert + I/O."""
@@ -78,6 +105,13 @@ class PolicyConfig:
         d["image_size"] = tuple(d.get("image_size", (256, 256)))
         d["cameras"] = tuple(d.get("cameras", ()))
         return cls(**d)
+
+    def check_executor(self, executor: str) -> None:
+        """Refuse the async executor (a trained clean prefix) for a checkpoint never trained with prefixes."""
+        if executor == "async" and self.max_prefix == 0:
+            raise ValueError("this checkpoint was not trained with action prefixes (max_prefix 0, e.g. a release "
+                             "folder or a post-sync run), so --executor async would feed it a clean prefix it never "
+                             "saw; use --executor rtc (inference-time guidance needs no prefix training) or sync")
 
     def runtime(self) -> dict:
         """The RUNTIME_FIELDS as a dict (what `xr0 inspect` shows)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import sys
 
 from .config import PRESETS
 
@@ -29,10 +30,15 @@ def official_layout() -> dict[str, tuple[int, ...]]:
     return layout
 
 
-def report(preset: str) -> dict:
+def report(preset: str | None = None, checkpoint: str | None = None) -> dict:
+    """Counts and layout of a preset (built on the meta device) or of a checkpoint folder (xr0 or official)."""
     from .model.policy import XR0Policy, count_parameters
 
-    policy = XR0Policy.from_preset(preset, device="meta")
+    if checkpoint is not None:
+        policy = XR0Policy.from_pretrained(checkpoint, device="cpu")
+        preset = policy.config.name
+    else:
+        policy = XR0Policy.from_preset(preset, device="meta")
     state = policy.state_dict()
     if policy.vlm.config.tie_word_embeddings:
         state.pop("vlm.lm_head.weight", None)  # tied to the token embedding; not stored
@@ -48,6 +54,7 @@ def report(preset: str) -> dict:
         "parts": parts,
         "tensors": {"vlm": sum(k.startswith("vlm.") for k in state), "expert": len(expert)},
         "expert_parameters": sum(math.prod(s) for s in expert.values()),
+        "runtime": policy.config.runtime(),  # DiT window, RoPE offset, table precision, trained prefix
     }
     if preset == "xr0-4b":
         official = official_layout()
@@ -61,12 +68,18 @@ def report(preset: str) -> dict:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--preset", default="xr0-4b", choices=sorted(PRESETS))
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", default="xr0-4b", choices=sorted(PRESETS))
+    src.add_argument("--checkpoint", default=None, help="a checkpoint folder (xr0 or official) instead of a preset")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args) -> int:
-    out = report(args.preset)
+    try:
+        out = report(args.preset, args.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"xr0 inspect: {e}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(out))
         return 0
@@ -74,6 +87,7 @@ def run(args) -> int:
           f"({out['parameters_without_token_embedding'] / 1e6:,.1f}M without the token embedding)")
     for part, n in out["parts"].items():
         print(f"  {part:<20} {n / 1e6:>10,.2f}M")
+    print("runtime:", ", ".join(f"{k} {v}" for k, v in out["runtime"].items()))
     if "official_layout_match" in out:
         print("official layout:", "MATCH" if out["official_layout_match"] else f"MISMATCH {out['official_layout_diff']}")
     return 0

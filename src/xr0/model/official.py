@@ -6,6 +6,9 @@ per-robot-type statistics. The modeling/processing code is remote code that xr0 
 explicitly here, and every assumption about a file we could not read is written down in `ASSUMPTIONS` below (and in the
 README). Loading is strict: a missing, unexpected or mis-shaped tensor is an error that lists them.
 
+Checkpoints saved by the April post-training code (DeepSpeed `mp_rank_00_model_states.pt`, whose `module` dict holds
+the tensors) convert too: they are read with `torch.load(weights_only=True)`, tensors only, never code.
+
 `xr0 convert --official DIR --out DIR` writes xr0's own format (config.json with "format": "xr0", one
 model.safetensors, normalization.safetensors), which `XR0Policy.from_pretrained` then loads without this module.
 """
@@ -24,10 +27,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ..config import RELEASE_RUNTIME, ExpertConfig, PolicyConfig
+from ..config import APRIL_RUNTIME, RELEASE_RUNTIME, ExpertConfig, PolicyConfig, add_runtime_arguments, get_preset, \
+    runtime_settings
 from ..processing.normalize import RobotSpec
 
 CONFIG, INDEX, SINGLE = "config.json", "model.safetensors.index.json", "model.safetensors"
+DEEPSPEED = "mp_rank_00_model_states.pt"  # the April training code's checkpoint: {"module": {"model.<name>": tensor}}
+DEEPSPEED_PLACES = (DEEPSPEED, "checkpoint/" + DEEPSPEED, "last.ckpt/checkpoint/" + DEEPSPEED)  # in a run folder
 MODEL_TYPE = "mibot"
 # Where the processor's statistics may live, in the order they are searched (first file with robot types wins).
 STATS_FILES = ("preprocessor_config.json", "processor_config.json", "norm_stats.json", "statistics.json",
@@ -67,6 +73,17 @@ Official-format assumptions (the processing_* remote code is not public outside 
    qpos), cameras Base View + Left-Wrist View at 256x256; calvin_*_orig 7 / 7, same cameras; bridge_delta 7 / 8,
    Base View 256x256; fractal_delta 7 / 8, Ego View 256x320 (HxW). A folder's cameras and image size are those of
    its first robot type; unknown robot types get 32 / 32 and the two-view layout.
+7. Runtime settings (written into the converted checkpoint; --dit-window/--rope-offset/--rope-tables override):
+   a release folder runs as the Hugging Face runtime of the released checkpoints does: plain causal DiT mask,
+   no RoPE offset, fp32 rotary tables, no trained prefix (so --executor async is refused; rtc works). A DeepSpeed
+   checkpoint of the April post-training code runs as that code does: the w = 4 band, the +10 offset on noisy
+   action tokens, rotary tables rounded to bf16 (its `_build_model` ends in `.to(torch.bfloat16)`), prefixes up
+   to 6 (its async_train draws 1..6).
+8. DeepSpeed checkpoints (--official FILE.pt, or a run folder holding mp_rank_00_model_states.pt,
+   checkpoint/... or last.ckpt/checkpoint/...): read with torch.load(weights_only=True); the tensors are the
+   `module` dict under a leading `model.`. The VLM config is Qwen3-VL-4B-Instruct's (the April code builds that
+   model) unless --vlm-config names a Qwen3VLConfig JSON or a release config.json (its vlm_config); the
+   statistics must be given with --stats (the April code keeps them in its Python config.py, which xr0 never runs).
 """
 
 
@@ -414,24 +431,29 @@ def official_config(path: pathlib.Path, shapes: dict[str, tuple[int, ...]],
     return cfg
 
 
-def read_tensors(shards: dict[str, pathlib.Path]) -> dict[str, torch.Tensor]:
-    """All tensors, renamed to xr0's names; two stored names that map to one xr0 name are an error."""
-    prefix = _strip_wrapper(list(shards))
+def rename_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stored names -> xr0's (a wrapper prefix stripped, VLM layouts remapped); two that map to one is an error."""
+    prefix = _strip_wrapper(list(tensors))
     state: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}
+    for name in list(tensors):
+        new = remap_key(name[len(prefix):])
+        if new in state:
+            raise OfficialFormatError(f"tensors {origin[new]!r} and {name!r} both map to {new!r}")
+        state[new], origin[new] = tensors.pop(name), name
+    return state
+
+
+def read_tensors(shards: dict[str, pathlib.Path]) -> dict[str, torch.Tensor]:
+    """All tensors of a release folder, renamed to xr0's names."""
+    stored: dict[str, torch.Tensor] = {}
     for file in sorted(set(shards.values())):
         try:
             tensors = load_file(str(file))
         except Exception as e:
             raise OfficialFormatError(f"{file} is not a readable safetensors file: {e}") from e
-        for name in list(tensors):
-            if shards.get(name) != file:
-                continue  # not assigned to this shard by the index: ignore the stray copy
-            new = remap_key(name[len(prefix):])
-            if new in state:
-                raise OfficialFormatError(f"tensors {origin[new]!r} and {name!r} both map to {new!r}")
-            state[new], origin[new] = tensors.pop(name), name
-    return state
+        stored.update({name: t for name, t in tensors.items() if shards.get(name) == file})  # strays ignored
+    return rename_tensors(stored)
 
 
 def load_official(path: str | pathlib.Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
@@ -459,19 +481,81 @@ def load_official(path: str | pathlib.Path, device: str | torch.device = "cpu", 
     return policy.eval()
 
 
+def find_deepspeed(path: pathlib.Path) -> pathlib.Path | None:
+    """The DeepSpeed model-states file that `path` is or holds (DEEPSPEED_PLACES), else None."""
+    if path.is_file():
+        return path if path.suffix == ".pt" else None
+    return next((path / place for place in DEEPSPEED_PLACES if (path / place).is_file()), None)
+
+
+def read_deepspeed(file: pathlib.Path) -> dict[str, torch.Tensor]:
+    """The `module` tensors of a DeepSpeed model-states file, renamed to xr0's names (tensors only, never code)."""
+    try:
+        states = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # an unpickling error names the class a weights-only load refused
+        raise OfficialFormatError(f"{file} cannot be read as tensors only (torch.load(weights_only=True)): {e}") from e
+    module = states.get("module") if isinstance(states, dict) else None
+    if not isinstance(module, dict) or not module:
+        raise OfficialFormatError(f"{file} has no 'module' dict of tensors (keys: "
+                                  f"{sorted(states)[:10] if isinstance(states, dict) else type(states).__name__})")
+    bad = sorted(k for k, v in module.items() if not torch.is_tensor(v))
+    if bad:
+        raise OfficialFormatError(f"{file}: 'module' entries that are not tensors: {bad[:10]}")
+    return rename_tensors(dict(module))
+
+
+def deepspeed_vlm_config(vlm_config: str | pathlib.Path | None) -> dict:
+    """The VLM config of an April-code checkpoint: Qwen3-VL-4B-Instruct's (the xr0-4b preset), or a file."""
+    if vlm_config is None:
+        return get_preset("xr0-4b").vlm
+    data = _read_json(pathlib.Path(vlm_config))
+    return data.get("vlm_config", data)
+
+
+def load_deepspeed(file: str | pathlib.Path, stats_file: str | pathlib.Path | None,
+                   vlm_config: str | pathlib.Path | None = None, device: str | torch.device = "cpu",
+                   dtype: torch.dtype | None = None, **settings):
+    """An XR0Policy from a DeepSpeed checkpoint of the April post-training code (ASSUMPTIONS items 7-8), set up
+    as that code runs it (config.APRIL_RUNTIME) unless `settings` say otherwise."""
+    from .policy import XR0Policy
+
+    file = pathlib.Path(file)
+    if stats_file is None:
+        raise OfficialFormatError(f"{file}: a DeepSpeed checkpoint carries no statistics; give them with --stats FILE "
+                                  f"(per robot type: action_mean/action_std (T, 32), optional action_mask)")
+    state = read_deepspeed(file)
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    robots = load_robots(file.parent, None, stats_file)
+    meta = {"vlm_config": deepspeed_vlm_config(vlm_config)}
+    config = official_config(file.parent, shapes, robots, meta).override(**{**APRIL_RUNTIME, **settings})
+    config.name = f"april:{file.parent.name}"
+    with torch.device("meta"):
+        policy = XR0Policy(config, robots)
+    policy.load_weights(state, device=device)
+    if dtype is not None:
+        policy.to(dtype)
+    return policy.eval()
+
+
 def convert(official: str | pathlib.Path, out: str | pathlib.Path, dtype: torch.dtype | None = None,
-            stats_file: str | pathlib.Path | None = None) -> dict:
-    """Official folder -> xr0 folder; returns a short summary."""
+            stats_file: str | pathlib.Path | None = None, vlm_config: str | pathlib.Path | None = None,
+            **settings) -> dict:
+    """Official release folder or April DeepSpeed checkpoint -> xr0 folder; returns a short summary."""
     official, out = pathlib.Path(official), pathlib.Path(out)
     if out.resolve() == official.resolve():
         raise ValueError("--out must differ from --official (the official files would be overwritten)")
-    policy = load_official(official, "cpu", None, stats_file)
+    deepspeed = None if (official / CONFIG).is_file() else find_deepspeed(official)
+    if deepspeed is not None:
+        policy = load_deepspeed(deepspeed, stats_file, vlm_config, "cpu", None, **settings)
+    else:
+        policy = load_official(official, "cpu", None, stats_file, **settings)
     policy.save_pretrained(out, dtype=dtype)
     n = sum(1 for k in policy.state_dict() if not (k == "vlm.lm_head.weight" and policy.vlm.config.tie_word_embeddings))
     return {"official": str(official), "out": str(out), "tensors": n, "robot_types": sorted(policy.robots),
             "chunk_len": policy.config.chunk_len, "cameras": list(policy.config.cameras),
             "image_size": list(policy.config.image_size),
             "expert": {"layers": policy.config.expert.num_layers, "hidden": policy.config.expert.hidden_size},
+            "source": "deepspeed" if deepspeed is not None else "release", "runtime": policy.config.runtime(),
             "dtype": str(next(iter(policy.state_dict().values())).dtype if dtype is None else dtype)}
 
 
@@ -480,12 +564,17 @@ DTYPES = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": t
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--official", help="an official release folder (config.json with model_type mibot)")
+    p.add_argument("--official", help="an official release folder (config.json with model_type mibot), or a DeepSpeed "
+                                      "checkpoint of the April post-training code (mp_rank_00_model_states.pt or "
+                                      "the run folder holding it)")
     p.add_argument("--out", help="where to write the xr0-format checkpoint")
     p.add_argument("--stats", default=None, help="the processor statistics JSON, if it is not found in --official")
+    p.add_argument("--vlm-config", default=None, help="DeepSpeed only: a Qwen3VLConfig JSON (or a release "
+                                                      "config.json) if the VLM is not Qwen3-VL-4B-Instruct")
     p.add_argument("--dtype", default="keep", choices=sorted(DTYPES), help="weight dtype to write (default: as stored)")
     p.add_argument("--assumptions", action="store_true", help="print the official-format assumptions and exit")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_runtime_arguments(p)
 
 
 def run(args) -> int:
@@ -496,7 +585,8 @@ def run(args) -> int:
         print("xr0 convert: --official DIR and --out DIR are required", file=sys.stderr)
         return 2
     try:
-        summary = convert(args.official, args.out, DTYPES[args.dtype], args.stats)
+        summary = convert(args.official, args.out, DTYPES[args.dtype], args.stats, args.vlm_config,
+                          **runtime_settings(args))
     except (OfficialFormatError, FileNotFoundError, ValueError) as e:
         print(f"xr0 convert: {e}", file=sys.stderr)
         return 2
@@ -504,5 +594,6 @@ def run(args) -> int:
         print(json.dumps(summary))
     else:
         print(f"wrote {summary['out']}: {summary['tensors']} tensors, robot types {summary['robot_types']}, "
-              f"chunk length {summary['chunk_len']}, cameras {summary['cameras']} at {summary['image_size']}")
+              f"chunk length {summary['chunk_len']}, cameras {summary['cameras']} at {summary['image_size']}, "
+              f"runtime {summary['runtime']}")
     return 0

@@ -40,6 +40,7 @@ import numpy as np
 import websockets
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
 
+from xr0.config import add_runtime_arguments, runtime_settings
 from xr0.runtime import wire
 
 logger = logging.getLogger(__name__)
@@ -177,12 +178,14 @@ def validate_observation(obs: Any, meta: dict, *, max_prompt_chars: int = 2048, 
     if prefix is not None:
         action_dim = int(meta["action_dim"])
         # A guided (RTC) prefix may cover the whole chunk; the trained clean prefix only max_prefix actions.
-        max_p = int(meta["chunk_len"] if weights is not None else meta.get("max_prefix") or meta["chunk_len"])
+        max_p = int(meta["chunk_len"] if weights is not None else meta.get("max_prefix", meta["chunk_len"]))
         prefix = _float_array(prefix, "action_prefix")
         if prefix.ndim != 2 or prefix.shape[1] != action_dim:
             raise _bad("action_prefix", f"expected shape (p, {action_dim}), got {tuple(prefix.shape)}")
         if prefix.shape[0] > max_p:
-            raise _bad("action_prefix", f"too long: p={prefix.shape[0]} > {max_p}")
+            raise _bad("action_prefix", f"too long: p={prefix.shape[0]} > {max_p}" + (
+                " (this checkpoint was not trained with action prefixes: send prefix_weights for RTC guidance)"
+                if max_p == 0 else ""))
         if weights is not None:
             weights = _prefix_weights(weights, prefix.shape[0])
         if prefix.shape[0] == 0:
@@ -518,13 +521,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-timeout-s", type=float, default=300.0, help="close connections idle this long")
     parser.add_argument("--max-queue", type=int, default=8, help="requests queued before replying 'busy'")
     parser.add_argument("--steps", type=int, default=None, help="default denoising steps (policy default if unset)")
+    add_runtime_arguments(parser)
 
 
 def _build_policy(args: argparse.Namespace) -> Any:
     from xr0 import XR0Policy  # lazy: torch/transformers are heavy
 
+    settings = runtime_settings(args)
     if args.preset:
-        return XR0Policy.from_preset(args.preset)
+        policy = XR0Policy.from_preset(args.preset)
+        policy.config.override(**settings)
+        return policy
     path = args.checkpoint
     if path == "embedded":
         try:
@@ -533,7 +540,7 @@ def _build_policy(args: argparse.Namespace) -> Any:
             raise RuntimeError("--checkpoint embedded: this build of xr0 has no embedded checkpoint "
                                "(xr0.assets.embedded_checkpoint is missing)") from e
         path = embedded_checkpoint()
-    return XR0Policy.from_pretrained(path)
+    return XR0Policy.from_pretrained(path, **settings)
 
 
 def run(args: argparse.Namespace) -> int:

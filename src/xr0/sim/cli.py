@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..config import add_runtime_arguments, runtime_settings
 from . import libero_cli
 from .metaworld import ORIENTATIONS
 
@@ -28,13 +29,15 @@ def add_metaworld_arguments(p) -> None:
                    help="image orientation the policy was trained with (default: the checkpoint's metaworld.json, "
                         "else upright; see xr0 data metaworld)")
     p.add_argument("--json", action="store_true", help="print a JSON object as the last line")
+    add_runtime_arguments(p)
 
 
 def run_metaworld(args) -> int:
     from .evaluate import checkpoint_setup, evaluate, load_policy, print_table, render_view
 
     try:
-        policy = load_policy(args.checkpoint, args.preset)
+        policy = load_policy(args.checkpoint, args.preset, **runtime_settings(args))
+        policy.config.check_executor(args.executor)
         setup = checkpoint_setup(args.checkpoint)
         setup["orientation"] = args.orientation or setup["orientation"]
     except (FileNotFoundError, ValueError) as e:  # no embedded checkpoint yet, a bad folder, an unknown preset

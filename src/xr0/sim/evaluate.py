@@ -22,15 +22,20 @@ EXECUTORS = {"sync": SyncExecutor, "async": AsyncExecutor, "naive-async": NaiveA
 HOLD_STILL = IdentityActions(zero_on_hold=(0, 1, 2))  # a held delta action must not keep the arm moving
 
 
-def load_policy(checkpoint: str | None, preset: str | None):
+def load_policy(checkpoint: str | None, preset: str | None, **settings):
+    """A preset (MetaWorld cameras, T = 20, identity statistics) or a checkpoint in fp32; `settings` override its
+    RUNTIME_FIELDS (config.py)."""
     from .. import XR0Policy
 
     if preset:
-        return XR0Policy.from_preset(preset, seed=0, cameras=("Base View", "Top View"), chunk_len=20,
-                                     control_hz=40.0, robots=_metaworld_identity_robot(20))
+        policy = XR0Policy.from_preset(preset, seed=0, cameras=("Base View", "Top View"), chunk_len=20,
+                                       control_hz=40.0, robots=_metaworld_identity_robot(20))
+        policy.config.override(**settings)
+        return policy
     if not checkpoint:
         raise ValueError("give --checkpoint PATH|embedded or --preset NAME")
-    return XR0Policy.from_pretrained(_checkpoint_dir(checkpoint), dtype=torch.float32)  # fp32: docs/benchmarks.md
+    return XR0Policy.from_pretrained(_checkpoint_dir(checkpoint), dtype=torch.float32,  # fp32: docs/benchmarks.md
+                                     **settings)
 
 
 def _checkpoint_dir(checkpoint: str) -> pathlib.Path:
@@ -170,6 +175,7 @@ def _env(policy, task: str, seed: int, orientation: str | None, cameras: dict[st
 
 def _runner(policy, executor: str, env, infer, latency_ms: float, k: int | None = None):
     """The named executor on a simulated clock at the policy's control rate; k defaults to T/2."""
+    policy.config.check_executor(executor)
     clock = SimClock(1.0 / policy.config.control_hz, latency_s=latency_ms / 1000.0)
     kwargs = dict(k=policy.config.chunk_len // 2 if k is None else k, action_space=HOLD_STILL)
     if executor == "async":  # the trained prefix; rtc's guided prefix is not capped by it

@@ -163,6 +163,7 @@ def make_executor(kind: str, env, chunk_policy, chunk_len: int, replan: int | No
         clock = SimClock(1 / CONTROL_HZ, 0.0 if latency_ms is None else latency_ms / 1000)
         return SyncExecutor(env, chunk_policy, clock, k=chunk_len - replan, action_space=hold)
     if kind == "async":
+        chunk_policy.policy.config.check_executor(kind)
         replan = chunk_len - chunk_len // 3 if replan is None else replan
         if not 1 <= replan < chunk_len:
             raise ValueError(f"async --replan must be in 1..{chunk_len - 1}, got {replan}")
@@ -216,6 +217,7 @@ class Settings:
     wait_steps: int = WAIT_STEPS
     seed: int = SEED
     resolution: int = RESOLUTION
+    runtime: dict = dataclasses.field(default_factory=dict)  # RUNTIME_FIELDS overrides (--dit-window, ...)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

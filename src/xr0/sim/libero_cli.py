@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+from ..config import add_runtime_arguments, runtime_settings
 from .libero import (
     SUITES, TRIALS, WAIT_STEPS, LiberoNotInstalled, ChunkPolicy, LiberoTaskEnv, Settings, append_record,
     check_run_file, pending, read_records, require_libero, run_episode, split_work, suite_tasks, summarize,
@@ -45,10 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="auto = bf16 on GPU, as stored on CPU")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--worker-spec", default=None, help=argparse.SUPPRESS)
+    add_runtime_arguments(p)
 
 
 # ---------------------------------------------------------------------------------------------- policy
-def load_policy(checkpoint: str | None, preset: str | None, device: str = "auto", dtype: str = "auto"):
+def load_policy(checkpoint: str | None, preset: str | None, device: str = "auto", dtype: str = "auto",
+                runtime: dict | None = None):
     import torch
 
     from ..model.policy import XR0Policy
@@ -57,8 +60,10 @@ def load_policy(checkpoint: str | None, preset: str | None, device: str = "auto"
     dt = {"auto": torch.bfloat16 if dev.startswith("cuda") else None, "bf16": torch.bfloat16,
           "fp32": torch.float32, "keep": None}[dtype]
     if preset:
-        return XR0Policy.from_preset(preset, device=dev, dtype=dt)
-    return XR0Policy.from_pretrained(checkpoint, device=dev, dtype=dt)
+        policy = XR0Policy.from_preset(preset, device=dev, dtype=dt)
+        policy.config.override(**(runtime or {}))
+        return policy
+    return XR0Policy.from_pretrained(checkpoint, device=dev, dtype=dt, **(runtime or {}))
 
 
 def run_pairs(settings: Settings, pairs: list[tuple[int, int]], policy, out: pathlib.Path, video: str | None,
@@ -90,7 +95,7 @@ def run_pairs(settings: Settings, pairs: list[tuple[int, int]], policy, out: pat
 def _worker_main(spec_file: str) -> int:
     spec = json.loads(pathlib.Path(spec_file).read_text())
     settings = Settings(**spec["settings"])
-    policy = load_policy(settings.checkpoint, settings.preset, spec["device"], spec["dtype"])
+    policy = load_policy(settings.checkpoint, settings.preset, spec["device"], spec["dtype"], settings.runtime)
     run_pairs(settings, [tuple(p) for p in spec["pairs"]], policy, pathlib.Path(spec["out"]), spec["video"],
               worker=spec["worker"])
     return 0
@@ -168,7 +173,8 @@ def evaluate(args) -> dict:
     tasks = _parse_tasks(args.tasks, len(infos))
     settings = Settings(suite=args.suite, checkpoint=str(pathlib.Path(args.checkpoint).resolve()) if args.checkpoint else None,
                         preset=args.preset, max_steps=args.max_steps or SUITES[args.suite], executor=args.executor,
-                        replan=args.replan, latency_ms=args.latency_ms, wait_steps=args.wait_steps)
+                        replan=args.replan, latency_ms=args.latency_ms, wait_steps=args.wait_steps,
+                        runtime=runtime_settings(args))
     out = pathlib.Path(args.out or f"runs/libero/{args.suite}")
     check_run_file(out, settings)
     todo = pending(read_records(out), args.suite, tasks, args.episodes)
@@ -187,7 +193,7 @@ def evaluate(args) -> dict:
                     bar.update(1)
                     bar.set_postfix(success=f"{sum(successes)}/{len(successes)}")
 
-                policy = load_policy(args.checkpoint, args.preset, args.device, args.dtype)
+                policy = load_policy(args.checkpoint, args.preset, args.device, args.dtype, settings.runtime)
                 run_pairs(settings, shards[0], policy, out, args.video, on_record=tick, infos=infos)
             else:
                 errors = _spawn(settings, shards, args, out, bar)
