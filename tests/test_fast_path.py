@@ -66,7 +66,7 @@ def reference_velocity(policy, ctx, x, t):
         y = _rms(layer.post_layernorm, h) * (1 + scale_m) + shift_m
         y = layer.mlp.down_proj(F.silu(layer.mlp.gate_proj(y)) * layer.mlp.up_proj(y))
         h = _rms(layer.final_layernorm, h + gate_m * y)
-    out = policy.action_output_layer(h[:, 2:]).to(x.dtype) * ctx.action_mask
+    out = policy.action_output_layer(h[:, 2:]).to(x.dtype)  # the official DiT leaves masked dims free
     out[:, : ctx.prefix_len] = 0
     return out
 
@@ -91,7 +91,7 @@ def test_fp32_fast_denoise_matches_the_plain_reference(tiny):
     fast = tiny.denoise(ctx, noise, 5, prefix)
     ref = reference_denoise(tiny, ctx, noise, 5, prefix)
     assert (fast - ref).abs().max() < FP32_ATOL
-    assert torch.equal(fast[:, :3], prefix) and torch.equal(fast[:, 3:, 7:], noise[:, 3:, 7:])  # held fixed
+    assert torch.equal(fast[:, :3], prefix)  # held fixed
     t = torch.tensor([0.37])  # the public per-call velocity (training path) agrees too, at any t
     assert (tiny.velocity(ctx, noise, t) - reference_velocity(tiny, ctx, noise, t)).abs().max() < FP32_ATOL
 

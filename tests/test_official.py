@@ -1,6 +1,7 @@
 """Official release folders: a synthetic tiny one in the official layout loads strictly, samples, converts, and
 round-trips bit for bit; missing/extra tensors and bad statistics fail with messages that name them."""
 
+import dataclasses
 import json
 import pathlib
 
@@ -11,6 +12,7 @@ from safetensors.torch import save_file
 
 from xr0 import XR0Policy
 from xr0.cli import main as cli_main
+from xr0.config import RELEASE_RUNTIME
 from xr0.model import official
 
 T = 10  # LIBERO chunk length (from the stats, although config.json says action_length 30)
@@ -94,7 +96,9 @@ def test_official_folder_loads_strictly_with_the_mapped_config(source, folder):
     cfg = policy.config
     assert cfg.chunk_len == T and sorted(policy.robots) == ["libero_all"]
     assert cfg.cameras == ("Base View", "Left-Wrist View") and cfg.image_size == (256, 256)
-    assert cfg.expert == source.config.expert  # expert dims read off the tensor shapes
+    # expert dims read off the tensor shapes; the DiT runs as the release runtime (causal, no offset, no prefix)
+    assert cfg.expert == dataclasses.replace(source.config.expert, local_window=None, rope_offset=0)
+    assert cfg.runtime() == RELEASE_RUNTIME
     rope = cfg.vlm["text_config"]["rope_parameters"]
     assert rope == {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [4, 2, 2], "mrope_interleaved": True}
     assert "rope_scaling" not in cfg.vlm["text_config"] and cfg.vlm["tie_word_embeddings"] is True

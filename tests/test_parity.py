@@ -46,12 +46,10 @@ def weight(name: str, shape: tuple[int, ...], offset: int = 0) -> torch.Tensor:
     return y.to(torch.float32)
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> pathlib.Path:
+def build_folder(out: pathlib.Path) -> pathlib.Path:
     """The official-layout folder: model.safetensors from the rule (sha256-checked), config and processor files."""
     import hashlib
 
-    out = tmp_path_factory.mktemp("official_tiny")
     rows = [line.split("\t") for line in (FIXTURE / "tensors.tsv").read_text().splitlines()[1:] if line.strip()]
     tensors = {}
     for _, name, shape, _, _, sha in rows:
@@ -65,8 +63,17 @@ def folder(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="module")
-def cases() -> dict[str, torch.Tensor]:
+def folder(tmp_path_factory) -> pathlib.Path:
+    return build_folder(tmp_path_factory.mktemp("official_tiny"))
+
+
+def load_cases() -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in load_file(str(FIXTURE / "cases.safetensors")).items()}
+
+
+@pytest.fixture(scope="module")
+def cases() -> dict[str, torch.Tensor]:
+    return load_cases()
 
 
 @pytest.fixture(scope="module")

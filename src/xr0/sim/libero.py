@@ -163,7 +163,6 @@ def make_executor(kind: str, env, chunk_policy, chunk_len: int, replan: int | No
         clock = SimClock(1 / CONTROL_HZ, 0.0 if latency_ms is None else latency_ms / 1000)
         return SyncExecutor(env, chunk_policy, clock, k=chunk_len - replan, action_space=hold)
     if kind == "async":
-        chunk_policy.policy.config.check_executor(kind)
         replan = chunk_len - chunk_len // 3 if replan is None else replan
         if not 1 <= replan < chunk_len:
             raise ValueError(f"async --replan must be in 1..{chunk_len - 1}, got {replan}")
@@ -180,6 +179,7 @@ def run_episode(env: LiberoTaskEnv, chunk_policy: ChunkPolicy, episode: int, max
     env.reset(episode, wait_steps, record=video is not None)
     t_env = time.perf_counter() - t0
     calls0, sec0 = chunk_policy.calls, chunk_policy.seconds
+    chunk_policy.policy.config.check_executor(executor)
     ex = make_executor(executor, env, chunk_policy, chunk_policy.policy.config.chunk_len, replan, latency_ms)
     ex.run(max_steps, stop=lambda: env.success)
     record = {"suite": env.task.suite, "task_id": env.task.task_id, "task": env.task.name,
