@@ -4,7 +4,7 @@ Spec §4 / §8.5: XR-0 without VL data scores 0 on every VL benchmark; with VL:r
 scores. This script reproduces the setting in miniature on CPU (docs/forgetting.md has results and commands):
 
   (a) give a randomly initialised `tiny` VLM a VL skill: next-token training on synthetic VQA
-      (xr0.train.vl_tasks.SyntheticVQA), text stack and token embeddings trainable, the random ViT frozen, until
+      (xr0.data.vqa.SyntheticVQA), text stack and token embeddings trainable, the random ViT frozen, until
       held-out exact-match accuracy is high (`--skill-cache DIR` saves this model, or reuses it);
   (b) from that snapshot run stage 1 twice with the same robot batches (SyntheticReach, "move to the red circle"),
       training what `xr0 train --recipe stage1` trains (the whole VLM) plus the choice heads: without VL data, and
@@ -32,7 +32,7 @@ from xr0 import XR0Policy
 from xr0.model.choice import (ChoiceHeads, candidate_l1, choice_forward, make_vl_batch, stage1_loss, vl_correct,
                               vl_generate, vl_loss)
 from xr0.train.recipes import get_recipe
-from xr0.train.vl_tasks import QUESTION_KINDS, SyntheticReach, SyntheticVQA, reach_robot_spec
+from xr0.data.vqa import QUESTION_KINDS, SyntheticReach, SyntheticVQA, reach_robot_spec
 
 VL_TRAIN_SEED, VL_EVAL_SEED, ROBOT_TRAIN_SEED, ROBOT_EVAL_SEED = 1, 2, 3, 4
 

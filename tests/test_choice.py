@@ -9,7 +9,7 @@ from xr0 import XR0Policy
 from xr0.model.backbone import encode as backbone_encode
 from xr0.model.choice import (HEADS_FILE, IGNORE, ChoiceHeads, choice_forward, choice_losses, choose, make_vl_batch,
                               stage1_inputs, stage1_loss, vl_correct, vl_generate, vl_loss)
-from xr0.train.vl_tasks import Obj, SyntheticReach, SyntheticVQA, ask, reach_robot_spec
+from xr0.data.vqa import Obj, SyntheticReach, SyntheticVQA, ask, reach_robot_spec
 
 T = 10  # tiny preset chunk length
 

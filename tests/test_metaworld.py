@@ -10,7 +10,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 pytest.importorskip("metaworld")
 
 from xr0.data.lerobot_v3 import LeRobotV3Dataset  # noqa: E402
-from xr0.data.metaworld_gen import generate  # noqa: E402
+from xr0.sim.metaworld_data import generate  # noqa: E402
 from xr0.sim.evaluate import _env, checkpoint_setup, evaluate, load_policy, reactivity  # noqa: E402
 from xr0.sim.export import export  # noqa: E402
 from xr0.sim.metaworld import CAMERAS, DEFAULT_ORIENTATION, MetaWorldEnv  # noqa: E402

@@ -22,7 +22,7 @@ from xr0.train import cli as train_cli
 from xr0.train import trainer as trainer_mod
 from xr0.model.choice import ChoiceHeads
 from xr0.train.recipes import EMBEDDINGS
-from xr0.train.vl_tasks import write_vqa_jsonl
+from xr0.data.vqa import write_vqa_jsonl
 
 STATE_DIM, ACTION_DIM, T = 8, 7, 10
 CAMS = {"front": (32, 32), "wrist": (32, 32)}

@@ -17,6 +17,8 @@ VIDEO_TOKEN_ID = 151656
 VISION_START_TOKEN_ID = 151652
 VISION_END_TOKEN_ID = 151653
 QWEN_VOCAB_SIZE = 151936  # embedding rows in every Qwen3-VL checkpoint (>= the 151,669 tokenizer entries)
+PADDED_DIM = 32  # the official layout's padded action and state width (D)
+MAX_PREFIX = 6  # longest clean action prefix of async training: the official random.randint(1, min(6, T))
 
 
 @dataclass
@@ -43,7 +45,7 @@ ROPE_TABLES = ("fp32", "bf16")  # bf16: every rotary inv_freq rounded to bf16, a
 # offset, fp32 tables, no trained prefix (its generate() takes none).
 RELEASE_RUNTIME = {"local_window": None, "rope_offset": 0, "rope_tables": "fp32", "max_prefix": 0}
 # How the April post-training code (DeepSpeed checkpoints) runs it: the w = 4 band, +10, tables rounded to bf16.
-APRIL_RUNTIME = {"local_window": 4, "rope_offset": 10, "rope_tables": "bf16", "max_prefix": 6}
+APRIL_RUNTIME = {"local_window": 4, "rope_offset": 10, "rope_tables": "bf16", "max_prefix": MAX_PREFIX}
 
 
 def add_runtime_arguments(parser) -> None:
@@ -81,13 +83,13 @@ class PolicyConfig:
     vlm: dict
     expert: ExpertConfig = field(default_factory=ExpertConfig)
     chunk_len: int = 30  # T
-    action_dim: int = 32  # D (padded)
-    state_dim: int = 32
+    action_dim: int = PADDED_DIM  # D (padded)
+    state_dim: int = PADDED_DIM
     image_size: tuple[int, int] = (256, 256)  # (H, W), multiples of 32
     cameras: tuple[str, ...] = ("Base View", "Left-Wrist View")
     num_steps: int = 5  # Euler steps at inference
     control_hz: float = 30.0
-    max_prefix: int = 6  # longest clean action prefix seen in async training; 0 = not trained with prefixes
+    max_prefix: int = MAX_PREFIX  # longest clean action prefix seen in async training; 0 = not trained with prefixes
     rope_tables: str = "fp32"  # precision of the rotary inv_freq tables (ROPE_TABLES)
     embedding_seed: int = 0  # the token embedding starts as a pure function of this seed (see seeded_embedding)
 

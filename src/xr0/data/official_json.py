@@ -31,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from xr0.config import PADDED_DIM
 from xr0.data import DataError, EpisodeIndex, Skipped, chunk_window
 from xr0.data.lerobot_v3 import FrameCache, VideoEncoder, cached_frame, check_video_range, probe_video
 
-ACTION_DIM = 32
-STATE_DIM = 32
+ACTION_DIM = STATE_DIM = PADDED_DIM
 ARMS = ("left", "right")
 FIELDS = {"ee_pos": 3, "ee_rotm": 9, "arm_joint": 6, "gripper_pos": 1}
 

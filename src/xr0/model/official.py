@@ -27,7 +27,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ..config import APRIL_RUNTIME, RELEASE_RUNTIME, ExpertConfig, PolicyConfig, add_runtime_arguments, get_preset, \
+from ..config import APRIL_RUNTIME, PADDED_DIM, RELEASE_RUNTIME, ExpertConfig, PolicyConfig, add_runtime_arguments, get_preset, \
     runtime_settings
 from ..processing.normalize import RobotSpec
 
@@ -40,7 +40,7 @@ STATS_FILES = ("preprocessor_config.json", "processor_config.json", "norm_stats.
                "dataset_statistics.json")
 # Keys under which a file may hold its robot-type table (else: top-level keys that are robot types).
 STATS_TABLE_KEYS = ("robot_types", "norm_stats", "statistics", "stats", "robot_stats", "action_stats", "robot_type_stats")
-PAD = 32  # the model's padded state/action width
+PAD = PADDED_DIM
 
 ASSUMPTIONS = """\
 Official-format assumptions (the processing_* remote code is not public outside the Hub):

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Qwen3VLConfig
 
+from ..checkpoints import CONFIG, WEIGHTS
 from ..config import PolicyConfig, get_preset
 from ..processing import Processor, RobotSpec, stats_hash
 from . import rtc
@@ -22,7 +23,7 @@ from .flow import euler_sample, euler_times, initial_noise, interpolate, sample_
 from .headfile import atomic_write
 from .masks import SINK, expert_mask, expert_positions
 
-WEIGHTS, CONFIG, NORMS = "model.safetensors", "config.json", "normalization.safetensors"
+NORMS = "normalization.safetensors"
 FORMAT = "xr0"
 EMBED = "vlm.model.language_model.embed_tokens.weight"
 

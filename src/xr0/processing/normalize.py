@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import PADDED_DIM
+
 EPS = 1e-6  # (a - mean) / (std + EPS), as the released pipeline
 
 
@@ -29,8 +31,8 @@ class RobotSpec:
     state_dim: int
 
     @classmethod
-    def identity(cls, chunk_len: int, action_dim: int = 32, state_dim: int = 32, padded_action_dim: int = 32,
-                 padded_state_dim: int = 32) -> "RobotSpec":
+    def identity(cls, chunk_len: int, action_dim: int = PADDED_DIM, state_dim: int = PADDED_DIM,
+                 padded_action_dim: int = PADDED_DIM, padded_state_dim: int = PADDED_DIM) -> "RobotSpec":
         mask = np.zeros(padded_action_dim, np.float32)
         mask[:action_dim] = 1
         return cls(np.zeros((chunk_len, padded_action_dim), np.float32), np.ones((chunk_len, padded_action_dim), np.float32),

@@ -27,6 +27,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from ..config import MAX_PREFIX
 from .clock import Clock
 
 __all__ = [
@@ -676,7 +677,7 @@ class AsyncExecutor(_ChunkExecutor):
         *,
         k: int | None = None,
         prefix_len: int | None = None,
-        max_prefix: int = 6,
+        max_prefix: int = MAX_PREFIX,
         prefix_margin: int = 1,
         latency_window: int = 10,
         latency_quantile: float = 0.8,

@@ -40,6 +40,7 @@ import numpy as np
 import websockets
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
 
+from xr0.checkpoints import resolve_checkpoint
 from xr0.config import add_runtime_arguments, runtime_settings
 from xr0.runtime import wire
 
@@ -511,7 +512,8 @@ def _is_loopback(host: str) -> bool:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``xr0 serve``."""
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="PATH|embedded", help="checkpoint directory, or 'embedded'")
+    src.add_argument("--checkpoint", metavar="PATH|embedded",
+                     help="checkpoint folder, a training run (its latest checkpoint), or 'embedded'")
     src.add_argument("--preset", metavar="NAME", help="random weights from a named preset (smoke tests)")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (0 = any free port)")
@@ -532,15 +534,7 @@ def _build_policy(args: argparse.Namespace) -> Any:
         policy = XR0Policy.from_preset(args.preset)
         policy.config.override(**settings)
         return policy
-    path = args.checkpoint
-    if path == "embedded":
-        try:
-            from xr0.assets import embedded_checkpoint
-        except ImportError as e:
-            raise RuntimeError("--checkpoint embedded: this build of xr0 has no embedded checkpoint "
-                               "(xr0.assets.embedded_checkpoint is missing)") from e
-        path = embedded_checkpoint()
-    return XR0Policy.from_pretrained(path, **settings)
+    return XR0Policy.from_pretrained(resolve_checkpoint(args.checkpoint), **settings)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..checkpoints import resolve_checkpoint
 from ..runtime import (AsyncExecutor, IdentityActions, InferenceFailed, NaiveAsyncExecutor, RTCExecutor, SimClock,
                        SyncExecutor)
 
@@ -34,19 +35,8 @@ def load_policy(checkpoint: str | None, preset: str | None, **settings):
         return policy
     if not checkpoint:
         raise ValueError("give --checkpoint PATH|embedded or --preset NAME")
-    return XR0Policy.from_pretrained(_checkpoint_dir(checkpoint), dtype=torch.float32,  # fp32: docs/benchmarks.md
+    return XR0Policy.from_pretrained(resolve_checkpoint(checkpoint), dtype=torch.float32,  # fp32: docs/benchmarks.md
                                      **settings)
-
-
-def _checkpoint_dir(checkpoint: str) -> pathlib.Path:
-    """'embedded', a checkpoint folder, or a training run (its latest checkpoint) -> the checkpoint folder."""
-    from ..train.trainer import resolve_checkpoint
-
-    if checkpoint == "embedded":
-        from ..assets import embedded_checkpoint
-
-        checkpoint = embedded_checkpoint()
-    return pathlib.Path(resolve_checkpoint(checkpoint))
 
 
 SETUP_FILE = "metaworld.json"  # in a checkpoint: the tasks, cameras and image orientation it was trained with
@@ -62,7 +52,7 @@ def checkpoint_setup(checkpoint: str | None) -> dict:
     setup = {"tasks": list(DEFAULT_TASKS), "cameras": dict(CAMERAS), "orientation": DEFAULT_ORIENTATION,
              "image_size": None}
     if checkpoint:
-        file = _checkpoint_dir(checkpoint) / SETUP_FILE
+        file = resolve_checkpoint(checkpoint) / SETUP_FILE
         if file.is_file():
             try:
                 saved = json.loads(file.read_text())
@@ -317,7 +307,3 @@ def print_table(result: dict) -> None:
     tts = result["mean_time_to_success_s"]
     print(f"{'mean':<28} {result['success_rate']:6.0%}   executor={result['executor']} latency={result['latency_ms']:g} ms "
           f"time-to-success={'n/a' if tts is None else f'{tts:.2f} s'} idle={result['idle_fraction']:.3f}")
-
-
-def write_json(result: dict, path) -> None:
-    pathlib.Path(path).write_text(json.dumps(result, indent=2))

@@ -12,7 +12,7 @@ import sys
 import torch
 
 from ..assets import HERE
-from ..train.trainer import resolve_checkpoint
+from ..checkpoints import resolve_checkpoint
 from .evaluate import SETUP_FILE
 from .metaworld import check_tasks
 

@@ -83,10 +83,6 @@ class EnvStateHead(nn.Module):
         return {"vlm": (pred["vlm"] - target).pow(2).mean(),
                 "expert": (pred["expert"] - target.repeat_interleave(repeat, dim=0)).pow(2).mean()}
 
-    def predict(self, tokens: torch.Tensor, sink_hidden: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Both readouts in physical units."""
-        return {k: v * self.std + self.mean for k, v in self(tokens, sink_hidden).items()}
-
     def save(self, folder: str | pathlib.Path, state_dict: dict | None = None) -> pathlib.Path:
         sd = self.state_dict() if state_dict is None else state_dict
         return save_head(pathlib.Path(folder) / FILE, {k: v.detach().contiguous().cpu() for k, v in sd.items()},

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import MAX_PREFIX
 from ..model import choice
 from ..model.masks import sample_hidden_prefix
 from ..model.policy import LossOptions, XR0Policy
@@ -31,7 +32,7 @@ class Recipe:
     freeze_embeddings: bool = True  # keep the input token embeddings fixed (the released post-training does)
     async_prefix: bool = False  # training-time action prefix (spec §6.2)
     prefix_prob: float = 0.5  # per batch: p ~ U{1..min(max_prefix, T)} with this probability, else p = 0
-    max_prefix: int = 6
+    max_prefix: int = MAX_PREFIX
     prefix_dropout: float = 0.5  # hide each prefix token (except the last `keep_last`) from noisy queries
     keep_last: int = 2
     reweight: bool = False  # L1 re-weighting from a no-grad 5-step rollout (spec §6.3)

@@ -28,14 +28,13 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..checkpoints import CKPT_DIR, LATEST, STATE_JSON, STATE_TENSORS, STEP_FMT, find_latest, resolve_checkpoint
 from ..config import PolicyConfig, get_preset
-from ..model.policy import CONFIG, XR0Policy
+from ..model.policy import XR0Policy
 from ..processing import RobotSpec
 from .recipes import Recipe, get_recipe
 
 NO_DECAY = ("bias", "norm", "ln", "rotary_emb", "adaln")  # released no-weight-decay name patterns (spec §6.6)
-CKPT_DIR, LATEST, STEP_FMT = "checkpoints", "latest", "step_{:06d}"
-STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
 METRICS = "metrics.jsonl"
 
 
@@ -368,33 +367,6 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
         state.setdefault(fqn, {})[k] = v
     groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
     return {"state": state, "param_groups": groups}
-
-
-def is_complete(ckpt: Path) -> bool:
-    return all((ckpt / f).is_file() for f in (CONFIG, "model.safetensors", STATE_JSON, STATE_TENSORS))
-
-
-def find_latest(out: str | Path) -> Path | None:
-    """The newest complete checkpoint: the one `latest` names, else the highest complete step_* (temp dirs ignored)."""
-    root = Path(out) / CKPT_DIR
-    pointer = root / LATEST
-    if pointer.is_file():
-        cand = root / pointer.read_text().strip()
-        if cand.name.startswith("step_") and is_complete(cand):
-            return cand
-    steps = sorted((p for p in root.glob("step_*") if p.is_dir() and is_complete(p)), key=lambda p: p.name)
-    return steps[-1] if steps else None
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder (config.json), or a run folder whose latest checkpoint is taken."""
-    p = Path(path)
-    if (p / CONFIG).is_file():
-        return p
-    latest = find_latest(p)
-    if latest is None:
-        raise FileNotFoundError(f"{p}: neither a checkpoint folder ({CONFIG}) nor a run with complete checkpoints")
-    return latest
 
 
 def _write_atomic(path: Path, text: str) -> None:

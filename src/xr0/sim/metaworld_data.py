@@ -29,9 +29,9 @@ def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 
     Besides the LeRobot tree it writes meta/xr0_metaworld.json: how the observations were made (cameras, image
     orientation, control rate), which evaluation has to reproduce.
     """
-    from ..sim.metaworld import (ACTION_DIM, ACTION_REPEAT, CAMERAS, CONTROL_HZ, DEFAULT_ORIENTATION, ENV_STATE_NAMES,
+    from .metaworld import (ACTION_DIM, ACTION_REPEAT, CAMERAS, CONTROL_HZ, DEFAULT_ORIENTATION, ENV_STATE_NAMES,
                                  INSTRUCTIONS, MAX_TICKS, STATE_DIM, MetaWorldEnv, check_tasks)
-    from .lerobot_v3 import LeRobotV3Writer
+    from ..data.lerobot_v3 import LeRobotV3Writer
 
     tasks = check_tasks(tasks)
     if episodes < 1:
@@ -104,7 +104,7 @@ def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 
 
 
 def add_arguments(p) -> None:
-    from ..sim.metaworld import ORIENTATIONS, PLACEMENTS
+    from .metaworld import ORIENTATIONS, PLACEMENTS
 
     p.add_argument("--tasks", default=None, help="comma-separated MetaWorld v3 task names (default: the demo's 6)")
     p.add_argument("--episodes", type=int, default=20, help="successful episodes per task")
@@ -122,7 +122,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..sim.metaworld import DEFAULT_TASKS
+    from .metaworld import DEFAULT_TASKS
 
     summary = generate(args.tasks or ",".join(DEFAULT_TASKS), args.episodes, args.out, args.image_size,
                        args.max_ticks, args.seed, args.orientation, args.action_noise, args.placements)

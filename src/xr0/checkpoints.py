@@ -1,0 +1,45 @@
+"""Where checkpoints live: a training run's folder layout, and resolving what a user names to one checkpoint folder.
+
+A run folder holds checkpoints/step_NNNNNN/ (the policy files plus the trainer state) and checkpoints/latest naming
+the newest complete one. `resolve_checkpoint` takes a checkpoint folder, a run folder or "embedded" (the shipped
+MetaWorld policy). No xr0 imports at module level: every layer may use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIG, WEIGHTS = "config.json", "model.safetensors"  # a checkpoint folder's policy files (XR0Policy.save_pretrained)
+CKPT_DIR, LATEST, STEP_FMT = "checkpoints", "latest", "step_{:06d}"
+STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
+
+
+def is_complete(ckpt: Path) -> bool:
+    return all((ckpt / f).is_file() for f in (CONFIG, WEIGHTS, STATE_JSON, STATE_TENSORS))
+
+
+def find_latest(out: str | Path) -> Path | None:
+    """The newest complete checkpoint: the one `latest` names, else the highest complete step_* (temp dirs ignored)."""
+    root = Path(out) / CKPT_DIR
+    pointer = root / LATEST
+    if pointer.is_file():
+        cand = root / pointer.read_text().strip()
+        if cand.name.startswith("step_") and is_complete(cand):
+            return cand
+    steps = sorted((p for p in root.glob("step_*") if p.is_dir() and is_complete(p)), key=lambda p: p.name)
+    return steps[-1] if steps else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """"embedded", a checkpoint folder (config.json), or a run folder whose latest checkpoint is taken."""
+    if str(path) == "embedded":
+        from .assets import embedded_checkpoint
+
+        path = embedded_checkpoint()
+    p = Path(path)
+    if (p / CONFIG).is_file():
+        return p
+    latest = find_latest(p)
+    if latest is None:
+        raise FileNotFoundError(f"{p}: neither a checkpoint folder ({CONFIG}) nor a run with complete checkpoints")
+    return latest

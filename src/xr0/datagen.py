@@ -1,0 +1,19 @@
+"""`xr0 data SOURCE ...`: generate datasets (MetaWorld demonstrations from xr0.sim, synthetic VQA from xr0.data)."""
+
+from __future__ import annotations
+
+from .data import vqa
+from .sim import metaworld_data
+
+SOURCES = {"metaworld": (metaworld_data, "MetaWorld scripted-expert demonstrations -> LeRobotDataset v3"),
+           "vqa": (vqa, "synthetic VQA about rendered shape scenes (exact labels) -> VL JSONL for stage 1")}
+
+
+def add_arguments(p) -> None:
+    sub = p.add_subparsers(dest="source", required=True)
+    for name, (module, helptext) in SOURCES.items():
+        module.add_arguments(sub.add_parser(name, help=helptext))
+
+
+def run(args) -> int:
+    return SOURCES[args.source][0].run(args)
