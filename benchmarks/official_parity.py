@@ -42,12 +42,12 @@ def main() -> None:
         load = lambda **s: XR0Policy.from_pretrained(folder, device=args.device, dtype=dtype, **s)  # noqa: E731
         april = load(**APRIL)
         with torch.inference_mode():
-            prefix = april.encode(vlm_batch(c))
-            tokens = c["in.attention_mask"].bool()[:, None, :, None].expand_as(prefix.keys[0])
-            out["a.kv"] = max(max(rel(prefix.keys[i], c[f"a.k{i}"], tokens), rel(prefix.values[i], c[f"a.v{i}"], tokens))
+            cache = april.encode(vlm_batch(c))
+            tokens = c["in.attention_mask"].bool()[:, None, :, None].expand_as(cache.keys[0])
+            out["a.kv"] = max(max(rel(cache.keys[i], c[f"a.k{i}"], tokens), rel(cache.values[i], c[f"a.v{i}"], tokens))
                               for i in range(3))
             for p in (0, 3):
-                ctx = april.context(prefix, c["in.state"][:, 0], active, p)
+                ctx = april.context(cache, c["in.state"][:, 0], active, p)
                 x_t = c["in.x_t"] if p == 0 else c["in.x_t_prefix"]
                 out[f"b.p{p}.velocity"] = rel(april.velocity(ctx, x_t.to(dtype), c["in.t_fixed"]),
                                               c[f"b.p{p}.velocity"], active)

@@ -330,19 +330,19 @@ def test_checkpoint_without_frozen_embedding(tmp_path):
 def test_dit_with_more_heads_than_the_vlm_has_kv_heads_repeats_them():
     """GQA as the official repeat_kv: DiT head h reads VLM KV head h // (heads / kv_heads)."""
     from xr0.config import ExpertConfig
-    from xr0.model.action_expert import Prefix
+    from xr0.model.action_expert import VLMCache
 
     expert = ExpertConfig(num_layers=2, hidden_size=64, intermediate_size=128, num_heads=4, head_dim=16,
                           time_embed_dim=32)
     policy = XR0Policy.from_preset("tiny", seed=0, expert=expert)  # the tiny VLM has 2 KV heads of 16
     obs = _obs(policy)
     with torch.no_grad():
-        prefix = policy.encode(policy.processor(obs["images"], obs["instruction"]))
-        assert prefix.keys[0].shape[1] == 2
-        repeated = Prefix([k.repeat_interleave(2, 1) for k in prefix.keys],
-                          [v.repeat_interleave(2, 1) for v in prefix.values], prefix.position_ids, prefix.pad_mask)
+        cache = policy.encode(policy.processor(obs["images"], obs["instruction"]))
+        assert cache.keys[0].shape[1] == 2
+        repeated = VLMCache([k.repeat_interleave(2, 1) for k in cache.keys],
+                            [v.repeat_interleave(2, 1) for v in cache.values], cache.position_ids, cache.pad_mask)
         x, t, mask = torch.randn(1, 10, 32), torch.tensor([0.4]), torch.ones(1, 10, 32)
-        v = policy.velocity(policy.context(prefix, torch.zeros(1, 32), mask, 0), x, t)
+        v = policy.velocity(policy.context(cache, torch.zeros(1, 32), mask, 0), x, t)
         v_ref = policy.velocity(policy.context(repeated, torch.zeros(1, 32), mask, 0), x, t)
     assert torch.equal(v, v_ref) and v.abs().max() > 0
     with pytest.raises(ValueError, match="multiple"):

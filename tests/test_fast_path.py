@@ -54,7 +54,7 @@ def reference_velocity(policy, ctx, x, t):
     h = torch.cat([policy.sink.weight.expand(B, 1, -1), ctx.state_token,
                    policy.action_projector((x * ctx.action_mask).to(dtype))], dim=1)
     S = h.shape[1]
-    for layer, vlm_k, vlm_v in zip(policy.dit.layers, ctx.prefix.keys, ctx.prefix.values):
+    for layer, vlm_k, vlm_v in zip(policy.dit.layers, ctx.cache.keys, ctx.cache.values):
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = (time_mod + layer.adaln_table).unsqueeze(2).unbind(1)
         a = layer.attn
         y = _rms(layer.input_layernorm, h) * (1 + scale_a) + shift_a

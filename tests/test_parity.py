@@ -109,24 +109,24 @@ def test_the_folder_loads_strictly_with_the_release_runtime_by_default(folder):
 def test_vlm_kv_and_positions(april, cases):
     c = cases
     with torch.inference_mode():
-        prefix = april.encode(vlm_batch(c))
+        cache = april.encode(vlm_batch(c))
     real = c["in.attention_mask"].bool()
-    tokens = real[:, None, :, None].expand_as(prefix.keys[0])
+    tokens = real[:, None, :, None].expand_as(cache.keys[0])
     for i in range(3):
-        assert rel(prefix.keys[i], c[f"a.k{i}"], tokens) < TOL
-        assert rel(prefix.values[i], c[f"a.v{i}"], tokens) < TOL
-    assert torch.equal(prefix.position_ids[:, real], c["ctx.vlm_position_ids"][:, real])
+        assert rel(cache.keys[i], c[f"a.k{i}"], tokens) < TOL
+        assert rel(cache.values[i], c[f"a.v{i}"], tokens) < TOL
+    assert torch.equal(cache.position_ids[:, real], c["ctx.vlm_position_ids"][:, real])
 
 
 @pytest.mark.parametrize("p", [0, 3])
 def test_expert_context_velocity_and_every_euler_step(april, cases, p):
     c, key = cases, f"p{p}"
     with torch.inference_mode():
-        prefix = april.encode(vlm_batch(c))
-        ctx = april.context(prefix, c["in.state"][:, 0], c["in.action_mask"], p)
+        cache = april.encode(vlm_batch(c))
+        ctx = april.context(cache, c["in.state"][:, 0], c["in.action_mask"], p)
         assert torch.equal(ctx.mask[:, :, :, :], c[f"ctx.{key}.attn_mask"])
         from xr0.model.masks import expert_positions
-        positions = expert_positions(prefix.max_position(), 10, p, april.config.expert.rope_offset)
+        positions = expert_positions(cache.max_position(), 10, p, april.config.expert.rope_offset)
         assert torch.equal(positions, c[f"ctx.{key}.dit_position_ids"])
         assert rel(ctx.state_token, c[f"ctx.{key}.state_embed"], torch.ones_like(ctx.state_token)) < TOL
         x_t = c["in.x_t"] if p == 0 else c["in.x_t_prefix"]
@@ -142,11 +142,11 @@ def test_asbuilt_bf16_rounded_rope_tables(folder, cases):
     c = cases
     policy = XR0Policy.from_pretrained(folder, **{**APRIL, "rope_tables": "bf16"})
     with torch.inference_mode():
-        prefix = policy.encode(vlm_batch(c))
-    tokens = c["in.attention_mask"].bool()[:, None, :, None].expand_as(prefix.keys[0])
+        cache = policy.encode(vlm_batch(c))
+    tokens = c["in.attention_mask"].bool()[:, None, :, None].expand_as(cache.keys[0])
     for i in range(3):
-        assert rel(prefix.keys[i], c[f"asbuilt.a.k{i}"], tokens) < TOL
-        assert rel(prefix.keys[i], c[f"a.k{i}"], tokens) > 1e-3  # the rounding is visible: the setting matters
+        assert rel(cache.keys[i], c[f"asbuilt.a.k{i}"], tokens) < TOL
+        assert rel(cache.keys[i], c[f"a.k{i}"], tokens) > 1e-3  # the rounding is visible: the setting matters
     assert rel(actions(policy, c, 0), c["asbuilt.c.p0.actions"], c["in.action_mask"]) < TOL
 
 
@@ -155,8 +155,8 @@ def test_release_runtime_case(folder, cases):
     policy = XR0Policy.from_pretrained(folder)  # the release defaults: causal DiT mask, no offset, fp32 tables
     active = c["in.action_mask"]
     with torch.inference_mode():
-        prefix = policy.encode(vlm_batch(c))
-        ctx = policy.context(prefix, c["in.state"][:, 0], active, 0)
+        cache = policy.encode(vlm_batch(c))
+        ctx = policy.context(cache, c["in.state"][:, 0], active, 0)
         assert torch.equal(ctx.mask, c["release.ctx.attn_mask"])
         for k in range(5):
             v = policy.velocity(ctx, c[f"release.c.p0.step{k}.x"], c[f"release.c.p0.step{k}.t"])

@@ -181,7 +181,6 @@ class Runner:
             self.static = policy.use_static_denoiser(max_len=-(-L // 64) * 64, steps=steps, cuda_graph=True)
             policy.use_static_denoiser(None)  # installed per run (runners may share a policy)
         self.dtype = policy.sink.weight.dtype
-        self.gen = torch.Generator()
 
     @contextlib.contextmanager
     def _installed(self):
@@ -210,7 +209,7 @@ class Runner:
     def chunk(self) -> tuple[np.ndarray, dict[str, float], float]:
         import torch
 
-        from .model.flow import euler_sample
+        from .model.flow import euler_sample, initial_noise
 
         p, obs, dev, clock = self.policy, self.obs, self.device, self.clock
         robot = p.robot()
@@ -221,16 +220,16 @@ class Runner:
                                                                                        obs["instruction"]).items()}
             state = torch.from_numpy(robot.normalize_state(obs["state"]))[None].to(dev)
             mask = torch.from_numpy(robot.action_mask).expand(1, T, D).to(dev)
-            noise = torch.randn((1, T, D), generator=self.gen.manual_seed(0)).to(dev, self.dtype)
+            noise = initial_noise((1, T, D), 0, dev, self.dtype)
             prefix, n_pre = obs["prefix"], 0 if obs["prefix"] is None else len(obs["prefix"])
             prefix_t = (None if prefix is None
                         else torch.from_numpy(robot.normalize_actions(prefix))[None].to(dev, self.dtype))
             clock.mark("preprocess")
             if self.setup.naive:
                 def velocity(x, t, k):  # the VLM and the context again at every step
-                    prefix_kv = p.encode(batch)
+                    cache = p.encode(batch)
                     clock.mark("prefill")
-                    ctx = p.context(prefix_kv, state, mask, n_pre)
+                    ctx = p.context(cache, state, mask, n_pre)
                     clock.mark("context")
                     v = p.velocity(ctx, x, t)
                     clock.mark(f"dit_step_{k}")
@@ -238,9 +237,9 @@ class Runner:
 
                 x = euler_sample(velocity, noise, self.steps, prefix_t)
             else:
-                prefix_kv = p.encode(batch)
+                cache = p.encode(batch)
                 clock.mark("prefill")
-                ctx = p.context(prefix_kv, state, mask, n_pre)
+                ctx = p.context(cache, state, mask, n_pre)
                 clock.mark("context")
                 x = p.denoise(ctx, noise, self.steps, prefix_t)
                 clock.mark("dit_step_%d" % (self.steps - 1) if self.static is None else "denoise")

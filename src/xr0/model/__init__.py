@@ -1,1 +1,1 @@
-"""Model: Qwen3-VL backbone -> Prefix (per-layer K/V) -> DiT action expert, trained and sampled by flow matching."""
+"""Model: Qwen3-VL backbone -> VLMCache (per-layer K/V) -> DiT action expert, trained and sampled by flow matching."""

@@ -20,8 +20,8 @@ from .masks import FIRST_ACTION
 
 
 @dataclass
-class Prefix:
-    """What the VLM hands the expert: post-RoPE, post-k-norm K/V of the layers the expert reads, plus positions.
+class VLMCache:
+    """What the VLM hands the expert (its K/V cache; not to be confused with the clean action prefix): post-RoPE, post-k-norm K/V of the layers the expert reads, plus positions.
 
     keys/values: one (B, H, L, Dh) tensor per expert layer (VLM layer L_vlm - N + i for expert layer i).
     position_ids: (3, B, L) M-RoPE ids of the prompt. pad_mask: (B, L) bool, True on real tokens.
@@ -41,12 +41,12 @@ class Prefix:
         pos = self.position_ids.masked_fill(~self.pad_mask[None], -1)
         return pos.amax(dim=-1)
 
-    def repeat_interleave(self, r: int) -> "Prefix":
+    def repeat_interleave(self, r: int) -> "VLMCache":
         """Reuse one VLM pass for r noise/time draws per sample (training_repeat)."""
         if r == 1:
             return self
         rep = lambda x, d=0: x.repeat_interleave(r, dim=d)  # noqa: E731
-        return Prefix([rep(k) for k in self.keys], [rep(v) for v in self.values],
+        return VLMCache([rep(k) for k in self.keys], [rep(v) for v in self.values],
                       rep(self.position_ids, 1), rep(self.pad_mask))
 
 
@@ -183,7 +183,7 @@ class ExpertStack(nn.Module):
 class ExpertContext:
     """Everything about one expert call that does not change across denoising steps (computed once per chunk)."""
 
-    prefix: Prefix
+    cache: VLMCache
     state_token: torch.Tensor  # (B, 1, H)
     cos: torch.Tensor  # (B, 1, S, Dh)
     sin: torch.Tensor
@@ -218,23 +218,23 @@ class ActionExpert(nn.Module):
         # Qwen3-VL's own text rotary module: with all three M-RoPE axes equal it is plain 1-D RoPE (theta 5e6).
         self.rotary = Qwen3VLTextRotaryEmbedding(text_config)
 
-    def prepare(self, prefix: Prefix, state: torch.Tensor, action_mask: torch.Tensor, self_mask: torch.Tensor,
+    def prepare(self, cache: VLMCache, state: torch.Tensor, action_mask: torch.Tensor, self_mask: torch.Tensor,
                 positions: torch.Tensor, prefix_len: int) -> ExpertContext:
         """Precompute what every denoising step shares: state token, RoPE tables, the full boolean mask, and the
         VLM K/V repeated to the DiT's head count where it has more heads than the VLM has KV heads (GQA)."""
         dtype = self.sink.weight.dtype
-        B = prefix.batch_size
-        group = self.expert_config.num_heads // prefix.keys[0].shape[1]
+        B = cache.batch_size
+        group = self.expert_config.num_heads // cache.keys[0].shape[1]
         if group > 1:  # the official repeat_kv: head h of the DiT reads VLM KV head h // group
-            prefix = Prefix([k.repeat_interleave(group, dim=1) for k in prefix.keys],
-                            [v.repeat_interleave(group, dim=1) for v in prefix.values],
-                            prefix.position_ids, prefix.pad_mask)
+            cache = VLMCache([k.repeat_interleave(group, dim=1) for k in cache.keys],
+                             [v.repeat_interleave(group, dim=1) for v in cache.values],
+                             cache.position_ids, cache.pad_mask)
         state_token = self.state_projector(state.to(dtype)).unsqueeze(1)
         cos, sin = self.rotary(state_token, positions)
         S = self_mask.shape[-1]
-        mask = torch.cat([prefix.pad_mask[:, None, None, :].expand(B, 1, S, -1),
+        mask = torch.cat([cache.pad_mask[:, None, None, :].expand(B, 1, S, -1),
                           self_mask.expand(B, 1, S, S)], dim=-1)
-        return ExpertContext(prefix, state_token, cos.unsqueeze(1).to(dtype), sin.unsqueeze(1).to(dtype), mask,
+        return ExpertContext(cache, state_token, cos.unsqueeze(1).to(dtype), sin.unsqueeze(1).to(dtype), mask,
                              action_mask, prefix_len)
 
     def modulation_table(self, t: torch.Tensor) -> torch.Tensor:
@@ -262,7 +262,7 @@ class ActionExpert(nn.Module):
         B = x.shape[0]
         actions = self.action_projector((x * ctx.action_mask).to(dtype))
         h = torch.cat([self.sink.weight.expand(B, 1, -1), ctx.state_token, actions], dim=1)
-        for layer, mod, k, v in zip(self.dit.layers, table, ctx.prefix.keys, ctx.prefix.values):
+        for layer, mod, k, v in zip(self.dit.layers, table, ctx.cache.keys, ctx.cache.values):
             h = layer(h, mod, k, v, ctx.cos, ctx.sin, ctx.mask)
         return h
 
@@ -297,7 +297,7 @@ class StaticDenoiser:
             positions = torch.zeros(3, batch, max_len, dtype=torch.long, device=dev)  # the DiT pass (see `mask`)
             rope = lambda: torch.zeros(batch, 1, S, cfg.head_dim, device=dev, dtype=dtype)  # noqa: E731
             amask = torch.zeros(batch, chunk_len, action_dim, device=dev)
-            self.ctx = ExpertContext(Prefix(keys, values, positions, pad),
+            self.ctx = ExpertContext(VLMCache(keys, values, positions, pad),
                                      torch.zeros(batch, 1, cfg.hidden_size, device=dev, dtype=dtype), rope(), rope(),
                                      torch.zeros(batch, 1, S, max_len + S, dtype=torch.bool, device=dev), amask, 0,
                                      torch.zeros_like(amask))
@@ -309,15 +309,15 @@ class StaticDenoiser:
 
     def fits(self, ctx: ExpertContext, noise: torch.Tensor, steps: int) -> bool:
         return (steps == self.steps and tuple(noise.shape) == self.shape
-                and ctx.prefix.keys[0].shape[2] <= self.max_len and noise.device == self.x.device)
+                and ctx.cache.keys[0].shape[2] <= self.max_len and noise.device == self.x.device)
 
     @torch.no_grad()
     def load(self, ctx: ExpertContext, noise: torch.Tensor, prefix_actions: torch.Tensor | None = None) -> None:
         """Copy one chunk's inputs into the buffers (VLM K/V right-padded to max_len, mask columns to match)."""
-        L, c = ctx.prefix.keys[0].shape[2], self.ctx
+        L, c = ctx.cache.keys[0].shape[2], self.ctx
         if L > self.max_len:
             raise ValueError(f"prompt has {L} VLM tokens, more than this denoiser's max_len={self.max_len}")
-        for dst, src in zip(c.prefix.keys + c.prefix.values, ctx.prefix.keys + ctx.prefix.values):
+        for dst, src in zip(c.cache.keys + c.cache.values, ctx.cache.keys + ctx.cache.values):
             dst[:, :, :L].copy_(src)
             dst[:, :, L:].zero_()  # masked, but must be finite: 0 * NaN would leak through the softmax
         c.mask.zero_()

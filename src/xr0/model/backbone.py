@@ -1,4 +1,4 @@
-"""The VLM: stock transformers Qwen3-VL, run once per observation into a `Prefix` of per-layer K/V."""
+"""The VLM: stock transformers Qwen3-VL, run once per observation into a `VLMCache` of per-layer K/V."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 from transformers.cache_utils import DynamicCache
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionPatchEmbed
 
-from .action_expert import Prefix
+from .action_expert import VLMCache
 
 
 def build_vlm(vlm_config: dict) -> Qwen3VLForConditionalGeneration:
@@ -41,12 +41,12 @@ def vlm_position_ids(vlm: Qwen3VLForConditionalGeneration, batch: dict) -> torch
 
 
 def encode(vlm: Qwen3VLForConditionalGeneration, batch: dict, num_layers: int,
-           inputs_embeds: torch.Tensor | None = None) -> tuple[Prefix, torch.Tensor]:
+           inputs_embeds: torch.Tensor | None = None) -> tuple[VLMCache, torch.Tensor]:
     """Run the VLM once over prompts + images and keep the K/V of its last `num_layers` layers.
 
     batch: input_ids, attention_mask, mm_token_type_ids (B, L); pixel_values (N, C*2*16*16); image_grid_thw (n_img, 3).
     inputs_embeds (optional) replaces the token embeddings (stage 1 splices in state/choice tokens).
-    Returns (Prefix, last hidden states (B, L, H_vlm)). The K/V are post-RoPE and post k-norm, as cached by Qwen3-VL.
+    Returns (VLMCache, last hidden states (B, L, H_vlm)). The K/V are post-RoPE and post k-norm, as cached by Qwen3-VL.
     """
     position_ids = vlm_position_ids(vlm, batch)
     cache = DynamicCache(config=vlm.config.text_config)
@@ -66,4 +66,4 @@ def encode(vlm: Qwen3VLForConditionalGeneration, batch: dict, num_layers: int,
     keys = [layers[i].keys for i in range(first, len(layers))]
     values = [layers[i].values for i in range(first, len(layers))]
     pad_mask = batch["attention_mask"].bool()
-    return Prefix(keys, values, position_ids, pad_mask), out.last_hidden_state
+    return VLMCache(keys, values, position_ids, pad_mask), out.last_hidden_state

@@ -17,7 +17,7 @@ from ..checkpoints import CONFIG, WEIGHTS
 from ..config import PolicyConfig, get_preset
 from ..processing import Processor, RobotSpec, stats_hash
 from . import rtc
-from .action_expert import ActionExpert, ExpertContext, Prefix, StaticDenoiser
+from .action_expert import ActionExpert, ExpertContext, StaticDenoiser, VLMCache
 from .backbone import build_vlm, encode
 from .flow import euler_sample, euler_times, initial_noise, interpolate, sample_time
 from .headfile import atomic_write
@@ -221,19 +221,19 @@ class XR0Policy(ActionExpert):
             batch["pixel_values"] = batch["pixel_values"].to(self.vlm.dtype)
         return batch
 
-    def encode(self, batch: dict, inputs_embeds: torch.Tensor | None = None) -> Prefix:
+    def encode(self, batch: dict, inputs_embeds: torch.Tensor | None = None) -> VLMCache:
         """One VLM pass -> the K/V the expert reads (its last `num_layers` layers)."""
-        prefix, _ = encode(self.vlm, self.batch_to_device(batch), self.config.expert.num_layers, inputs_embeds)
-        return prefix
+        cache, _ = encode(self.vlm, self.batch_to_device(batch), self.config.expert.num_layers, inputs_embeds)
+        return cache
 
-    def context(self, prefix: Prefix, state: torch.Tensor, action_mask: torch.Tensor, prefix_len: int = 0,
+    def context(self, cache: VLMCache, state: torch.Tensor, action_mask: torch.Tensor, prefix_len: int = 0,
                 hidden_prefix: torch.Tensor | None = None) -> ExpertContext:
         """The per-chunk expert inputs: Λ mask, RoPE positions (+offset on noisy tokens), state token."""
         e, T = self.config.expert, self.config.chunk_len
         dev = self.sink.weight.device
         mask = expert_mask(T, prefix_len, e.local_window, hidden_prefix, device=dev)
-        positions = expert_positions(prefix.max_position(), T, prefix_len, e.rope_offset)
-        return self.prepare(prefix, state.to(dev), action_mask.to(dev), mask, positions, prefix_len)
+        positions = expert_positions(cache.max_position(), T, prefix_len, e.rope_offset)
+        return self.prepare(cache, state.to(dev), action_mask.to(dev), mask, positions, prefix_len)
 
     def denoise(self, ctx: ExpertContext, noise: torch.Tensor, steps: int | None = None,
                 prefix_actions: torch.Tensor | None = None) -> torch.Tensor:
@@ -367,13 +367,13 @@ class XR0Policy(ActionExpert):
         dev, dtype = self.sink.weight.device, self.sink.weight.dtype
         vlm_trains = any(q.requires_grad for q in self.vlm.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and vlm_trains):  # a frozen VLM's K/V are constants
-            prefix = self.encode(batch)
-        last_values = prefix.values[-1]  # (B, kv_heads, L, Dh): what the expert's last layer reads
-        prefix = prefix.repeat_interleave(r)
+            cache = self.encode(batch)
+        last_values = cache.values[-1]  # (B, kv_heads, L, Dh): what the expert's last layer reads
+        cache = cache.repeat_interleave(r)
         rep = lambda x: x.to(dev).repeat_interleave(r, dim=0)  # noqa: E731
         actions, mask, state = rep(batch["actions"]).float(), rep(batch["action_mask"]).float(), rep(batch["state"])
         B = actions.shape[0]
-        ctx = self.context(prefix, state, mask, p, opts.hidden_prefix)
+        ctx = self.context(cache, state, mask, p, opts.hidden_prefix)
         t = (sample_time(B, opts.generator) if opts.time is None else opts.time).to(dev)
         noise = (torch.randn(actions.shape, generator=opts.generator) if opts.noise is None else opts.noise).to(dev)
         if t.shape != (B,) or noise.shape != actions.shape:
