@@ -14,13 +14,7 @@ from xr0.data.vqa import Obj, SyntheticReach, SyntheticVQA, ask, reach_robot_spe
 T = 10  # tiny preset chunk length
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops are overhead-bound; on a shared 2-core box one thread is several times faster than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _policy(seed=0):

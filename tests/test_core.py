@@ -10,6 +10,7 @@ import torch
 from scipy import stats
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionPatchEmbed
 
+from conftest import random_observation
 from xr0 import LossOptions, RobotSpec, XR0Policy
 from xr0.inspect import OFFICIAL_LAYOUT, official_layout
 from xr0.model.flow import sample_time
@@ -17,18 +18,6 @@ from xr0.model.masks import expert_mask, expert_positions, sample_hidden_prefix
 from xr0.processing.images import patchify
 
 DOCS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "docs"
-
-
-def _obs(policy, seed=0):
-    rng = np.random.default_rng(seed)
-    h, w = policy.config.image_size
-    images = {cam: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for cam in policy.config.cameras}
-    return dict(images=images, instruction="put the red block in the bowl", state=rng.normal(size=32).astype(np.float32))
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return XR0Policy.from_preset("tiny", seed=0)
 
 
 # ---------------------------------------------------------------- Λ mask and positions
@@ -96,7 +85,7 @@ def test_vlm_runs_once_and_prefix_is_kept(tiny):
     calls = []
     h = tiny.vlm.model.register_forward_hook(lambda *a: calls.append(1))
     try:
-        obs = _obs(tiny)
+        obs = random_observation(tiny)
         tiny.sample(**obs, steps=5)
         assert len(calls) == 1
         tiny.sample(**obs, steps=10)
@@ -116,7 +105,7 @@ def test_vlm_runs_once_and_prefix_is_kept(tiny):
 
 
 def test_expert_reads_the_last_vlm_layers(tiny):
-    obs = _obs(tiny)
+    obs = random_observation(tiny)
     batch = tiny.processor(obs["images"], obs["instruction"])
     out = tiny.vlm.model(**batch, use_cache=True)
     n_vlm, n_exp = tiny.config.text["num_hidden_layers"], tiny.config.expert.num_layers
@@ -127,7 +116,7 @@ def test_expert_reads_the_last_vlm_layers(tiny):
 
 
 def test_velocity_is_causal_and_masked(tiny):
-    obs = _obs(tiny)
+    obs = random_observation(tiny)
     batch = tiny.processor(obs["images"], obs["instruction"])
     amask = torch.ones(1, 10, 32)
     amask[..., 7:] = 0
@@ -147,7 +136,7 @@ def test_velocity_is_causal_and_masked(tiny):
 
 
 def test_padding_does_not_change_actions(tiny):
-    a, b = _obs(tiny, 0), _obs(tiny, 1)
+    a, b = random_observation(tiny, 0), random_observation(tiny, 1)
     b["instruction"] = "open the top drawer of the cabinet and put the bowl inside it carefully"
     proc = tiny.processor
     batch = proc.collate([proc.prompt_ids(o["instruction"]) for o in (a, b)], [proc.images(o["images"]) for o in (a, b)])
@@ -163,7 +152,7 @@ def test_padding_does_not_change_actions(tiny):
 
 
 def test_bad_input_names_the_problem(tiny):
-    obs = _obs(tiny)
+    obs = random_observation(tiny)
     cases = [
         (dict(state=np.zeros(31)), "state must have shape"),
         (dict(state=np.full(32, np.nan)), "state contains NaN"),
@@ -206,7 +195,7 @@ def test_save_load_sample_is_bit_identical(tiny, tmp_path):
     robots = {"arm": RobotSpec(np.full((10, 32), 0.5), np.full((10, 32), 2.0), np.r_[np.ones(7), np.zeros(25)],
                                np.zeros(32), np.ones(32), action_dim=7, state_dim=8)}
     policy = XR0Policy.from_preset("tiny", seed=3, robots=robots)
-    obs = _obs(policy)
+    obs = random_observation(policy)
     obs["state"] = obs["state"][:8]
     before = policy.sample(**obs, seed=11)
     assert before.shape == (10, 7)
@@ -290,7 +279,7 @@ def test_tokenizer_and_prompt(tiny):
 def test_loss_options_and_learning():
     policy = XR0Policy.from_preset("tiny", seed=0).train()
     rng = np.random.default_rng(0)
-    samples = [dict(_obs(policy, i), actions=rng.normal(size=(10, 32)).astype(np.float32)) for i in range(2)]
+    samples = [dict(random_observation(policy, i), actions=rng.normal(size=(10, 32)).astype(np.float32)) for i in range(2)]
     batch = policy.make_batch(samples)
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     full = policy.loss(batch, LossOptions(prefix_len=3, reweight=True, freq_weight=1.0, repeat=2, generator=gen()))
@@ -309,7 +298,7 @@ def test_loss_options_and_learning():
 
 def test_checkpoint_without_frozen_embedding(tmp_path):
     policy = XR0Policy.from_preset("tiny", seed=5)
-    obs = _obs(policy)
+    obs = random_observation(policy)
     policy.save_pretrained(tmp_path / "full")
     policy.save_pretrained(tmp_path / "lean", store_embedding=False)
     full, lean = ((tmp_path / d / "model.safetensors").stat().st_size for d in ("full", "lean"))
@@ -335,7 +324,7 @@ def test_dit_with_more_heads_than_the_vlm_has_kv_heads_repeats_them():
     expert = ExpertConfig(num_layers=2, hidden_size=64, intermediate_size=128, num_heads=4, head_dim=16,
                           time_embed_dim=32)
     policy = XR0Policy.from_preset("tiny", seed=0, expert=expert)  # the tiny VLM has 2 KV heads of 16
-    obs = _obs(policy)
+    obs = random_observation(policy)
     with torch.no_grad():
         cache = policy.encode(policy.processor(obs["images"], obs["instruction"]))
         assert cache.keys[0].shape[1] == 2

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xr0 import XR0Policy
 from xr0.bench import Runner, Setup, observation
 from xr0.cli import main
 
@@ -23,18 +22,7 @@ FP32_ATOL = 1e-5
 BF16_MAX, BF16_MEAN = 0.05, 0.005
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: a second OpenMP thread only waits on the other processes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return XR0Policy.from_preset("tiny", seed=0)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rms(norm, x):

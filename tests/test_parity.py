@@ -22,7 +22,6 @@ from xr0 import XR0Policy
 from xr0.config import APRIL_RUNTIME, RELEASE_RUNTIME
 from xr0.model.flow import initial_noise
 from xr0.model.masks import hidden_prefix_from_draws
-from xr0.model.policy import LossOptions
 from xr0.train.recipes import get_recipe
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "official_tiny"

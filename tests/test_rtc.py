@@ -4,25 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from xr0 import XR0Policy
+from conftest import random_observation
 from xr0.model.rtc import BETA, guidance_weight
 from xr0.runtime import RTCExecutor, SimClock, rtc_prefix_weights
 from xr0.runtime.server import RequestError, validate_observation
 
 HZ = 30.0
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return XR0Policy.from_preset("tiny", seed=0)
-
-
-def _obs(policy, seed=0):
-    rng = np.random.default_rng(seed)
-    h, w = policy.config.image_size
-    images = {cam: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for cam in policy.config.cameras}
-    state = rng.normal(size=32).astype(np.float32)
-    return dict(images=images, instruction="put the red block in the bowl", state=state)
 
 
 def _target(T, D=32):
@@ -47,7 +34,7 @@ def test_guidance_weight_is_clipped_at_beta():
 # ---------------------------------------------------------------- sampling
 def test_without_prefix_weights_sampling_is_unchanged(tiny):
     """sample() without prefix_weights equals the unguided pipeline step by step, bit for bit."""
-    obs = _obs(tiny)
+    obs = random_observation(tiny)
     robot, T, D = tiny.robot(), tiny.config.chunk_len, tiny.config.action_dim
     prefix = np.random.default_rng(1).normal(size=(3, 32)).astype(np.float32)
     for pre, seed in ((None, 3), (prefix, 4)):
@@ -65,14 +52,14 @@ def test_without_prefix_weights_sampling_is_unchanged(tiny):
 
 
 def test_zero_weights_equal_unguided_sampling(tiny):
-    obs, T = _obs(tiny), tiny.config.chunk_len
+    obs, T = random_observation(tiny), tiny.config.chunk_len
     free = tiny.sample(**obs, seed=1)
     guided = tiny.sample(**obs, prefix=_target(T), prefix_weights=np.zeros(T), seed=1)
     np.testing.assert_array_equal(guided, free)
 
 
 def test_full_weights_pull_the_chunk_onto_the_target(tiny):
-    obs, T = _obs(tiny), tiny.config.chunk_len
+    obs, T = random_observation(tiny), tiny.config.chunk_len
     target = _target(T)
     for seed in (0, 1):
         free = tiny.sample(**obs, seed=seed)
@@ -84,7 +71,7 @@ def test_full_weights_pull_the_chunk_onto_the_target(tiny):
 
 
 def test_decaying_weights_let_the_error_grow_along_the_overlap(tiny):
-    obs, T = _obs(tiny), tiny.config.chunk_len
+    obs, T = random_observation(tiny), tiny.config.chunk_len
     target, weights = _target(T), rtc_prefix_weights(T, 2)
     assert weights[0] == 1 and weights[-1] < 0.05
     for seed in (0, 1):
@@ -94,7 +81,7 @@ def test_decaying_weights_let_the_error_grow_along_the_overlap(tiny):
 
 
 def test_partial_prefix_guides_only_its_rows(tiny):
-    obs, T = _obs(tiny), tiny.config.chunk_len
+    obs, T = random_observation(tiny), tiny.config.chunk_len
     target = _target(T)
     free = tiny.sample(**obs, seed=2)
     guided = tiny.sample(**obs, prefix=target[:4], prefix_weights=np.ones(4), seed=2)
@@ -113,7 +100,7 @@ def test_partial_prefix_guides_only_its_rows(tiny):
     (0, np.ones(3), "prefix_weights needs a prefix"),
 ])
 def test_bad_prefix_weights_name_the_field(tiny, prefix_rows, weights, match):
-    obs = _obs(tiny)
+    obs = random_observation(tiny)
     prefix = _target(tiny.config.chunk_len)[:prefix_rows] if prefix_rows else None
     with pytest.raises(ValueError, match=match):
         tiny.sample(**obs, prefix=prefix, prefix_weights=weights)
@@ -124,7 +111,7 @@ class ImageEnv:
     """A still world with the tiny preset's cameras; records every command."""
 
     def __init__(self, policy):
-        self.obs = _obs(policy, seed=5)
+        self.obs = random_observation(policy, seed=5)
         self.acts = []
 
     def observe(self):
@@ -164,7 +151,7 @@ def _server_meta(tiny):
 
 def test_server_accepts_prefix_weights_beside_action_prefix(tiny):
     meta, T = _server_meta(tiny), tiny.config.chunk_len
-    o = _obs(tiny)
+    o = random_observation(tiny)
     base = {"images": o["images"], "state": o["state"], "prompt": "x"}
     long_prefix = _target(T)
     got = validate_observation({**base, "action_prefix": long_prefix, "prefix_weights": np.ones(T, np.float32)}, meta)

@@ -46,13 +46,7 @@ def write_dataset(root, lengths=(24, 20), frames_per_file=None, env_state=False)
     return root
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The test machine's cores are shared: one thread avoids OpenMP oversubscription stalls (10x slowdowns)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
