@@ -171,7 +171,6 @@ class Runner:
     """XR0Policy.sample() cut into timed stages (same calls, same order), for one Setup."""
 
     def __init__(self, policy, setup: Setup, obs: dict, steps: int, device: str):
-
         self.policy, self.setup, self.obs, self.steps, self.device = policy, setup, obs, steps, device
         self.clock = Clock(device)
         self.static = None
