@@ -7,11 +7,27 @@ MetaWorld policy). No xr0 imports at module level: every layer may use it.
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"  # a checkpoint folder's policy files (XR0Policy.save_pretrained)
 CKPT_DIR, LATEST, STEP_FMT = "checkpoints", "latest", "step_{:06d}"
 STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
+
+
+def atomic_write(target: str | Path, write) -> None:
+    """Write a file through `write(temporary_path)`, fsync it, then rename it over `target`: a crash mid-write
+    leaves the previous file intact, and concurrent writers never share a temporary file."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(str(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def is_complete(ckpt: Path) -> bool:

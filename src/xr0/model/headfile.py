@@ -10,12 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-
-def atomic_write(target: pathlib.Path, write) -> None:
-    """Write to a temporary sibling, then rename: a crash mid-write leaves the previous file intact."""
-    tmp = target.with_name(target.name + ".tmp")
-    write(str(tmp))
-    tmp.replace(target)
+from ..checkpoints import atomic_write
 
 
 def save_head(target: pathlib.Path, tensors: dict[str, torch.Tensor], fmt: str, config: dict) -> pathlib.Path:

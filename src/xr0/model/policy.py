@@ -13,14 +13,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Qwen3VLConfig
 
-from ..checkpoints import CONFIG, WEIGHTS
+from ..checkpoints import CONFIG, WEIGHTS, atomic_write
 from ..config import PolicyConfig, get_preset
 from ..processing import Processor, RobotSpec, stats_hash
 from . import rtc
 from .action_expert import ActionExpert, ExpertContext, StaticDenoiser, VLMCache
 from .backbone import build_vlm, encode
 from .flow import euler_sample, euler_times, initial_noise, interpolate, sample_time
-from .headfile import atomic_write
 from .masks import SINK, expert_mask, expert_positions
 
 NORMS = "normalization.safetensors"

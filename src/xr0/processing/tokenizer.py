@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
-import tempfile
+
+from ..checkpoints import atomic_write
 
 # Qwen2/3 pre-tokenisation pattern and the special tokens at ids 151643.. in this order.
 _PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"""
@@ -36,10 +37,7 @@ def _build_json(path: pathlib.Path) -> None:
     tk.normalizer = normalizers.NFC()
     tk.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIAL_TOKENS])
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    tk.save(tmp)
-    os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+    atomic_write(path, tk.save)  # a concurrent reader never sees half a file
 
 
 @functools.lru_cache(maxsize=1)

@@ -28,7 +28,8 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..checkpoints import CKPT_DIR, LATEST, STATE_JSON, STATE_TENSORS, STEP_FMT, find_latest, resolve_checkpoint
+from ..checkpoints import (CKPT_DIR, LATEST, STATE_JSON, STATE_TENSORS, STEP_FMT, atomic_write, find_latest,
+                           resolve_checkpoint)
 from ..config import PolicyConfig, get_preset
 from ..model.policy import XR0Policy
 from ..processing import RobotSpec
@@ -369,15 +370,6 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": groups}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _fsync_tree(root: Path) -> None:
     for p in root.iterdir():
         if p.is_file():
@@ -665,7 +657,8 @@ class Trainer:
                     keep.append(line)
             except (ValueError, KeyError, TypeError):
                 continue
-        _write_atomic(path, "".join(line + "\n" for line in keep))
+        text = "".join(line + "\n" for line in keep)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
     def _tracker(self):
         names = ["wandb", "trackio"] if self.cfg.tracker == "auto" else [] if self.cfg.tracker == "none" else [
@@ -726,7 +719,7 @@ class Trainer:
                 old = root / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
                 os.replace(final, old)
             os.replace(tmp, final)
-            _write_atomic(root / LATEST, final.name + "\n")
+            atomic_write(root / LATEST, lambda tmp: Path(tmp).write_text(final.name + "\n"))
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
             self._prune(root)
