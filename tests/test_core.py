@@ -226,6 +226,23 @@ def test_corrupt_checkpoint_is_a_clear_error(tiny, tmp_path):
         XR0Policy.from_pretrained(tmp_path / "stats")
 
 
+def test_checkpoint_manifest_names_a_changed_file(tiny, tmp_path):
+    """config.json carries the SHA-256 of the weight and statistics files; a flipped byte that still parses as
+    safetensors (a silently different weight) is caught and the file named; a folder without a manifest loads."""
+    tiny.save_pretrained(tmp_path / "ok")
+    meta = json.loads((tmp_path / "ok" / "config.json").read_text())
+    assert set(meta["sha256"]) == {"model.safetensors", "normalization.safetensors"}
+    weights = tmp_path / "ok" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01  # inside the last tensor's bytes: the header still parses
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"model.safetensors does not match the sha256 manifest"):
+        XR0Policy.from_pretrained(tmp_path / "ok")
+    del meta["sha256"]
+    (tmp_path / "ok" / "config.json").write_text(json.dumps(meta))
+    XR0Policy.from_pretrained(tmp_path / "ok")  # an older checkpoint: nothing to verify
+
+
 def test_strict_load_lists_missing_and_unexpected(tiny):
     state = dict(tiny.state_dict())
     state.pop("sink.weight")

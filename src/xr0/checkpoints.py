@@ -30,6 +30,29 @@ def atomic_write(target: str | Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def file_sha256(file: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 16 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_manifest(folder: Path, manifest: dict) -> None:
+    """Check each {file name: sha256} of a checkpoint's manifest; a mismatch names the file."""
+    for name, digest in manifest.items():
+        file = folder / name
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} is listed in {folder / CONFIG}'s sha256 manifest but missing")
+        actual = file_sha256(file)
+        if actual != digest:
+            raise ValueError(f"{file} does not match the sha256 manifest in {folder / CONFIG} (expected {digest[:16]}..., "
+                             f"got {actual[:16]}...): the file was changed or corrupted after it was saved")
+
+
 def is_complete(ckpt: Path) -> bool:
     return all((ckpt / f).is_file() for f in (CONFIG, WEIGHTS, STATE_JSON, STATE_TENSORS))
 

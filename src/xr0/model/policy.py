@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Qwen3VLConfig
 
-from ..checkpoints import CONFIG, WEIGHTS, atomic_write
+from ..checkpoints import CONFIG, WEIGHTS, atomic_write, file_sha256, verify_manifest
 from ..config import PolicyConfig, get_preset
 from ..processing import Processor, RobotSpec, stats_hash
 from . import rtc
@@ -102,6 +102,7 @@ class XR0Policy(ActionExpert):
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{cfg_file} is not a valid xr0 config: {e}") from e
         config.override(**settings)
+        verify_manifest(path, meta.get("sha256", {}))  # checkpoints saved before the manifest have none
         robots = load_robots(path / NORMS, meta.get("robots", {}))
         with torch.device("meta"):
             policy = cls(config, robots)
@@ -170,7 +171,8 @@ class XR0Policy(ActionExpert):
 
     def save_pretrained(self, path: str | pathlib.Path, dtype: torch.dtype | None = None,
                         store_embedding: bool = True) -> None:
-        """Write config.json, model.safetensors (tied lm_head omitted) and normalization.safetensors.
+        """Write model.safetensors (tied lm_head omitted), normalization.safetensors, then config.json with the
+        SHA-256 of both (`sha256`; from_pretrained verifies it).
 
         store_embedding=False omits the token embedding when it still equals its seeded initial value.
         """
@@ -194,7 +196,8 @@ class XR0Policy(ActionExpert):
         atomic_write(path / NORMS, lambda tmp: save_file(norms, tmp, metadata={"format": FORMAT}))
         meta = {"format": FORMAT, "policy": self.config.to_dict(),
                 "robots": {n: {"action_dim": s.action_dim, "state_dim": s.state_dim} for n, s in self.robots.items()},
-                "norm_stats_hash": stats_hash(self.robots), **extra}
+                "norm_stats_hash": stats_hash(self.robots), **extra,
+                "sha256": {name: file_sha256(path / name) for name in (WEIGHTS, NORMS)}}
         atomic_write(path / CONFIG, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(meta, indent=2)))
 
     # ------------------------------------------------------------------ model core
