@@ -162,6 +162,35 @@ def test_resume_gives_identical_losses(dataset, tmp_path):
     assert state["scheduler"]["total"] == 6 and state["scheduler"]["warmup"] == 2
 
 
+def test_sigterm_checkpoints_at_the_next_step_and_resume_is_identical(dataset, tmp_path, capsys):
+    """SIGTERM (what SLURM and Kubernetes send before killing) during step 4: the run saves step 4, returns normally
+    (the CLI exits 0), and --resume continues with the losses of an uninterrupted run. save_every is not a divisor."""
+    import os
+    import signal
+
+    kw = dict(recipe="post-async", steps=7, save_every=5, lr=1e-3, warmup=2)
+    Trainer(config(dataset, tmp_path / "a", **kw)).run()
+    tr = Trainer(config(dataset, tmp_path / "b", **kw))
+    step = tr.train_step
+
+    def step_then_sigterm():
+        out = step()
+        if tr.step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler only sets a flag; the step in flight completes
+        return out
+
+    tr.train_step = step_then_sigterm
+    before = signal.getsignal(signal.SIGTERM)
+    result = tr.run()
+    assert signal.getsignal(signal.SIGTERM) is before  # the trainer's handler is gone again
+    assert result.steps_done == 4 and result.last_checkpoint.name == "step_000004"
+    assert "SIGTERM: stopped at step 4/7" in capsys.readouterr().err
+    Trainer(config(dataset, tmp_path / "b", resume=True, **kw)).run()
+    a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    assert [r["step"] for r in b] == list(range(1, 8))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+
+
 # ---------------------------------------------------------------- atomic checkpoints
 def test_checkpoints_are_atomic(dataset, tmp_path, monkeypatch):
     out = tmp_path / "run"
@@ -377,6 +406,31 @@ def test_resume_after_kill_9(dataset, tmp_path):
     proc.wait()
     killed_at = find_latest(tmp_path / "b")
     assert killed_at is not None
+    subprocess.run(run(tmp_path / "b", "--resume"), check=True, capture_output=True, timeout=600)
+    a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    assert [r["step"] for r in b] == list(range(1, 13))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+
+
+@pytest.mark.slow
+def test_cli_exits_0_on_sigterm_and_resumes_identically(dataset, tmp_path):
+    """The real thing: SIGTERM a CLI run once it has logged a step; it exits 0 with a checkpoint, --resume matches."""
+    import signal
+
+    args = ["--recipe", "post-async", "--data", str(dataset), "--robot-type", "toy", "--steps", "12",
+            "--batch-size", "2", "--save-every", "100", "--log-every", "1", "--lr", "1e-3", "--warmup", "2",
+            "--no-progress"]
+    run = lambda out, *extra: [sys.executable, "-m", "xr0.train.cli", "--out", str(out), *args, *extra]  # noqa: E731
+    subprocess.run(run(tmp_path / "a"), check=True, capture_output=True, timeout=600)
+    proc = subprocess.Popen(run(tmp_path / "b"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not (tmp_path / "b" / "metrics.jsonl").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0 and "SIGTERM" in err, err
+    stopped = find_latest(tmp_path / "b")
+    assert stopped is not None and int(stopped.name.split("_")[1]) < 12
     subprocess.run(run(tmp_path / "b", "--resume"), check=True, capture_output=True, timeout=600)
     a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
     assert [r["step"] for r in b] == list(range(1, 13))

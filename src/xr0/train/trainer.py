@@ -377,6 +377,25 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(f.fileno())
 
 
+@contextlib.contextmanager
+def _sigterm_flag():
+    """A threading.Event set by SIGTERM while the block runs (the previous handler is restored after it). Off the
+    main thread, where Python cannot install handlers, the event is never set."""
+    import signal
+    import threading
+
+    event = threading.Event()
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
+    except ValueError:
+        yield event
+        return
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # ---------------------------------------------------------------------- the trainer
 @dataclass
 class TrainResult:
@@ -606,34 +625,40 @@ class Trainer:
                    desc=f"xr0 train {self.recipe.name}")
         losses: dict[int, float] = {}
         last_ckpt = self.resume_from
-        while self.step < end:
-            t0 = time.perf_counter()
-            values = self.train_step()
-            dt = time.perf_counter() - t0
-            log_now = self.step % cfg.log_every == 0 or self.step == end
-            if log_now:
-                values = self._reduce(values)
-            if d.main:
-                sps = global_bs / max(dt, 1e-9)
-                bar.update(1)
-                bar.set_postfix(loss=f"{values['losses']['loss']:.4f}", samples_s=f"{sps:.1f}")
+        preempted = False
+        with _sigterm_flag() as sigterm:
+            while self.step < end and not preempted:
+                t0 = time.perf_counter()
+                values = self.train_step()
+                dt = time.perf_counter() - t0
+                log_now = self.step % cfg.log_every == 0 or self.step == end
                 if log_now:
-                    row = {"step": self.step, **values["losses"], "lr": values["lr"],
-                           "grad_norm": values["grad_norm"], "prefix_len": values["prefix_len"],
-                           "samples_per_s": sps, "epoch": self.data_position / self.sampler.n, "time": time.time()}
-                    losses[self.step] = values["losses"]["loss"]
-                    with open(self.out / METRICS, "a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    if tracker is not None:
-                        tracker.log(row, step=self.step)
-            if self.step % cfg.save_every == 0 or self.step == cfg.steps:
-                last_ckpt = self.save_checkpoint()
+                    values = self._reduce(values)
+                if d.main:
+                    sps = global_bs / max(dt, 1e-9)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{values['losses']['loss']:.4f}", samples_s=f"{sps:.1f}")
+                    if log_now:
+                        row = {"step": self.step, **values["losses"], "lr": values["lr"],
+                               "grad_norm": values["grad_norm"], "prefix_len": values["prefix_len"],
+                               "samples_per_s": sps, "epoch": self.data_position / self.sampler.n, "time": time.time()}
+                        losses[self.step] = values["losses"]["loss"]
+                        with open(self.out / METRICS, "a") as f:
+                            f.write(json.dumps(row) + "\n")
+                        if tracker is not None:
+                            tracker.log(row, step=self.step)
+                preempted = self._agree(sigterm.is_set())  # SLURM / Kubernetes: SIGTERM, then SIGKILL later
+                if self.step % cfg.save_every == 0 or self.step == cfg.steps or preempted:
+                    last_ckpt = self.save_checkpoint()
         bar.close()
         skipped = list(getattr(self.dataset, "skipped", []))
         if d.main:
             if tracker is not None:
                 tracker.finish()
             msg = f"xr0 train: {self.step}/{cfg.steps} steps"
+            if preempted:
+                msg = (f"xr0 train: SIGTERM: stopped at step {self.step}/{cfg.steps} with a checkpoint in "
+                       f"{last_ckpt}; continue with --resume")
             if losses:
                 msg += f", last loss {losses[max(losses)]:.4f}"
             if cfg.skip_bad or skipped:
@@ -641,6 +666,14 @@ class Trainer:
                 msg += "".join(f"\n  episode {s.episode} ({s.file}): {s.reason}" for s in skipped)
             print(msg, file=sys.stderr)
         return TrainResult(losses, self.out, last_ckpt, skipped, self.step)
+
+    def _agree(self, flag: bool) -> bool:
+        """True on every rank if it is true on any (one rank's SIGTERM stops them all at the same step)."""
+        if self.dist.world == 1:
+            return flag
+        t = torch.tensor([int(flag)], device=self.dist.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
 
     def _prepare_metrics(self) -> None:
         """On resume, drop metric rows past the checkpoint (written by the interrupted run)."""
