@@ -1,0 +1,45 @@
+"""Property-based fuzzing of the policy server's wire decoder and request validation (a few hundred frames here;
+benchmarks/fuzz_server.py runs 10,000 against the real tiny policy)."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+from fuzz_payloads import frames, send
+from hypothesis import HealthCheck, given, settings
+from test_server import FakePolicy, make_obs, raw_conn
+
+from xr0.runtime import wire
+from xr0.runtime.server import PolicyServer
+
+
+def test_hostile_frames_get_an_error_or_a_chunk_and_the_server_keeps_serving():
+    server = PolicyServer(FakePolicy(), port=0, max_message_bytes=256 * 1024).start()
+    try:
+        ws, _ = raw_conn(server.port)
+        valid = wire.packb(make_obs())
+        _, before = send(ws, valid)
+        seen = collections.Counter()
+
+        @settings(max_examples=300, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+        @given(frames(make_obs()))
+        def one(frame):
+            kind, payload = frame
+            outcome, reply = send(ws, payload)
+            if outcome == "error":
+                assert reply["type"] in ("decode_error", "invalid_request", "policy_error"), reply
+                if reply["type"] == "invalid_request" and "must be a msgpack map" not in reply["message"]:
+                    assert reply.get("field"), reply  # a bad field is named
+            seen[kind, outcome] += 1
+
+        one()
+        _, after = send(ws, valid)
+        np.testing.assert_array_equal(before["actions"], after["actions"])  # same chunk as before the run
+        assert sum(seen.values()) == 300
+        assert {k for k, _ in seen} >= {"structure", "bytes", "truncated", "ndarray", "mutated"}
+        assert any(outcome == "chunk" for _, outcome in seen)  # some mutations are still valid requests
+        ws.close()
+    finally:
+        server.stop()
