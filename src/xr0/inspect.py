@@ -9,7 +9,7 @@ import sys
 
 from .config import PRESETS
 
-# name<TAB>[shape] of the 219 non-VLM tensors of the released checkpoints (../shared/docs/official_layout.tsv).
+# name<TAB>[shape] of the 219 non-VLM tensors of the released checkpoints (`xr0 inspect` checks the preset against it).
 OFFICIAL_LAYOUT = pathlib.Path(__file__).parent / "assets" / "official_layout.tsv"
 
 PARTS = {  # first matching prefix wins

@@ -50,7 +50,7 @@ Official-format assumptions (the processing_* remote code is not public outside 
    length: the released CALVIN checkpoint says 30 while its statistics/mask are 10 long, so the stats win.
    tie_word_embeddings (top level, else text_config) defaults to true: Qwen3-VL-4B ties them and the release
    stores no lm_head.
-2. Tensor names: the non-VLM names of shared/docs/official_layout.tsv; the VLM under `vlm.` with transformers-4.57
+2. Tensor names: the non-VLM names of xr0/assets/official_layout.tsv; the VLM under `vlm.` with transformers-4.57
    Qwen3VLForConditionalGeneration names `vlm.model.language_model.*` / `vlm.model.visual.*` (a third-party strict
    load of the CALVIN release used exactly these plus a re-tied `vlm.lm_head.weight`: 932 stored + 1 tied = 933).
    Also accepted and remapped: `vlm.language_model.*`, `vlm.visual.*` (a Qwen3VLModel under `vlm`), the pre-4.52
