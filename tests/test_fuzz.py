@@ -43,3 +43,17 @@ def test_hostile_frames_get_an_error_or_a_chunk_and_the_server_keeps_serving():
         ws.close()
     finally:
         server.stop()
+
+
+def test_an_unknown_field_with_an_empty_name_is_still_named():
+    """Found by benchmarks/fuzz_server.py: {'': ...} used to come back with an empty field name."""
+    from xr0.runtime.server import RequestError, validate_observation
+
+    meta = FakePolicy().metadata()
+    for key, named in (("", "''"), (" ", "' '"), ("extra", "extra")):
+        try:
+            validate_observation({**make_obs(), key: 1}, meta)
+        except RequestError as e:
+            assert e.field == named and "unknown field" in e.message
+        else:
+            raise AssertionError(f"{key!r} was accepted")

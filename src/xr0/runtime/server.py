@@ -131,7 +131,8 @@ def validate_observation(obs: Any, meta: dict, *, max_prompt_chars: int = 2048, 
         raise RequestError("invalid_request", f"request must be a msgpack map (dict), got {type(obs).__name__}")
     for key in obs:
         if key not in REQUEST_FIELDS:
-            raise _bad(str(key)[:64], f"unknown field (allowed: {', '.join(REQUEST_FIELDS)})")
+            name = key[:64] if isinstance(key, str) and key.strip() else repr(key)[:64]  # '' or ' ' named too
+            raise _bad(name, f"unknown field (allowed: {', '.join(REQUEST_FIELDS)})")
     for key in ("images", "state", "prompt"):
         if key not in obs:
             raise _bad(key, "missing required field")
