@@ -318,3 +318,9 @@ def test_runtime_settings_from_the_cli_and_the_async_refusal(folder, tmp_path, c
         runtime_settings(argparse.Namespace(dit_window="wide", rope_offset=None, rope_tables=None))
     with pytest.raises(ValueError, match="rope_tables"):
         XR0Policy.from_pretrained(folder, rope_tables="fp16")
+    # a built policy switches its tables too: bf16-rounded values, fp32 storage
+    text_rotary = policy.vlm.model.language_model.rotary_emb
+    exact = text_rotary.inv_freq.clone()
+    policy.set_runtime(rope_tables="bf16")
+    assert text_rotary.inv_freq.dtype == torch.float32
+    assert torch.equal(text_rotary.inv_freq, exact.to(torch.bfloat16).float()) and not torch.equal(text_rotary.inv_freq, exact)

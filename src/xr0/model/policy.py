@@ -138,6 +138,12 @@ class XR0Policy(ActionExpert):
             self.vlm.lm_head.weight = self.vlm.model.language_model.embed_tokens.weight
         self.reset_rope_buffers(device)
 
+    def set_runtime(self, **settings) -> "XR0Policy":
+        """Override RUNTIME_FIELDS (config.py) of a built policy, rebuilding the rotary tables for rope_tables."""
+        self.config.override(**settings)
+        self.reset_rope_buffers(self.sink.weight.device)
+        return self
+
     def reset_rope_buffers(self, device: str | torch.device = "cpu") -> None:
         """Recompute the (non-persistent) RoPE frequency tables of the VLM text, vision and DiT rotary modules after
         a meta-device build or a dtype cast: fp32, with values rounded to bf16 where config.rope_tables is "bf16"

@@ -533,8 +533,7 @@ def _build_policy(args: argparse.Namespace) -> Any:
     settings = runtime_settings(args)
     if args.preset:
         policy = XR0Policy.from_preset(args.preset)
-        policy.config.override(**settings)
-        return policy
+        return policy.set_runtime(**settings)
     return XR0Policy.from_pretrained(resolve_checkpoint(args.checkpoint), **settings)
 
 

@@ -31,8 +31,7 @@ def load_policy(checkpoint: str | None, preset: str | None, **settings):
     if preset:
         policy = XR0Policy.from_preset(preset, seed=0, cameras=("Base View", "Top View"), chunk_len=20,
                                        control_hz=40.0, robots=_metaworld_identity_robot(20))
-        policy.config.override(**settings)
-        return policy
+        return policy.set_runtime(**settings)
     if not checkpoint:
         raise ValueError("give --checkpoint PATH|embedded or --preset NAME")
     return XR0Policy.from_pretrained(resolve_checkpoint(checkpoint), dtype=torch.float32,  # fp32: docs/benchmarks.md

@@ -61,8 +61,7 @@ def load_policy(checkpoint: str | None, preset: str | None, device: str = "auto"
           "fp32": torch.float32, "keep": None}[dtype]
     if preset:
         policy = XR0Policy.from_preset(preset, device=dev, dtype=dt)
-        policy.config.override(**(runtime or {}))
-        return policy
+        return policy.set_runtime(**(runtime or {}))
     return XR0Policy.from_pretrained(checkpoint, device=dev, dtype=dt, **(runtime or {}))
 
 
