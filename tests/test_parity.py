@@ -323,4 +323,5 @@ def test_runtime_settings_from_the_cli_and_the_async_refusal(folder, tmp_path, c
     exact = text_rotary.inv_freq.clone()
     policy.set_runtime(rope_tables="bf16")
     assert text_rotary.inv_freq.dtype == torch.float32
-    assert torch.equal(text_rotary.inv_freq, exact.to(torch.bfloat16).float()) and not torch.equal(text_rotary.inv_freq, exact)
+    assert torch.equal(text_rotary.inv_freq, exact.to(torch.bfloat16).float())
+    assert not torch.equal(text_rotary.inv_freq, exact)

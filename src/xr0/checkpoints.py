@@ -49,8 +49,9 @@ def verify_manifest(folder: Path, manifest: dict) -> None:
             raise FileNotFoundError(f"{file} is listed in {folder / CONFIG}'s sha256 manifest but missing")
         actual = file_sha256(file)
         if actual != digest:
-            raise ValueError(f"{file} does not match the sha256 manifest in {folder / CONFIG} (expected {digest[:16]}..., "
-                             f"got {actual[:16]}...): the file was changed or corrupted after it was saved")
+            raise ValueError(f"{file} does not match the sha256 manifest in {folder / CONFIG} (expected "
+                             f"{digest[:16]}..., got {actual[:16]}...): the file was changed or corrupted after it "
+                             f"was saved")
 
 
 def is_complete(ckpt: Path) -> bool:

@@ -21,7 +21,8 @@ from .masks import FIRST_ACTION
 
 @dataclass
 class VLMCache:
-    """What the VLM hands the expert (its K/V cache; not to be confused with the clean action prefix): post-RoPE, post-k-norm K/V of the layers the expert reads, plus positions.
+    """What the VLM hands the expert, its K/V cache (not the clean action prefix): post-RoPE, post-k-norm K/V of
+    the layers the expert reads, plus positions.
 
     keys/values: one (B, H, L, Dh) tensor per expert layer (VLM layer L_vlm - N + i for expert layer i).
     position_ids: (3, B, L) M-RoPE ids of the prompt. pad_mask: (B, L) bool, True on real tokens.

@@ -27,8 +27,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ..config import APRIL_RUNTIME, PADDED_DIM, RELEASE_RUNTIME, ExpertConfig, PolicyConfig, add_runtime_arguments, get_preset, \
-    runtime_settings
+from ..config import (APRIL_RUNTIME, PADDED_DIM, RELEASE_RUNTIME, ExpertConfig, PolicyConfig, add_runtime_arguments,
+                      get_preset, runtime_settings)
 from ..processing.normalize import RobotSpec
 
 CONFIG, INDEX, SINGLE = "config.json", "model.safetensors.index.json", "model.safetensors"
