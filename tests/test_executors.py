@@ -334,3 +334,58 @@ def test_real_clock_threaded_run():
     for (c0, i0), (c1, i1) in zip(tab, tab[1:]):
         if c0 == c1 and i0 >= 0 and i1 >= 0:
             assert i1 == i0 + 1
+
+
+class TimedEnv(Env):
+    """Env that also records the wall time of every command."""
+
+    def __init__(self, dim=2):
+        super().__init__(dim)
+        self.times = []
+
+    def act(self, action):
+        super().act(action)
+        self.times.append(time.perf_counter())
+
+
+def test_watchdog_holds_within_a_period_and_stops_cleanly_when_the_policy_freezes():
+    """RealClock at 50 Hz; the second inference never returns (a frozen server). The robot finishes the committed
+    actions, then gets hold commands every period, never an action planned more than max_age_s ago, and the run
+    ends by itself stall_s after the frozen call started, saying why."""
+    from xr0.runtime import Watchdog
+
+    frozen = threading.Event()
+    policy = TablePolicy(10)
+
+    def freezing(obs, prefix):
+        if policy.prefixes:  # every call after the first
+            frozen.wait(30)
+        return policy(obs, prefix)
+
+    env, period = TimedEnv(2), 1 / 50
+    ex = AsyncExecutor(env, freezing, RealClock(50), k=5, watchdog=Watchdog(stall_s=0.3, max_age_s=0.17))
+    t0 = time.perf_counter()
+    trace = ex.run(1000)
+    wall = time.perf_counter() - t0
+    frozen.set()
+    assert trace.stop_reason is not None and "stalled" in trace.stop_reason
+    assert [r.status for r in trace.inferences] == ["ok", "stalled"]
+    assert wall < 1.0 and len(trace.ticks) < 40  # 5 committed ticks + 0.3 s of holds, not 1000 ticks
+    fresh = [t for t in trace.ticks if not t.idle]
+    assert all(t.tick * period <= 0.17 for t in fresh)  # chunk 0 was planned at tick 0
+    assert [t.index for t in fresh] == list(range(9))  # the age guard cut chunk 0 at 9 of its 10 actions
+    assert all(t.idle for t in trace.ticks[len(fresh):])  # after the last fresh action: holds only
+    gaps = np.diff(env.times)
+    assert gaps.max() < 3 * period  # a command every control period, holds included
+
+
+def test_watchdog_validates_and_is_off_by_default():
+    from xr0.runtime import Watchdog
+
+    with pytest.raises(ValueError, match="stall_s"):
+        Watchdog(stall_s=0)
+    policy = TablePolicy(10)
+    plain = AsyncExecutor(Env(2), policy, SimClock(1 / HZ, latency_s=ticks(2)), k=5).run(40)
+    guarded = AsyncExecutor(Env(2), TablePolicy(10), SimClock(1 / HZ, latency_s=ticks(2)), k=5,
+                            watchdog=Watchdog(stall_s=1.0, max_age_s=1.0)).run(40)
+    assert plain.table() == guarded.table() and guarded.stop_reason is None  # generous limits change nothing

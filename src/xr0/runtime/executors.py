@@ -41,6 +41,7 @@ __all__ = [
     "TickRecord",
     "InferenceRecord",
     "Trace",
+    "Watchdog",
     "InferenceFailed",
     "SyncExecutor",
     "AsyncExecutor",
@@ -305,7 +306,8 @@ class TickRecord:
 
 @dataclass
 class InferenceRecord:
-    """One policy call. ``status``: pending | ok | rejected (non-finite) | error | cancelled (run ended)."""
+    """One policy call. ``status``: pending | ok | rejected (non-finite) | error | cancelled (run ended) |
+    stalled (out longer than the watchdog allows)."""
 
     call: int
     start_tick: int
@@ -323,13 +325,34 @@ class InferenceRecord:
         return None if self.end_tick is None else self.end_tick - self.start_tick
 
 
+@dataclass(frozen=True)
+class Watchdog:
+    """Real-time guards of an executor (off by default; meant for RealClock on a robot).
+
+    stall_s: an inference out this long (a frozen or vanished server) ends the run cleanly: the robot has been
+    holding since the committed actions ran out, the trace says why (``Trace.stop_reason``), run() returns.
+    max_age_s: an action planned from an observation older than this is never sent; the robot holds instead.
+    Ages and stalls count control ticks x period, the robot's own time.
+    """
+
+    stall_s: float | None = None
+    max_age_s: float | None = None
+
+    def __post_init__(self):
+        for name in ("stall_s", "max_age_s"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ValueError(f"Watchdog.{name} must be a positive number of seconds or None, got {v!r}")
+
+
 @dataclass
 class Trace:
-    """Everything an executor did; ``metrics()`` summarises it."""
+    """Everything an executor did; ``metrics()`` summarises it. ``stop_reason``: why a watchdog ended the run."""
 
     period: float
     ticks: list[TickRecord] = field(default_factory=list)
     inferences: list[InferenceRecord] = field(default_factory=list)
+    stop_reason: str | None = None
 
     @property
     def actions(self) -> np.ndarray:
@@ -455,6 +478,7 @@ class _ChunkExecutor:
         action_space: ActionSpace | None = None,
         limits: ActionLimits | None = None,
         max_failures: int = 3,
+        watchdog: Watchdog | None = None,
     ):
         if k is not None and k < 0:
             raise ValueError(f"k (actions left when the next inference starts) must be >= 0, got {k}")
@@ -466,6 +490,7 @@ class _ChunkExecutor:
         self.action_space = action_space or IdentityActions()
         self.limits = limits
         self.max_failures = max_failures
+        self.watchdog = watchdog or Watchdog()
         self.trace = Trace(period=clock.period)
 
     # -- the three decisions (overridden) --------------------------------------------------------
@@ -504,7 +529,7 @@ class _ChunkExecutor:
         try:
             for _ in range(max_ticks):
                 self._step(self.clock.wait_tick())
-                if stop is not None and stop():
+                if self.trace.stop_reason is not None or (stop is not None and stop()):
                     break
         finally:
             if self._pending is not None:
@@ -536,7 +561,8 @@ class _ChunkExecutor:
 
     def _step(self, tick: int) -> None:
         self._collect(tick)
-        if self._pending is None and self._index >= self._T - self.k:
+        self._check_stall(tick)
+        if self._pending is None and self._index >= self._T - self.k and self.trace.stop_reason is None:
             self._trigger(tick)
             self._collect(tick)  # a zero-latency clock answers at once
         self._execute(tick)
@@ -555,6 +581,18 @@ class _ChunkExecutor:
         self.trace.inferences.append(record)
         self._pending = _Pending(record, anchor, prefix_abs, self._index)
         self.clock.submit(lambda: self._call_policy(obs, prefix, weights))
+
+    def _check_stall(self, tick: int) -> None:
+        """The watchdog's stall_s: give up on an inference that has been out too long (this tick still holds)."""
+        limit, pending = self.watchdog.stall_s, self._pending
+        if limit is None or pending is None or (tick - pending.record.start_tick) * self.clock.period < limit:
+            return
+        pending.record.status, pending.record.error = "stalled", f"no answer after {limit:g} s"
+        self._pending = None
+        self.clock.cancel()
+        self.trace.stop_reason = (f"stalled: no chunk {(tick - pending.record.start_tick) * self.clock.period:.2f} s "
+                                  f"after inference call {pending.record.call} started (Watchdog.stall_s={limit:g}); "
+                                  f"the policy or its server is frozen or gone")
 
     def _collect(self, tick: int) -> None:
         if self._pending is None:
@@ -609,6 +647,7 @@ class _ChunkExecutor:
         self._failures = 0
         self._chunk_id += 1
         self._chunk, self._index = chunk, switch_index
+        self._chunk_tick = record.start_tick  # the tick of the observation this chunk was planned from
         record.status, record.chunk_id, record.switch_index = "ok", self._chunk_id, switch_index
         self._on_accepted(record)
         return True
@@ -621,7 +660,9 @@ class _ChunkExecutor:
 
     def _execute(self, tick: int) -> None:
         limit = self._T if self._pending is None else self._run_limit(self._pending)
-        if self._index < min(limit, self._T):
+        age_limit = self.watchdog.max_age_s
+        stale = age_limit is not None and (tick - self._chunk_tick) * self.clock.period > age_limit
+        if self._index < min(limit, self._T) and not stale and self.trace.stop_reason is None:
             action, index, idle = self._chunk[self._index], self._index, False
             self._index += 1
             if self._pending is not None:
@@ -686,8 +727,10 @@ class AsyncExecutor(_ChunkExecutor):
         action_space: ActionSpace | None = None,
         limits: ActionLimits | None = None,
         max_failures: int = 3,
+        watchdog: Watchdog | None = None,
     ):
-        super().__init__(env, policy, clock, k=k, action_space=action_space, limits=limits, max_failures=max_failures)
+        super().__init__(env, policy, clock, k=k, action_space=action_space, limits=limits, max_failures=max_failures,
+                         watchdog=watchdog)
         if max_prefix < 0:
             raise ValueError(f"max_prefix must be >= 0, got {max_prefix}")
         if prefix_len is not None and not 0 <= prefix_len <= max_prefix:
