@@ -9,8 +9,9 @@ import argparse
 import dataclasses
 import sys
 
+from .config import TrainConfig
 from .recipes import RECIPES
-from .trainer import TrainConfig, Trainer
+from .trainer import Trainer
 
 # flag -> (TrainConfig field, type, help)
 _FIELDS = [

@@ -1,4 +1,5 @@
-"""The training loop shared by every recipe: data, AdamW + warm-up/cosine, bf16 autocast, DDP/FSDP2, checkpoints.
+"""The training loop shared by every recipe, and its checkpoints (the parts live beside it: config, inputs, optim,
+distributed, state).
 
 Reproducibility is by construction, not by saving generator objects: every random draw of step s is made from
 streams seeded by (seed, s, rank, micro-batch) and every sample's augmentation by (seed, sample position), so a
@@ -8,373 +9,36 @@ weights, optimiser moments and RNG states are safetensors / JSON.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import random
 import shutil
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from ..checkpoints import (CKPT_DIR, LATEST, STATE_JSON, STATE_TENSORS, STEP_FMT, atomic_write, find_latest,
                            resolve_checkpoint)
-from ..config import PolicyConfig, get_preset
+from ..config import get_preset
 from ..model.policy import XR0Policy
-from ..processing import RobotSpec
-from .recipes import Recipe, get_recipe
+from .config import TrainConfig
+from .distributed import LossModule, init_distributed, shard
+from .inputs import EpochSampler, camera_map, dataset_cameras, open_dataset, robot_spec_from_data, start_oversampled, \
+    view_title
+from .optim import lr_at, param_groups, resolve_dtype
+from .recipes import get_recipe
+from .state import flatten_optimizer, fsync_tree, rng_state, set_rng_state, unflatten_optimizer
 
-NO_DECAY = ("bias", "norm", "ln", "rotary_emb", "adaln")  # released no-weight-decay name patterns (spec §6.6)
 METRICS = "metrics.jsonl"
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of `xr0 train`; defaults are the released post-training run (spec §6.6) on the chosen preset."""
-
-    preset: str = "tiny"
-    recipe: str = "post-sync"
-    data: str | None = None  # LeRobot v3 folder (meta/info.json) or a folder of official JSON episodes
-    robot_type: str = "default"
-    cameras: tuple[str, ...] | None = None  # dataset cameras to use, in the model's camera order
-    chunk_len: int | None = None  # fresh runs: action chunk length T (default: the preset's)
-    image_size: tuple[int, int] | None = None  # fresh runs: (H, W) the images are resized to (default: the preset's)
-    out: str = "runs/xr0"
-    steps: int = 30_000
-    batch_size: int = 16  # per process and micro-batch
-    grad_accum: int = 1
-    lr: float = 1e-4
-    min_lr: float = 5e-7  # warm-up start and cosine floor
-    warmup: int = 2000
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    grad_clip: float = 1.0
-    dtype: str = "auto"  # autocast: bf16 | fp32 | auto (bf16 on CUDA and bf16-capable CPUs); weights stay fp32
-    seed: int = 42
-    save_every: int = 5000
-    keep_checkpoints: int | None = None  # keep only the newest K step_* folders
-    log_every: int = 10
-    resume: bool = False
-    init: str | None = None  # start from this checkpoint's weights (fresh optimiser, step 0)
-    fsdp: bool = False
-    skip_bad: bool = False
-    augment: bool = True
-    state_dropout: float = 0.0  # chance that a sample's state is replaced by the mean state (0 once normalised)
-    start_frames: int = 0  # the first N frames of every episode are drawn `start_repeat` times per epoch (0: off)
-    start_repeat: int = 3
-    raw_state: bool = False  # feed the state unnormalised, as the released pipeline does
-    stats_samples: int | None = None  # cap on samples read for normalisation statistics
-    overfit_batch: bool = False  # reuse the first batch and its t/noise every step (a sanity check of the loss)
-    stop_after: int | None = None  # end after this many steps without changing the schedule (tests)
-    device: str = "auto"
-    progress: bool = True
-    tracker: str = "none"  # none | auto | wandb | trackio
-    vl_data: str | None = None  # stage 1: VL JSONL co-training data
-    recipe_overrides: dict = field(default_factory=dict)
-
-    def validate(self) -> None:
-        checks = [(self.steps >= 1, "steps must be >= 1"), (self.batch_size >= 1, "batch_size must be >= 1"),
-                  (self.grad_accum >= 1, "grad_accum must be >= 1"), (self.lr > 0, "lr must be > 0"),
-                  (self.warmup >= 0, "warmup must be >= 0"), (self.save_every >= 1, "save_every must be >= 1"),
-                  (self.log_every >= 1, "log_every must be >= 1"),
-                  (0.0 <= self.state_dropout <= 1.0, f"state_dropout must be in [0, 1], got {self.state_dropout}"),
-                  (self.start_frames >= 0, f"start_frames must be >= 0, got {self.start_frames}"),
-                  (self.start_repeat >= 1, f"start_repeat must be >= 1, got {self.start_repeat}"),
-                  (self.dtype in ("auto", "bf16", "fp32"), f"dtype must be auto, bf16 or fp32, got {self.dtype!r}"),
-                  (self.tracker in ("none", "auto", "wandb", "trackio"), f"unknown tracker {self.tracker!r}"),
-                  (not (self.resume and self.init), "use either resume or init, not both")]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"train config: {msg}")
-
-
-# ---------------------------------------------------------------------- schedule and optimiser
-def lr_at(step: int, peak: float, warmup: int, total: int, floor: float = 5e-7) -> float:
-    """LR of optimiser step `step` (0-based): linear floor -> peak over `warmup`, cosine peak -> floor at `total`."""
-    floor = min(floor, peak)
-    if step < warmup:
-        return floor + (peak - floor) * step / warmup
-    if total <= warmup:
-        return peak
-    progress = min(1.0, (step - warmup) / (total - warmup))
-    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
-
-
-def param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
-    """Two AdamW groups: decay, and no decay for names containing bias/norm/ln/rotary_emb/adaln."""
-    decay, no_decay = [], []
-    for name, p in named:
-        if p.requires_grad:
-            (no_decay if any(k in name for k in NO_DECAY) else decay).append((name, p))
-    return [{"params": [p for _, p in decay], "names": [n for n, _ in decay], "weight_decay": weight_decay},
-            {"params": [p for _, p in no_decay], "names": [n for n, _ in no_decay], "weight_decay": 0.0}]
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = plain fp32). "auto" avoids bf16 on CPUs that only emulate it (~5x slower there)."""
-    if name == "fp32":
-        return None
-    if name == "bf16" or device.type == "cuda":
-        return torch.bfloat16
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
-    return torch.bfloat16 if native else None
-
-
-# ---------------------------------------------------------------------- distributed
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
-def init_distributed(device: str = "auto") -> Dist:
-    """Join the torchrun process group if there is one (nccl on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    dev = torch.device(f"cuda:{local}" if use_cuda else "cpu") if device in ("auto", "cuda") else torch.device(device)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if world > 1:
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        if dev.type == "cpu":
-            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-        return Dist(dist.get_rank(), dist.get_world_size(), local, dev)
-    return Dist(0, 1, 0, dev)
-
-
-class LossModule(nn.Module):
-    """Policy (+ recipe heads) behind one forward(), so DDP/FSDP see the loss computation as a module call."""
-
-    def __init__(self, policy: XR0Policy, recipe: Recipe, heads: nn.Module | None = None):
-        super().__init__()
-        self.policy = policy
-        self.heads = heads
-        self.recipe = recipe
-
-    def forward(self, batch: dict, opts, vl_samples=None) -> dict[str, torch.Tensor]:
-        return self.recipe.loss(self.policy, batch, opts, self.heads, vl_samples)
-
-
-def _shard(module: LossModule) -> nn.Module:
-    """FSDP2: one unit per VLM decoder layer, vision block and DiT layer; the root holds the rest.
-
-    The expert reads each VLM layer's K/V straight from the cache, a side output FSDP's pre-backward hook does not
-    see (the last VLM layers' hidden states are not even used), so the text layers stay unsharded from forward to
-    backward (ZeRO-2-like for them, as the released DeepSpeed run) instead of being re-gathered in backward.
-    DiT layers are sharded by attention and MLP only: their adaLN tables are read outside the layer's forward
-    (ActionExpert.modulation_table), so they stay with the root unit, gathered for the whole step.
-    """
-    from torch.distributed.fsdp import fully_shard
-
-    pol = module.policy
-    for layer in pol.vlm.model.language_model.layers:
-        fully_shard(layer, reshard_after_forward=False)
-    for unit in [*pol.vlm.model.visual.blocks, *(m for layer in pol.dit.layers for m in (layer.attn, layer.mlp))]:
-        fully_shard(unit)
-    fully_shard(module)
-    return module
-
-
-# ---------------------------------------------------------------------- data
-class EpochSampler:
-    """Global sample position k -> dataset index: a fresh seeded permutation per epoch (pure, so resumable).
-
-    `index` (optional): the dataset indices one epoch draws, repeats allowed (default: each of the n samples once);
-    n is then the epoch's length.
-    """
-
-    def __init__(self, n: int, seed: int, index: np.ndarray | None = None):
-        self.index = None if index is None else np.asarray(index, dtype=np.int64)
-        n = int(n) if self.index is None else len(self.index)
-        if n <= 0:
-            raise ValueError("the dataset has no samples (every episode skipped or empty)")
-        self.n, self.seed = n, int(seed)
-        self._cache: tuple[int, np.ndarray] | None = None
-
-    def __getitem__(self, k: int) -> int:
-        epoch, pos = divmod(int(k), self.n)
-        if self._cache is None or self._cache[0] != epoch:
-            self._cache = (epoch, np.random.default_rng([self.seed, 0x5A4D, epoch]).permutation(self.n))
-        i = int(self._cache[1][pos])
-        return i if self.index is None else int(self.index[i])
-
-
-def start_oversampled(dataset, start_frames: int, repeat: int) -> np.ndarray | None:
-    """Epoch index that draws the first `start_frames` frames of every episode `repeat` times and the rest once:
-    all samples in order, then the start frames again (repeat - 1) times. None when off.
-
-    Where the target's position decides the motion, the first frames of an episode are the few samples that
-    show it (later, the arm's own position already says where it is heading); see docs/metaworld.md.
-    """
-    if start_frames <= 0 or repeat <= 1:
-        return None
-    if not hasattr(dataset, "frame_indices"):
-        raise ValueError(f"--start-frames needs a dataset that knows each sample's frame index "
-                         f"({type(dataset).__name__} does not)")
-    frames = np.asarray(dataset.frame_indices())
-    start = np.nonzero(frames < start_frames)[0]
-    return np.concatenate([np.arange(len(frames))] + [start] * (repeat - 1))
-
-
-def open_dataset(path: str | Path, chunk_len: int, cameras=None, skip_bad: bool = False):
-    """A LeRobotDataset v3 folder (has meta/info.json) or official JSON episodes (a folder or one .json)."""
-    root = Path(path)
-    if (root / "meta" / "info.json").is_file():
-        from ..data.lerobot_v3 import LeRobotV3Dataset
-        return LeRobotV3Dataset(root, chunk_len, cameras=list(cameras) if cameras else None, skip_bad=skip_bad)
-    if root.is_dir() or (root.is_file() and root.suffix == ".json"):
-        from ..data.official_json import OfficialJsonDataset
-        return OfficialJsonDataset([root] if root.is_file() else root, chunk_len,
-                                   cameras=list(cameras) if cameras else None, skip_bad=skip_bad)
-    raise FileNotFoundError(f"--data {root}: not found (expected a LeRobot v3 folder with meta/info.json, "
-                            "or a folder of official JSON episodes)")
-
-
-def dataset_cameras(ds) -> list[str]:
-    cams = getattr(ds, "cameras", None)
-    return list(cams) if cams else list(ds[0]["images"])
-
-
-def view_title(camera: str) -> str:
-    """Official-format camera names -> the view titles of the released prompt ("ego" -> "Ego View")."""
-    from ..data.official_json import VIEW_TITLES
-
-    return VIEW_TITLES.get(camera, camera)
-
-
-def camera_map(data_cams: list[str], model_cams: tuple[str, ...], explicit: bool) -> dict[str, str]:
-    """Dataset camera -> model camera: by name (or view title) if they match, else by position."""
-    titled = [view_title(c) for c in data_cams]
-    if set(titled) == set(model_cams):
-        return dict(zip(data_cams, titled))
-    if len(data_cams) == len(model_cams):
-        if not explicit:
-            print(f"xr0 train: mapping dataset cameras {data_cams} onto model cameras {list(model_cams)} by position "
-                  "(pass --cameras to choose the order)", file=sys.stderr)
-        return dict(zip(data_cams, model_cams))
-    raise ValueError(f"the dataset has cameras {data_cams} but the model expects {len(model_cams)}: "
-                     f"{list(model_cams)}; choose {len(model_cams)} with --cameras")
-
-
-def robot_spec_from_data(ds, config: PolicyConfig, max_samples: int | None = None,
-                         raw_state: bool = False) -> RobotSpec:
-    """Per-timestep action and state statistics (xr0.data.stats, one streaming pass) -> a padded RobotSpec."""
-    from ..data.stats import compute_stats
-
-    stats = compute_stats(ds, max_samples=max_samples)
-    T, D, Ds = config.chunk_len, config.action_dim, config.state_dim
-    da, ds_dim = stats.action_mean.shape[1], stats.state_mean.shape[0]
-    if stats.action_mean.shape[0] != T:
-        raise ValueError(f"dataset chunks have {stats.action_mean.shape[0]} steps, the model's chunk_len is {T}")
-    if da > D:
-        raise ValueError(f"dataset action_dim {da} exceeds the model's padded action_dim {D}")
-    if ds_dim > Ds:
-        raise ValueError(f"dataset state_dim {ds_dim} exceeds the model's padded state_dim {Ds}")
-    fix_std = lambda s: np.where(s > 1e-6, s, 1.0)  # noqa: E731  constant dims: keep them finite at inference
-    a_mean, a_std = np.zeros((T, D), np.float32), np.ones((T, D), np.float32)
-    a_mean[:, :da], a_std[:, :da] = stats.action_mean, fix_std(stats.action_std)
-    mask = np.zeros(D, np.float32)
-    if getattr(ds, "action_dim", None) is None and da == 32:  # the official 32-D layout: reserved dims stay off
-        from ..data.official_json import ACTIVE_DIMS
-        mask[:] = ACTIVE_DIMS
-    else:
-        mask[:da] = 1
-    s_mean, s_std = np.zeros(Ds, np.float32), np.ones(Ds, np.float32)
-    if not raw_state:
-        s_mean[:ds_dim], s_std[:ds_dim] = stats.state_mean, fix_std(stats.state_std)
-    return RobotSpec(a_mean, a_std, mask, s_mean, s_std, action_dim=da, state_dim=ds_dim)
-
-
-# ---------------------------------------------------------------------- checkpoints
-def _b64(t: torch.Tensor) -> str:
-    return base64.b64encode(t.cpu().numpy().tobytes()).decode()
-
-
-def _unb64(s: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
-
-
-def rng_state() -> dict:
-    """Global RNG states as JSON (no pickle). Training draws come from derived streams; these are for completeness."""
-    py = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    out = {"python": [py[0], list(py[1]), py[2]],
-           "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-           "torch": _b64(torch.get_rng_state())}
-    if torch.cuda.is_available():
-        out["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
-    return out
-
-
-def set_rng_state(state: dict) -> None:
-    v, keys, gauss = state["python"]
-    random.setstate((v, tuple(keys), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(_unb64(state["torch"]))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([_unb64(s) for s in state["cuda"]])
-
-
-def flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """{"state": {fqn: {k: tensor}}, "param_groups": [...]} -> safetensors tensors + JSON meta."""
-    tensors, scalars = {}, {}
-    for fqn, entry in sd["state"].items():
-        for k, v in entry.items():
-            if torch.is_tensor(v):
-                tensors[f"state/{fqn}/{k}"] = v.detach().cpu().contiguous()
-            else:
-                scalars[f"{fqn}/{k}"] = v
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
-    return tensors, {"param_groups": groups, "scalars": scalars}
-
-
-def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[str, dict] = {}
-    for key, t in tensors.items():
-        if key.startswith("state/"):
-            fqn, k = key[len("state/"):].rsplit("/", 1)
-            state.setdefault(fqn, {})[k] = t.clone()  # own, aligned memory (not a view of the file buffer)
-    for key, v in meta.get("scalars", {}).items():
-        fqn, k = key.rsplit("/", 1)
-        state.setdefault(fqn, {})[k] = v
-    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
-    return {"state": state, "param_groups": groups}
-
-
-def _fsync_tree(root: Path) -> None:
-    for p in root.iterdir():
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
 
 
 @contextlib.contextmanager
@@ -480,7 +144,7 @@ class Trainer:
         if cfg.fsdp:
             if self.dist.world == 1 and not dist.is_initialized():
                 raise ValueError("--fsdp needs a process group: launch with torchrun")
-            self.model = _shard(core)
+            self.model = shard(core)
         elif self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
@@ -746,7 +410,7 @@ class Trainer:
                      "config": json.loads(json.dumps(dataclasses.asdict(self.cfg), default=str)),
                      "recipe_config": dataclasses.asdict(self.recipe)}
             (tmp / STATE_JSON).write_text(json.dumps(state))
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
             old = None
             if final.exists():  # same step saved before (a resumed run): swap, never delete first
                 old = root / f".old-{final.name}-{uuid.uuid4().hex[:8]}"

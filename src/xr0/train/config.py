@@ -1,0 +1,66 @@
+"""`TrainConfig`: every knob of `xr0 train`, checked in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of `xr0 train`; defaults are the released post-training run (spec §6.6) on the chosen preset."""
+
+    preset: str = "tiny"
+    recipe: str = "post-sync"
+    data: str | None = None  # LeRobot v3 folder (meta/info.json) or a folder of official JSON episodes
+    robot_type: str = "default"
+    cameras: tuple[str, ...] | None = None  # dataset cameras to use, in the model's camera order
+    chunk_len: int | None = None  # fresh runs: action chunk length T (default: the preset's)
+    image_size: tuple[int, int] | None = None  # fresh runs: (H, W) the images are resized to (default: the preset's)
+    out: str = "runs/xr0"
+    steps: int = 30_000
+    batch_size: int = 16  # per process and micro-batch
+    grad_accum: int = 1
+    lr: float = 1e-4
+    min_lr: float = 5e-7  # warm-up start and cosine floor
+    warmup: int = 2000
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    dtype: str = "auto"  # autocast: bf16 | fp32 | auto (bf16 on CUDA and bf16-capable CPUs); weights stay fp32
+    seed: int = 42
+    save_every: int = 5000
+    keep_checkpoints: int | None = None  # keep only the newest K step_* folders
+    log_every: int = 10
+    resume: bool = False
+    init: str | None = None  # start from this checkpoint's weights (fresh optimiser, step 0)
+    fsdp: bool = False
+    skip_bad: bool = False
+    augment: bool = True
+    state_dropout: float = 0.0  # chance that a sample's state is replaced by the mean state (0 once normalised)
+    start_frames: int = 0  # the first N frames of every episode are drawn `start_repeat` times per epoch (0: off)
+    start_repeat: int = 3
+    raw_state: bool = False  # feed the state unnormalised, as the released pipeline does
+    stats_samples: int | None = None  # cap on samples read for normalisation statistics
+    overfit_batch: bool = False  # reuse the first batch and its t/noise every step (a sanity check of the loss)
+    stop_after: int | None = None  # end after this many steps without changing the schedule (tests)
+    device: str = "auto"
+    progress: bool = True
+    tracker: str = "none"  # none | auto | wandb | trackio
+    vl_data: str | None = None  # stage 1: VL JSONL co-training data
+    recipe_overrides: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        checks = [(self.steps >= 1, "steps must be >= 1"), (self.batch_size >= 1, "batch_size must be >= 1"),
+                  (self.grad_accum >= 1, "grad_accum must be >= 1"), (self.lr > 0, "lr must be > 0"),
+                  (self.warmup >= 0, "warmup must be >= 0"), (self.save_every >= 1, "save_every must be >= 1"),
+                  (self.log_every >= 1, "log_every must be >= 1"),
+                  (0.0 <= self.state_dropout <= 1.0, f"state_dropout must be in [0, 1], got {self.state_dropout}"),
+                  (self.start_frames >= 0, f"start_frames must be >= 0, got {self.start_frames}"),
+                  (self.start_repeat >= 1, f"start_repeat must be >= 1, got {self.start_repeat}"),
+                  (self.dtype in ("auto", "bf16", "fp32"), f"dtype must be auto, bf16 or fp32, got {self.dtype!r}"),
+                  (self.tracker in ("none", "auto", "wandb", "trackio"), f"unknown tracker {self.tracker!r}"),
+                  (not (self.resume and self.init), "use either resume or init, not both")]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"train config: {msg}")
