@@ -17,7 +17,7 @@ COMMANDS = {
     "data": ("xr0.datagen", "generate or convert datasets"),
     "eval": ("xr0.sim.cli", "evaluate a policy in a simulator"),
     "bench": ("xr0.bench", "latency and throughput benchmarks (JSON)"),
-    "convert": ("xr0.model.official", "convert an official Xiaomi-Robotics-0 checkpoint to xr0's format"),
+    "convert": ("xr0.convert", "convert an official Xiaomi-Robotics-0 checkpoint to xr0's format"),
 }
 
 

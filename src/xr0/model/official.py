@@ -9,7 +9,7 @@ README). Loading is strict: a missing, unexpected or mis-shaped tensor is an err
 Checkpoints saved by the April post-training code (DeepSpeed `mp_rank_00_model_states.pt`, whose `module` dict holds
 the tensors) convert too: they are read with `torch.load(weights_only=True)`, tensors only, never code.
 
-`xr0 convert --official DIR --out DIR` writes xr0's own format (config.json with "format": "xr0", one
+`xr0 convert --official DIR --out DIR` (xr0/convert.py) writes xr0's own format (config.json with "format": "xr0", one
 model.safetensors, normalization.safetensors), which `XR0Policy.from_pretrained` then loads without this module.
 """
 
@@ -19,7 +19,6 @@ import copy
 import json
 import pathlib
 import re
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,8 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ..config import (APRIL_RUNTIME, PADDED_DIM, RELEASE_RUNTIME, ExpertConfig, PolicyConfig, add_runtime_arguments,
-                      get_preset, runtime_settings)
+from ..config import APRIL_RUNTIME, PADDED_DIM, RELEASE_RUNTIME, ExpertConfig, PolicyConfig, get_preset
 from ..processing.normalize import RobotSpec
 
 CONFIG, INDEX, SINGLE = "config.json", "model.safetensors.index.json", "model.safetensors"
@@ -557,43 +555,3 @@ def convert(official: str | pathlib.Path, out: str | pathlib.Path, dtype: torch.
             "expert": {"layers": policy.config.expert.num_layers, "hidden": policy.config.expert.hidden_size},
             "source": "deepspeed" if deepspeed is not None else "release", "runtime": policy.config.runtime(),
             "dtype": str(next(iter(policy.state_dict().values())).dtype if dtype is None else dtype)}
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-DTYPES = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--official", help="an official release folder (config.json with model_type mibot), or a DeepSpeed "
-                                      "checkpoint of the April post-training code (mp_rank_00_model_states.pt or "
-                                      "the run folder holding it)")
-    p.add_argument("--out", help="where to write the xr0-format checkpoint")
-    p.add_argument("--stats", default=None, help="the processor statistics JSON, if it is not found in --official")
-    p.add_argument("--vlm-config", default=None, help="DeepSpeed only: a Qwen3VLConfig JSON (or a release "
-                                                      "config.json) if the VLM is not Qwen3-VL-4B-Instruct")
-    p.add_argument("--dtype", default="keep", choices=sorted(DTYPES), help="weight dtype to write (default: as stored)")
-    p.add_argument("--assumptions", action="store_true", help="print the official-format assumptions and exit")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    add_runtime_arguments(p)
-
-
-def run(args) -> int:
-    if args.assumptions:
-        print(ASSUMPTIONS)
-        return 0
-    if not args.official or not args.out:
-        print("xr0 convert: --official DIR and --out DIR are required", file=sys.stderr)
-        return 2
-    try:
-        summary = convert(args.official, args.out, DTYPES[args.dtype], args.stats, args.vlm_config,
-                          **runtime_settings(args))
-    except (OfficialFormatError, FileNotFoundError, ValueError) as e:
-        print(f"xr0 convert: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print(f"wrote {summary['out']}: {summary['tensors']} tensors, robot types {summary['robot_types']}, "
-              f"chunk length {summary['chunk_len']}, cameras {summary['cameras']} at {summary['image_size']}, "
-              f"runtime {summary['runtime']}")
-    return 0
