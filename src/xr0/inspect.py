@@ -35,7 +35,9 @@ def report(preset: str | None = None, checkpoint: str | None = None) -> dict:
     from .model.policy import XR0Policy, count_parameters
 
     if checkpoint is not None:
-        policy = XR0Policy.from_pretrained(checkpoint, device="cpu")
+        from .checkpoints import resolve_checkpoint
+
+        policy = XR0Policy.from_pretrained(resolve_checkpoint(checkpoint), device="cpu")
         preset = policy.config.name
     else:
         policy = XR0Policy.from_preset(preset, device="meta")
@@ -70,7 +72,7 @@ def report(preset: str | None = None, checkpoint: str | None = None) -> dict:
 def add_arguments(p) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", default="xr0-4b", choices=sorted(PRESETS))
-    src.add_argument("--checkpoint", default=None, help="a checkpoint folder (xr0 or official) instead of a preset")
+    src.add_argument("--checkpoint", default=None, help="a checkpoint folder (xr0 or official), a training run or 'embedded'")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
