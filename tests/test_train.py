@@ -390,13 +390,18 @@ def test_cli_run_skips_bad_episodes(tmp_path):
     assert len(metrics(tmp_path / "run")) == 1  # --log-every default 10: the last step is always logged
 
 
+def cli_command(dataset, save_every: int):
+    """out, *extra -> the argv of a 12-step post-async `xr0 train` run on the toy dataset."""
+    args = ["--recipe", "post-async", "--data", str(dataset), "--robot-type", "toy", "--steps", "12",
+            "--batch-size", "2", "--save-every", str(save_every), "--log-every", "1", "--lr", "1e-3", "--warmup",
+            "2", "--no-progress"]
+    return lambda out, *extra: [sys.executable, "-m", "xr0.train.cli", "--out", str(out), *args, *extra]
+
+
 @pytest.mark.slow
 def test_resume_after_kill_9(dataset, tmp_path):
     """The real thing: SIGKILL a CLI run once its step-4 checkpoint exists, resume, compare with a straight run."""
-    args = ["--recipe", "post-async", "--data", str(dataset), "--robot-type", "toy", "--steps", "12",
-            "--batch-size", "2", "--save-every", "4", "--log-every", "1", "--lr", "1e-3", "--warmup", "2",
-            "--no-progress"]
-    run = lambda out, *extra: [sys.executable, "-m", "xr0.train.cli", "--out", str(out), *args, *extra]  # noqa: E731
+    run = cli_command(dataset, save_every=4)
     subprocess.run(run(tmp_path / "a"), check=True, capture_output=True, timeout=600)
     proc = subprocess.Popen(run(tmp_path / "b"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
@@ -417,10 +422,7 @@ def test_cli_exits_0_on_sigterm_and_resumes_identically(dataset, tmp_path):
     """The real thing: SIGTERM a CLI run once it has logged a step; it exits 0 with a checkpoint, --resume matches."""
     import signal
 
-    args = ["--recipe", "post-async", "--data", str(dataset), "--robot-type", "toy", "--steps", "12",
-            "--batch-size", "2", "--save-every", "100", "--log-every", "1", "--lr", "1e-3", "--warmup", "2",
-            "--no-progress"]
-    run = lambda out, *extra: [sys.executable, "-m", "xr0.train.cli", "--out", str(out), *args, *extra]  # noqa: E731
+    run = cli_command(dataset, save_every=100)
     subprocess.run(run(tmp_path / "a"), check=True, capture_output=True, timeout=600)
     proc = subprocess.Popen(run(tmp_path / "b"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
