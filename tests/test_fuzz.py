@@ -57,3 +57,20 @@ def test_an_unknown_field_with_an_empty_name_is_still_named():
             assert e.field == named and "unknown field" in e.message
         else:
             raise AssertionError(f"{key!r} was accepted")
+
+
+def test_a_policy_not_trained_with_prefixes_takes_only_a_guided_prefix():
+    """max_prefix 0 (a release folder, a post-sync run): a bare action_prefix is refused and says why; the same
+    prefix with prefix_weights (RTC guidance) is accepted."""
+    from xr0.runtime.server import RequestError, validate_observation
+
+    meta = {**FakePolicy().metadata(), "max_prefix": 0}
+    prefix = np.zeros((3, meta["action_dim"]), np.float32)
+    try:
+        validate_observation({**make_obs(), "action_prefix": prefix}, meta)
+    except RequestError as e:
+        assert e.field == "action_prefix" and "not trained with action prefixes" in e.message
+    else:
+        raise AssertionError("a bare prefix was accepted")
+    obs = validate_observation({**make_obs(), "action_prefix": prefix, "prefix_weights": np.ones(3, np.float32)}, meta)
+    assert obs is not None
