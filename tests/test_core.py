@@ -353,3 +353,24 @@ def test_dit_with_more_heads_than_the_vlm_has_kv_heads_repeats_them():
     assert torch.equal(v, v_ref) and v.abs().max() > 0
     with pytest.raises(ValueError, match="multiple"):
         XR0Policy.from_preset("tiny", expert=ExpertConfig(num_layers=2, hidden_size=48, num_heads=3, head_dim=16))
+
+
+def test_a_hugging_face_repo_id_loads_from_the_local_cache_only(tiny, tmp_path):
+    """XR0Policy.from_pretrained("org/name") finds the snapshot in the local Hugging Face cache (no network); a repo
+    that is not there is a FileNotFoundError naming the `hf download` command."""
+    import os
+    import subprocess
+    import sys
+
+    snap = tmp_path / "hub" / "models--XiaomiRobotics--tiny-test"
+    tiny.save_pretrained(snap / "snapshots" / "abc123")
+    (snap / "refs").mkdir()
+    (snap / "refs" / "main").write_text("abc123")
+    code = ("import sys\nfrom xr0 import XR0Policy\np = XR0Policy.from_pretrained('XiaomiRobotics/tiny-test')\n"
+            "print(p.config.name)\ntry:\n    XR0Policy.from_pretrained('XiaomiRobotics/missing')\n"
+            "except FileNotFoundError as e:\n    print(e)\n")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "tiny" and "hf download XiaomiRobotics/missing" in lines[1]

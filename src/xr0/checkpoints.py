@@ -70,13 +70,29 @@ def find_latest(out: str | Path) -> Path | None:
     return steps[-1] if steps else None
 
 
+def hub_snapshot(repo_id: str) -> Path:
+    """A Hugging Face repo id ("org/name") -> its snapshot in the local Hugging Face cache, never the network."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except LocalEntryNotFoundError as e:
+        raise FileNotFoundError(f"{repo_id}: not a folder here and not in the local Hugging Face cache (xr0 never "
+                                f"downloads at run time); fetch it once with `hf download {repo_id}` (or "
+                                f"`hf download {repo_id} --local-dir DIR` and pass DIR)") from e
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """"embedded", a checkpoint folder (config.json), or a run folder whose latest checkpoint is taken."""
+    """"embedded", a checkpoint folder (config.json), a run folder whose latest checkpoint is taken, or a Hugging
+    Face repo id ("XiaomiRobotics/Xiaomi-Robotics-0-LIBERO") found in the local cache."""
     if str(path) == "embedded":
         from .assets import embedded_checkpoint
 
         path = embedded_checkpoint()
     p = Path(path)
+    if not p.exists() and str(path).count("/") == 1 and not str(path).startswith((".", "/", "~")):
+        p = hub_snapshot(str(path))
     if (p / CONFIG).is_file():
         return p
     latest = find_latest(p)

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Qwen3VLConfig
 
-from ..checkpoints import CONFIG, WEIGHTS, atomic_write, file_sha256, verify_manifest
+from ..checkpoints import CONFIG, WEIGHTS, atomic_write, file_sha256, resolve_checkpoint, verify_manifest
 from ..config import PolicyConfig, get_preset
 from ..processing import Processor, RobotSpec, stats_hash
 from . import rtc
@@ -86,12 +86,11 @@ class XR0Policy(ActionExpert):
     def from_pretrained(cls, path: str | pathlib.Path, device: str | torch.device = "cpu",
                         dtype: torch.dtype | None = None, **settings) -> "XR0Policy":
         """Load a folder written by save_pretrained, or an official release folder (safetensors only; strict:
-        every tensor must match). `settings` override the checkpoint's RUNTIME_FIELDS (config.py), e.g.
+        every tensor must match); `path` may also be "embedded", a training run or a Hugging Face repo id that is in
+        the local cache (checkpoints.resolve_checkpoint). `settings` override the checkpoint's RUNTIME_FIELDS (config.py), e.g.
         local_window=4, rope_offset=10 to run a release folder as the April post-training code does."""
-        path = pathlib.Path(path)
+        path = resolve_checkpoint(path)  # also "embedded", a training run, a Hugging Face repo id in the local cache
         cfg_file = path / CONFIG
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"{cfg_file} not found: not an xr0 checkpoint folder")
         from . import official  # an official release folder (no "format": "xr0") is mapped by official.py
         if official.is_official(cfg_file):
             return official.load_official(path, device, dtype, **settings)

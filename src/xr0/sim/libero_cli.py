@@ -170,7 +170,10 @@ def evaluate(args) -> dict:
         raise ValueError("--max-steps must be >= 1")
     infos = suite_tasks(args.suite)
     tasks = _parse_tasks(args.tasks, len(infos))
-    settings = Settings(suite=args.suite, checkpoint=str(pathlib.Path(args.checkpoint).resolve()) if args.checkpoint else None,
+    checkpoint = args.checkpoint  # a local path is made absolute (workers run elsewhere); "embedded" / repo ids stay
+    if checkpoint and pathlib.Path(checkpoint).exists():
+        checkpoint = str(pathlib.Path(checkpoint).resolve())
+    settings = Settings(suite=args.suite, checkpoint=checkpoint,
                         preset=args.preset, max_steps=args.max_steps or SUITES[args.suite], executor=args.executor,
                         replan=args.replan, latency_ms=args.latency_ms, wait_steps=args.wait_steps,
                         runtime=runtime_settings(args))
