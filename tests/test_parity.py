@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from xr0 import XR0Policy
 from xr0.config import APRIL_RUNTIME, RELEASE_RUNTIME
 from xr0.model.flow import initial_noise
-from xr0.model.masks import hidden_prefix_from_draws
+from xr0.model.masks import expert_positions, hidden_prefix_from_draws
 from xr0.train.recipes import get_recipe
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "official_tiny"
@@ -124,7 +124,6 @@ def test_expert_context_velocity_and_every_euler_step(april, cases, p):
         cache = april.encode(vlm_batch(c))
         ctx = april.context(cache, c["in.state"][:, 0], c["in.action_mask"], p)
         assert torch.equal(ctx.mask[:, :, :, :], c[f"ctx.{key}.attn_mask"])
-        from xr0.model.masks import expert_positions
         positions = expert_positions(cache.max_position(), 10, p, april.config.expert.rope_offset)
         assert torch.equal(positions, c[f"ctx.{key}.dit_position_ids"])
         assert rel(ctx.state_token, c[f"ctx.{key}.state_embed"], torch.ones_like(ctx.state_token)) < TOL

@@ -115,10 +115,13 @@ class PolicyConfig:
                              "folder or a post-sync run), so --executor async would feed it a clean prefix it never "
                              "saw; use --executor rtc (inference-time guidance needs no prefix training) or sync")
 
+    def _holder(self, key: str):
+        """The dataclass that holds a runtime field: the expert config or this one."""
+        return self.expert if hasattr(self.expert, key) else self
+
     def runtime(self) -> dict:
         """The RUNTIME_FIELDS as a dict (what `xr0 inspect` shows)."""
-        return {"local_window": self.expert.local_window, "rope_offset": self.expert.rope_offset,
-                "rope_tables": self.rope_tables, "max_prefix": self.max_prefix}
+        return {key: getattr(self._holder(key), key) for key in RUNTIME_FIELDS}
 
     def override(self, **settings) -> "PolicyConfig":
         """Set RUNTIME_FIELDS in place (e.g. from_pretrained(path, local_window=4)); unknown names are an error."""
@@ -126,7 +129,7 @@ class PolicyConfig:
         if bad:
             raise ValueError(f"unknown runtime setting(s) {bad}; choose from {list(RUNTIME_FIELDS)}")
         for key, value in settings.items():
-            setattr(self.expert if key in ("local_window", "rope_offset") else self, key, value)
+            setattr(self._holder(key), key, value)
         self.validate()
         return self
 

@@ -38,7 +38,6 @@ STATS_FILES = ("preprocessor_config.json", "processor_config.json", "norm_stats.
                "dataset_statistics.json")
 # Keys under which a file may hold its robot-type table (else: top-level keys that are robot types).
 STATS_TABLE_KEYS = ("robot_types", "norm_stats", "statistics", "stats", "robot_stats", "action_stats", "robot_type_stats")
-PAD = PADDED_DIM
 
 ASSUMPTIONS = """\
 Official-format assumptions (the processing_* remote code is not public outside the Hub):
@@ -102,7 +101,7 @@ ROBOT_DEFAULTS = {
     "bridge_delta": RobotDefaults(7, 8, ("Base View",), (256, 256), 5.0),
     "fractal_delta": RobotDefaults(7, 8, ("Ego View",), (256, 320), 3.0),
 }
-UNKNOWN_ROBOT = RobotDefaults(PAD, PAD, TWO_VIEWS, (256, 256), 30.0)
+UNKNOWN_ROBOT = RobotDefaults(PADDED_DIM, PADDED_DIM, TWO_VIEWS, (256, 256), 30.0)
 
 
 class OfficialFormatError(ValueError):
@@ -331,9 +330,9 @@ def _per_step(name: str, arr: np.ndarray, T: int | None, fill: float, where: str
             raise OfficialFormatError(f"{where}: {name!r} has no time axis and the chunk length is unknown "
                                       f"(give per-timestep stats, an action_mask (T, 32) or config.json action_length)")
         arr = np.broadcast_to(arr, (T, arr.shape[0]))
-    if arr.ndim != 2 or arr.shape[1] > PAD:
+    if arr.ndim != 2 or arr.shape[1] > PADDED_DIM:
         raise OfficialFormatError(f"{where}: {name!r} must be (T, d<=32) or (d,), got {arr.shape}")
-    out = np.full((arr.shape[0], PAD), fill, np.float32)
+    out = np.full((arr.shape[0], PADDED_DIM), fill, np.float32)
     out[:, : arr.shape[1]] = arr
     return out
 
@@ -366,8 +365,8 @@ def robot_spec(name: str, entry: dict, fallback_T: int | None, where: str) -> Ro
     action_dim = entry.get("action_dim")
     if mask_arr is not None:
         m = mask_arr.reshape(-1, mask_arr.shape[-1]) if mask_arr.ndim > 1 else mask_arr[None]
-        if m.shape[1] != PAD:
-            raise OfficialFormatError(f"{where}: action_mask must have {PAD} columns, got {m.shape}")
+        if m.shape[1] != PADDED_DIM:
+            raise OfficialFormatError(f"{where}: action_mask must have {PADDED_DIM} columns, got {m.shape}")
         if not (m == m[0]).all():
             raise OfficialFormatError(f"{where}: action_mask differs between timesteps; xr0 needs one (32,) mask")
         mask = (m[0] != 0).astype(np.float32)
@@ -376,16 +375,16 @@ def robot_spec(name: str, entry: dict, fallback_T: int | None, where: str) -> Ro
             action_dim = int(active[-1]) + 1 if active.size else defaults.action_dim
     else:
         action_dim = int(action_dim or defaults.action_dim)
-        mask = np.zeros(PAD, np.float32)
+        mask = np.zeros(PADDED_DIM, np.float32)
         mask[:action_dim] = 1
     s_mean = _pick(entry, "state_mean", "state.mean")
     s_std = _pick(entry, "state_std", "state.std")
-    state_mean, state_std = np.zeros(PAD, np.float32), np.ones(PAD, np.float32)
+    state_mean, state_std = np.zeros(PADDED_DIM, np.float32), np.ones(PADDED_DIM, np.float32)
     if (s_mean is None) != (s_std is None):
         raise OfficialFormatError(f"{where}: give both state mean and state std, or neither")
     if s_mean is not None:
         sm, ss = _arr("state_mean", s_mean, where).reshape(-1), _arr("state_std", s_std, where).reshape(-1)
-        if sm.shape != ss.shape or sm.shape[0] > PAD:
+        if sm.shape != ss.shape or sm.shape[0] > PADDED_DIM:
             raise OfficialFormatError(f"{where}: state mean/std must be (d<=32,), got {sm.shape} / {ss.shape}")
         state_mean[: sm.shape[0]], state_std[: ss.shape[0]] = sm, ss
     state_dim = int(entry.get("state_dim", defaults.state_dim))
@@ -458,8 +457,6 @@ def load_official(path: str | pathlib.Path, device: str | torch.device = "cpu", 
                   stats_file: str | pathlib.Path | None = None, **settings):
     """An XR0Policy from an official release folder (strict; see ASSUMPTIONS), set up as the release runtime runs
     it (config.RELEASE_RUNTIME) unless `settings` say otherwise (e.g. config.APRIL_RUNTIME)."""
-    from .policy import XR0Policy
-
     path = pathlib.Path(path)
     meta = _read_json(path / CONFIG)
     if not looks_official(meta):
@@ -471,9 +468,17 @@ def load_official(path: str | pathlib.Path, device: str | torch.device = "cpu", 
     fallback_T = meta.get("action_length") or meta.get("chunk_len")
     robots = load_robots(path, int(fallback_T) if fallback_T else None, stats_file)
     config = official_config(path, shapes, robots, meta).override(**{**RELEASE_RUNTIME, **settings})
+    return _assemble(config, robots, read_tensors(shards), device, dtype)
+
+
+def _assemble(config: PolicyConfig, robots: dict[str, RobotSpec], state: dict[str, torch.Tensor],
+              device: str | torch.device, dtype: torch.dtype | None):
+    """The policy of `config` built on the meta device, loaded strictly from `state`, in `dtype`, in eval mode."""
+    from .policy import XR0Policy
+
     with torch.device("meta"):
         policy = XR0Policy(config, robots)
-    policy.load_weights(read_tensors(shards), device=device)
+    policy.load_weights(state, device=device)
     if dtype is not None:
         policy.to(dtype)
     return policy.eval()
@@ -515,8 +520,6 @@ def load_deepspeed(file: str | pathlib.Path, stats_file: str | pathlib.Path | No
                    dtype: torch.dtype | None = None, **settings):
     """An XR0Policy from a DeepSpeed checkpoint of the April post-training code (ASSUMPTIONS items 7-8), set up
     as that code runs it (config.APRIL_RUNTIME) unless `settings` say otherwise."""
-    from .policy import XR0Policy
-
     file = pathlib.Path(file)
     if stats_file is None:
         raise OfficialFormatError(f"{file}: a DeepSpeed checkpoint carries no statistics; give them with --stats FILE "
@@ -527,12 +530,7 @@ def load_deepspeed(file: str | pathlib.Path, stats_file: str | pathlib.Path | No
     meta = {"vlm_config": deepspeed_vlm_config(vlm_config)}
     config = official_config(file.parent, shapes, robots, meta).override(**{**APRIL_RUNTIME, **settings})
     config.name = f"april:{file.parent.name}"
-    with torch.device("meta"):
-        policy = XR0Policy(config, robots)
-    policy.load_weights(state, device=device)
-    if dtype is not None:
-        policy.to(dtype)
-    return policy.eval()
+    return _assemble(config, robots, state, device, dtype)
 
 
 def convert(official: str | pathlib.Path, out: str | pathlib.Path, dtype: torch.dtype | None = None,
