@@ -29,8 +29,8 @@ from safetensors.torch import load_model, save_model
 from tqdm import tqdm
 
 from xr0 import XR0Policy
-from xr0.model.choice import (ChoiceHeads, candidate_l1, choice_forward, make_vl_batch, stage1_loss, vl_correct,
-                              vl_generate, vl_loss)
+from xr0.model.choice import (ChoiceHeads, candidate_l1, choice_forward, stage1_loss, vl_correct, vl_generate,
+                              vl_loss)
 from xr0.train.recipes import get_recipe
 from xr0.data.vqa import QUESTION_KINDS, SyntheticReach, SyntheticVQA, reach_robot_spec
 
@@ -64,9 +64,9 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def vqa_accuracy(policy, batches, kinds) -> dict:
-    policy.eval()
-    hits = torch.cat([vl_correct(policy, b) for b in batches])
-    policy.train()
+    policy.model.eval()
+    hits = torch.cat([vl_correct(policy.model, b) for b in batches])
+    policy.model.train()
     per = {}
     for k in sorted(set(kinds)):
         idx = [i for i, x in enumerate(kinds) if x == k]
@@ -78,17 +78,17 @@ def vqa_accuracy(policy, batches, kinds) -> dict:
 def robot_error(policy, heads, batches) -> dict:
     """Masked mean L1 (normalised units) of the best-scored candidate (what `choose` returns), of the best candidate
     in hindsight, and of 'stay where you are' for scale."""
-    policy.eval()
+    policy.model.eval()
     chosen = oracle = stay = n = 0.0
     for b in batches:
-        cand, scores = choice_forward(policy, heads, b)
+        cand, scores = choice_forward(policy.model, heads, b)
         d = candidate_l1(cand, b["actions"], b["action_mask"])
         chosen += float(d.gather(1, scores.argmin(1, keepdim=True)).sum())
         oracle += float(d.min(1).values.sum())
         still = b["state"][:, None, None, :].expand(-1, 1, *b["actions"].shape[1:])  # (x, y) in the action dims
         stay += float(candidate_l1(still, b["actions"], b["action_mask"]).sum())
         n += d.shape[0]
-    policy.train()
+    policy.model.train()
     return {"chosen_l1": round(chosen / n, 4), "best_candidate_l1": round(oracle / n, 4),
             "stay_still_l1": round(stay / n, 4)}
 
@@ -104,19 +104,19 @@ def train_skill(policy, args, vl_train, eval_samples, eval_batches, eval_kinds) 
     result = {}
     t0 = time.time()
     result["vqa_random_init"] = vqa_accuracy(policy, eval_batches, eval_kinds)
-    vis = [p for n, p in policy.vlm.named_parameters() if "visual" in n]
-    rest = [p for n, p in policy.vlm.named_parameters() if "visual" not in n]  # text stack + embeddings (= lm_head)
+    vis = [p for n, p in policy.model.vlm.named_parameters() if "visual" in n]
+    rest = [p for n, p in policy.model.vlm.named_parameters() if "visual" not in n]  # text stack + embeddings (= lm_head)
     for p in vis:
         p.requires_grad_(args.vit_lr_mult > 0)
     groups = [dict(params=rest)] + ([dict(params=vis, lr=args.vl_lr * args.vit_lr_mult)] if args.vit_lr_mult > 0 else [])
     opt = torch.optim.AdamW(groups, lr=args.vl_lr, weight_decay=0.0)
-    for p in policy.parameters():
+    for p in policy.model.parameters():
         if not any(p is q for g in groups for q in g["params"]):
             p.requires_grad_(False)
     curve_a = []
     for step in tqdm(range(args.vl_steps), desc="(a) VQA skill", unit="step"):
-        b = make_vl_batch(policy, [vl_train[step * args.vl_batch + i] for i in range(args.vl_batch)])
-        loss = vl_loss(policy, b)
+        b = policy.processor.vl_batch([vl_train[step * args.vl_batch + i] for i in range(args.vl_batch)])
+        loss = vl_loss(policy.model, b)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -124,10 +124,10 @@ def train_skill(policy, args, vl_train, eval_samples, eval_batches, eval_kinds) 
             curve_a.append({"step": step + 1, "loss": round(loss.item(), 4),
                             "accuracy": vqa_accuracy(policy, eval_batches, eval_kinds)["accuracy"]})
     before = vqa_accuracy(policy, eval_batches, eval_kinds)
-    policy.eval()
-    greedy = vl_generate(policy, eval_samples[: args.greedy_check], max_new_tokens=4)
-    tf = vl_correct(policy, make_vl_batch(policy, eval_samples[: args.greedy_check])).tolist()
-    policy.train()
+    policy.model.eval()
+    greedy = vl_generate(policy.model, policy.processor, eval_samples[: args.greedy_check], max_new_tokens=4)
+    tf = vl_correct(policy.model, policy.processor.vl_batch(eval_samples[: args.greedy_check])).tolist()
+    policy.model.train()
     result["phase_a"] = {"steps": args.vl_steps, "samples": args.vl_steps * args.vl_batch, "curve": curve_a,
                          "vqa": before, "seconds": round(time.time() - t0, 1),
                          "greedy_check": {"n": len(greedy),
@@ -148,14 +148,14 @@ def main(argv=None) -> dict:
     policy = XR0Policy.from_preset(args.preset, seed=args.seed)
     T = policy.config.chunk_len
     policy.robots = {"reach": reach_robot_spec(T)}
-    policy.train()
+    policy.model.train()
     size, cams = policy.config.image_size, policy.config.cameras
 
     vl_train = SyntheticVQA(10**7, seed=VL_TRAIN_SEED, size=size, kinds=kinds)
     vl_eval = SyntheticVQA(args.eval_n, seed=VL_EVAL_SEED, size=size, kinds=kinds)
     eval_samples = [vl_eval[i] for i in range(len(vl_eval))]
     eval_kinds = [s["kind"] for s in eval_samples]
-    eval_batches = [make_vl_batch(policy, eval_samples[i:i + 100]) for i in range(0, len(eval_samples), 100)]
+    eval_batches = [policy.processor.vl_batch(eval_samples[i:i + 100]) for i in range(0, len(eval_samples), 100)]
     robot_train = SyntheticReach(10**7, seed=ROBOT_TRAIN_SEED, cameras=cams, size=size, chunk_len=T)
     robot_eval = SyntheticReach(args.robot_eval_n, seed=ROBOT_EVAL_SEED, cameras=cams, size=size, chunk_len=T)
     robot_eval_batches = [policy.make_batch([robot_eval[i] for i in range(j, min(j + 16, len(robot_eval)))])
@@ -165,7 +165,7 @@ def main(argv=None) -> dict:
     # ---------------------------------------------------------------- (a) VL skill (cached: it is the slow part)
     cache = pathlib.Path(args.skill_cache) if args.skill_cache else None
     if cache is not None and (cache / "skill.safetensors").is_file():
-        load_model(policy, str(cache / "skill.safetensors"))
+        load_model(policy.model, str(cache / "skill.safetensors"))
         cached = json.loads((cache / "skill.json").read_text())
         if cached["config"] != skill_config(args):
             raise SystemExit(f"{cache} holds a skill trained with {cached['config']}, not {skill_config(args)}")
@@ -174,23 +174,23 @@ def main(argv=None) -> dict:
         result.update(train_skill(policy, args, vl_train, eval_samples, eval_batches, eval_kinds))
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
-            save_model(policy, str(cache / "skill.safetensors"))  # handles the tied embedding / lm_head
+            save_model(policy.model, str(cache / "skill.safetensors"))  # handles the tied embedding / lm_head
             (cache / "skill.json").write_text(json.dumps({"config": skill_config(args), "result": {
                 k: result[k] for k in ("vqa_random_init", "phase_a")}}))
     before = result["phase_a"]["vqa"]
-    snapshot = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+    snapshot = {k: v.detach().clone() for k, v in policy.model.state_dict().items()}
 
     # ---------------------------------------------------------------- (b) stage 1, without and with VL data
     arms = {}
     vl_offset = args.vl_steps * args.vl_batch  # co-training VL samples continue phase (a)'s stream: unseen ones
     for arm, vl_per_step in (("without_vl", 0), ("with_vl_1to6", args.cotrain_vl_batch)):
         t0 = time.time()
-        policy.load_state_dict(snapshot)
-        heads = ChoiceHeads.for_policy(policy, seed=args.seed + 1)
+        policy.model.load_state_dict(snapshot)
+        heads = ChoiceHeads.for_model(policy.model, seed=args.seed + 1)
         heads.train()
-        get_recipe("stage1").configure(policy)  # what `xr0 train --recipe stage1` trains: the whole VLM
-        text = [p for n, p in policy.vlm.named_parameters() if "visual" not in n and p.requires_grad]
-        vis = [p for n, p in policy.vlm.named_parameters() if "visual" in n]
+        get_recipe("stage1").configure(policy.model)  # what `xr0 train --recipe stage1` trains: the whole VLM
+        text = [p for n, p in policy.model.vlm.named_parameters() if "visual" not in n and p.requires_grad]
+        vis = [p for n, p in policy.model.vlm.named_parameters() if "visual" in n]
         for p in vis:
             p.requires_grad_(args.stage1_vit_lr_mult > 0)
         groups = [dict(params=text + list(heads.parameters()))]
@@ -204,8 +204,8 @@ def main(argv=None) -> dict:
             vb = None
             if vl_per_step:
                 start = vl_offset + step * vl_per_step
-                vb = make_vl_batch(policy, [vl_train[start + i] for i in range(vl_per_step)])
-            out = stage1_loss(policy, heads, rb, vb)
+                vb = policy.processor.vl_batch([vl_train[start + i] for i in range(vl_per_step)])
+            out = stage1_loss(policy.model, heads, rb, vb)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()

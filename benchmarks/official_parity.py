@@ -23,7 +23,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 from test_parity import APRIL, actions, build_folder, load_cases, rel, vlm_batch  # noqa: E402
 
 from xr0 import XR0Policy  # noqa: E402
-from xr0.model.policy import LossOptions  # noqa: E402
+from xr0.model.loss import LossOptions  # noqa: E402
 
 
 def main() -> None:
@@ -42,14 +42,14 @@ def main() -> None:
         load = lambda **s: XR0Policy.from_pretrained(folder, device=args.device, dtype=dtype, **s)  # noqa: E731
         april = load(**APRIL)
         with torch.inference_mode():
-            cache = april.encode(vlm_batch(c))
+            cache = april.model.encode(vlm_batch(c))
             tokens = c["in.attention_mask"].bool()[:, None, :, None].expand_as(cache.keys[0])
             out["a.kv"] = max(max(rel(cache.keys[i], c[f"a.k{i}"], tokens), rel(cache.values[i], c[f"a.v{i}"], tokens))
                               for i in range(3))
             for p in (0, 3):
-                ctx = april.context(cache, c["in.state"][:, 0], active, p)
+                ctx = april.model.context(cache, c["in.state"][:, 0], active, p)
                 x_t = c["in.x_t"] if p == 0 else c["in.x_t_prefix"]
-                out[f"b.p{p}.velocity"] = rel(april.velocity(ctx, x_t.to(dtype), c["in.t_fixed"]),
+                out[f"b.p{p}.velocity"] = rel(april.model.velocity(ctx, x_t.to(dtype), c["in.t_fixed"]),
                                               c[f"b.p{p}.velocity"], active)
         for p in (0, 3):
             ours = actions(april, c, p, noise)
@@ -65,10 +65,10 @@ def main() -> None:
             opts = LossOptions(prefix_len=p, hidden_prefix=hidden, repeat=2, reweight=True, freq_weight=1.0,
                                time=c[f"d.{case}.t"], noise=c[f"in.{case}.noise"])
             batch = dict(vlm_batch(c), state=c["in.state"][:, 0], actions=c["in.train_actions"], action_mask=active)
-            april.train()
+            april.model.train()
             with torch.no_grad():
-                loss = april.loss(batch, opts)
-            april.eval()
+                loss = april.model.loss(batch, opts)
+            april.model.eval()
             for ours, theirs in (("loss", "loss"), ("mse", "loss_mse"), ("freq", "loss_freq")):
                 ref = c[f"d.{case}.{theirs}"].item()
                 out[f"d.{case}.{theirs}"] = abs(loss[ours].item() - ref) / abs(ref)

@@ -7,8 +7,9 @@ from safetensors import safe_open
 
 from xr0 import XR0Policy
 from xr0.model.backbone import encode as backbone_encode
-from xr0.model.choice import (HEADS_FILE, IGNORE, ChoiceHeads, choice_forward, choice_losses, choose, make_vl_batch,
-                              stage1_inputs, stage1_loss, vl_correct, vl_generate, vl_loss)
+from xr0.config import IGNORE
+from xr0.model.choice import (HEADS_FILE, ChoiceHeads, choice_forward, choice_losses, choose, stage1_inputs, stage1_loss,
+                              vl_correct, vl_generate, vl_loss)
 from xr0.data.vqa import Obj, SyntheticReach, SyntheticVQA, ask, reach_robot_spec
 
 T = 10  # tiny preset chunk length
@@ -39,13 +40,13 @@ def _vl_samples(policy, n, seed=1):
 
 # ---------------------------------------------------------------- losses
 def test_wta_gradient_flows_only_through_the_best_candidate(tiny, batch):
-    heads = ChoiceHeads.for_policy(tiny, seed=0)
+    heads = ChoiceHeads.for_model(tiny.model, seed=0)
     one = {k: (v[:1] if torch.is_tensor(v) and k not in ("pixel_values", "image_grid_thw") else v)
            for k, v in batch.items()}
     n_img = len(tiny.config.cameras)
     one["image_grid_thw"] = batch["image_grid_thw"][:n_img]
     one["pixel_values"] = batch["pixel_values"][: int(one["image_grid_thw"].prod(-1).sum())]
-    cand, scores = choice_forward(tiny, heads, one)
+    cand, scores = choice_forward(tiny.model, heads, one)
     cand.retain_grad()
     out = choice_losses(cand, scores, one["actions"], one["action_mask"])
     out["loss"].backward()
@@ -79,14 +80,15 @@ def test_score_target_is_detached():
 
 
 def test_stage1_loss_decreases_with_vl_cotraining(batch):
-    policy = _policy(seed=1).train()
-    heads = ChoiceHeads.for_policy(policy, seed=1)
-    vl = make_vl_batch(policy, _vl_samples(policy, 1))
-    params = [p for n, p in policy.vlm.named_parameters() if "embed_tokens" not in n] + list(heads.parameters())
+    policy = _policy(seed=1)
+    policy.model.train()
+    heads = ChoiceHeads.for_model(policy.model, seed=1)
+    vl = policy.processor.vl_batch(_vl_samples(policy, 1))
+    params = [p for n, p in policy.model.vlm.named_parameters() if "embed_tokens" not in n] + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=3e-3)
     hist = []
     for _ in range(30):
-        out = stage1_loss(policy, heads, batch, vl)
+        out = stage1_loss(policy.model, heads, batch, vl)
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
@@ -96,7 +98,7 @@ def test_stage1_loss_decreases_with_vl_cotraining(batch):
     # the VL term moves slowly (the tied lm_head is the frozen embedding table) but must move
     assert hist[-1]["vl"] < hist[0]["vl"] - 0.5 and hist[-1]["loss"] < hist[0]["loss"]
     assert np.isclose(hist[0]["loss"], hist[0]["action"] + hist[0]["score"] + hist[0]["vl"], rtol=1e-5)
-    prop = choose(policy, heads, batch)
+    prop = choose(policy.model, heads, batch)
     assert prop.shape == (4, T, 32) and torch.isfinite(prop).all()
 
 
@@ -105,7 +107,7 @@ def test_vl_labels_mask_all_but_the_answer(tiny):
     img = np.full((40, 50, 3), 128, np.uint8)  # resized to the policy's 64x64
     samples = [{"images": [img, img], "question": "What colour is the leftmost object?", "answer": "red"},
                {"images": [], "question": "Is the sky blue?", "answer": "yes, it is"}]
-    b = make_vl_batch(tiny, samples)
+    b = tiny.processor.vl_batch(samples)
     tok = tiny.processor.tokenizer
     assert b["labels"].shape == b["input_ids"].shape
     assert b["pixel_values"].shape[0] == 2 * 16 and b["image_grid_thw"].tolist() == [[1, 4, 4]] * 2
@@ -118,29 +120,29 @@ def test_vl_labels_mask_all_but_the_answer(tiny):
         text = tok.decode(ids[attn == 1])
         assert text.endswith(f"<|im_start|>assistant\n{s['answer']}<|im_end|>\n")
         assert text.count("<|image_pad|>") == 4 * len(s["images"])
-    assert vl_loss(tiny, b).ndim == 0
-    assert vl_correct(tiny, b).shape == (2,)
+    assert vl_loss(tiny.model, b).ndim == 0
+    assert vl_correct(tiny.model, b).shape == (2,)
     with pytest.raises(ValueError, match="answer"):
-        make_vl_batch(tiny, [{"images": [], "question": "q?", "answer": ""}])
+        tiny.processor.vl_batch([{"images": [], "question": "q?", "answer": ""}])
 
 
 def test_vl_correct_agrees_with_greedy_decoding(tiny):
     samples = _vl_samples(tiny, 3)
-    correct = vl_correct(tiny, make_vl_batch(tiny, samples))
-    answers = vl_generate(tiny, samples, max_new_tokens=3)
+    correct = vl_correct(tiny.model, tiny.processor.vl_batch(samples))
+    answers = vl_generate(tiny.model, tiny.processor, samples, max_new_tokens=3)
     assert correct.tolist() == [a == s["answer"] for a, s in zip(answers, samples)]
 
 
 # ---------------------------------------------------------------- the K/V wall
 def test_choice_tokens_never_reach_the_dit_prefix(tiny, batch):
-    before = tiny.encode(batch)  # no heads exist yet
-    heads = ChoiceHeads.for_policy(tiny, seed=0)
-    inp = stage1_inputs(tiny, heads, batch)
+    before = tiny.model.encode(batch)  # no heads exist yet
+    heads = ChoiceHeads.for_model(tiny.model, seed=0)
+    inp = stage1_inputs(tiny.model, heads, batch)
     L, K = batch["input_ids"].shape[1], heads.num_tokens
     assert inp.inputs_embeds.shape[1] == L + K and K == T + 2
-    cand, _ = choice_forward(tiny, heads, batch)
+    cand, _ = choice_forward(tiny.model, heads, batch)
     cand.sum().backward()  # heads used and given gradients
-    after = tiny.encode(batch)
+    after = tiny.model.encode(batch)
     for pre in (before, after):
         assert all(k.shape[2] == L for k in pre.keys) and pre.position_ids.shape[-1] == L
         assert torch.equal(pre.pad_mask, batch["attention_mask"].bool())
@@ -149,20 +151,20 @@ def test_choice_tokens_never_reach_the_dit_prefix(tiny, batch):
     assert torch.equal(before.position_ids, after.position_ids)
     # the stage-1 pass only appends: its K/V on the prompt's real positions equal the DiT's (the text stack is
     # causal), and the extra positions carry the choice tokens
-    staged, _ = backbone_encode(tiny.vlm, inp.batch, tiny.config.expert.num_layers, inp.inputs_embeds)
+    staged, _ = backbone_encode(tiny.model.vlm, inp.batch, tiny.config.expert.num_layers, inp.inputs_embeds)
     real = batch["attention_mask"].bool()
     for a, b in zip(before.keys, staged.keys):
         assert torch.allclose(a.transpose(1, 2)[real], b[:, :, :L].transpose(1, 2)[real], atol=1e-5)
     # the flow-matching loss never touches the heads
     heads.zero_grad(set_to_none=True)
-    tiny.loss(batch)["loss"].backward()
+    tiny.model.loss(batch)["loss"].backward()
     assert all(p.grad is None for p in heads.parameters())
-    tiny.zero_grad(set_to_none=True)
+    tiny.model.zero_grad(set_to_none=True)
 
 
 # ---------------------------------------------------------------- checkpoint
 def test_heads_save_load_round_trip(tiny, batch, tmp_path):
-    heads = ChoiceHeads.for_policy(tiny, num_candidates=3, depth=1, seed=3)
+    heads = ChoiceHeads.for_model(tiny.model, num_candidates=3, depth=1, seed=3)
     file = heads.save(tmp_path)
     assert file.name == HEADS_FILE
     with safe_open(str(file), "pt") as f:
@@ -171,16 +173,16 @@ def test_heads_save_load_round_trip(tiny, batch, tmp_path):
     assert back.config == heads.config
     sd, sd2 = heads.state_dict(), back.state_dict()
     assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)
-    assert torch.equal(choose(tiny, heads, batch), choose(tiny, back, batch))
+    assert torch.equal(choose(tiny.model, heads, batch), choose(tiny.model, back, batch))
     with pytest.raises(FileNotFoundError):
         ChoiceHeads.load(tmp_path / "nowhere")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / HEADS_FILE).write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="not a readable"):
         ChoiceHeads.load(tmp_path / "bad")
-    other = ChoiceHeads.for_policy(XR0Policy.from_preset("tiny", device="meta", chunk_len=4))
+    other = ChoiceHeads.for_model(XR0Policy.from_preset("tiny", device="meta", chunk_len=4).model)
     with pytest.raises(ValueError, match="do not fit"):
-        stage1_inputs(tiny, other, batch)
+        stage1_inputs(tiny.model, other, batch)
 
 
 # ---------------------------------------------------------------- synthetic data

@@ -83,7 +83,7 @@ def test_time_law_ks():
 # ---------------------------------------------------------------- sampling
 def test_vlm_runs_once_and_prefix_is_kept(tiny):
     calls = []
-    h = tiny.vlm.model.register_forward_hook(lambda *a: calls.append(1))
+    h = tiny.model.vlm.model.register_forward_hook(lambda *a: calls.append(1))
     try:
         obs = random_observation(tiny)
         tiny.sample(**obs, steps=5)
@@ -98,18 +98,18 @@ def test_vlm_runs_once_and_prefix_is_kept(tiny):
     assert np.array_equal(out[:3], prefix)
     # in normalised space the denoiser never moves the prefix slots
     batch = tiny.processor(obs["images"], obs["instruction"])
-    ctx = tiny.context(tiny.encode(batch), torch.zeros(1, 32), torch.ones(1, 10, 32), prefix_len=3)
+    ctx = tiny.model.context(tiny.model.encode(batch), torch.zeros(1, 32), torch.ones(1, 10, 32), prefix_len=3)
     pre = torch.randn(1, 3, 32)
-    x = tiny.denoise(ctx, torch.randn(1, 10, 32), 5, pre)
+    x = tiny.model.denoise(ctx, torch.randn(1, 10, 32), 5, pre)
     assert torch.equal(x[:, :3], pre)
 
 
 def test_expert_reads_the_last_vlm_layers(tiny):
     obs = random_observation(tiny)
     batch = tiny.processor(obs["images"], obs["instruction"])
-    out = tiny.vlm.model(**batch, use_cache=True)
+    out = tiny.model.vlm.model(**batch, use_cache=True)
     n_vlm, n_exp = tiny.config.text["num_hidden_layers"], tiny.config.expert.num_layers
-    pre = tiny.encode(batch)
+    pre = tiny.model.encode(batch)
     for i in range(n_exp):
         assert torch.allclose(pre.keys[i], out.past_key_values.layers[n_vlm - n_exp + i].keys, atol=1e-5)
     assert pre.position_ids.shape == (3, 1, batch["input_ids"].shape[1])
@@ -120,19 +120,19 @@ def test_velocity_is_causal_and_masked(tiny):
     batch = tiny.processor(obs["images"], obs["instruction"])
     amask = torch.ones(1, 10, 32)
     amask[..., 7:] = 0
-    ctx = tiny.context(tiny.encode(batch), torch.zeros(1, 32), amask, prefix_len=2)
+    ctx = tiny.model.context(tiny.model.encode(batch), torch.zeros(1, 32), amask, prefix_len=2)
     x = torch.randn(1, 10, 32)
     t = torch.tensor([0.3])
-    v = tiny.velocity(ctx, x, t)
+    v = tiny.model.velocity(ctx, x, t)
     # prefix rows are 0; dims the action mask drops are left free, as the official DiT (decoding zeroes them)
     assert v[:, :2].abs().max() == 0 and v[:, 2:, 7:].abs().min() > 0
     x2 = x.clone()
     x2[:, 8] += 5.0  # a later slot must not change earlier slots' velocity
-    v2 = tiny.velocity(ctx, x2, t)
+    v2 = tiny.model.velocity(ctx, x2, t)
     assert torch.allclose(v[:, :8], v2[:, :8], atol=1e-6) and not torch.allclose(v[:, 8], v2[:, 8])
     x3 = x.clone()
     x3[..., 7:] += 5.0  # masked dims are not inputs
-    assert torch.equal(tiny.velocity(ctx, x3, t), v)
+    assert torch.equal(tiny.model.velocity(ctx, x3, t), v)
 
 
 def test_padding_does_not_change_actions(tiny):
@@ -143,11 +143,11 @@ def test_padding_does_not_change_actions(tiny):
     assert batch["attention_mask"][0].sum() < batch["attention_mask"].shape[1]  # sample 0 is right-padded
     noise = torch.randn(2, 10, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ctx = tiny.context(tiny.encode(batch), torch.zeros(2, 32), torch.ones(2, 10, 32))
-        both = tiny.denoise(ctx, noise)
+        ctx = tiny.model.context(tiny.model.encode(batch), torch.zeros(2, 32), torch.ones(2, 10, 32))
+        both = tiny.model.denoise(ctx, noise)
         single = tiny.processor(a["images"], a["instruction"])
-        ctx1 = tiny.context(tiny.encode(single), torch.zeros(1, 32), torch.ones(1, 10, 32))
-        alone = tiny.denoise(ctx1, noise[:1])
+        ctx1 = tiny.model.context(tiny.model.encode(single), torch.zeros(1, 32), torch.ones(1, 10, 32))
+        alone = tiny.model.denoise(ctx1, noise[:1])
     assert torch.allclose(both[0], alone[0], atol=1e-4)
 
 
@@ -176,7 +176,7 @@ def test_bad_input_names_the_problem(tiny):
 # ---------------------------------------------------------------- layout and checkpoints
 def test_official_layout_on_meta():
     policy = XR0Policy.from_preset("xr0-4b", device="meta")
-    state = policy.state_dict()
+    state = policy.model.state_dict()
     assert all(t.device.type == "meta" for t in state.values())
     official = official_layout()  # the packaged copy of ../shared/docs/official_layout.tsv
     shared = DOCS / "official_layout.tsv"
@@ -187,7 +187,7 @@ def test_official_layout_on_meta():
     assert sum(np.prod(s) for s in ours.values()) == 278_458_368
     vlm = [k for k in state if k.startswith("vlm.") and k != "vlm.lm_head.weight"]
     assert len(vlm) == 713  # 398 text + 315 vision, the tied lm_head is not stored
-    total = sum(p.numel() for p in policy.parameters())
+    total = sum(p.numel() for p in policy.model.parameters())
     assert 4.6e9 < total < 4.8e9
 
 
@@ -204,7 +204,7 @@ def test_save_load_sample_is_bit_identical(tiny, tmp_path):
     after = loaded.sample(**obs, seed=11)
     assert np.array_equal(before, after)
     assert loaded.metadata()["norm_stats_hash"] == policy.metadata()["norm_stats_hash"]
-    assert loaded.vlm.lm_head.weight is loaded.vlm.model.language_model.embed_tokens.weight
+    assert loaded.model.vlm.lm_head.weight is loaded.model.vlm.model.language_model.embed_tokens.weight
     assert not np.array_equal(after, loaded.sample(**obs, seed=12))
 
 
@@ -244,12 +244,12 @@ def test_checkpoint_manifest_names_a_changed_file(tiny, tmp_path):
 
 
 def test_strict_load_lists_missing_and_unexpected(tiny):
-    state = dict(tiny.state_dict())
+    state = dict(tiny.model.state_dict())
     state.pop("sink.weight")
     state["dit.layers.9.adaln_table"] = torch.zeros(6, 32)
     other = XR0Policy.from_preset("tiny", device="meta")
     with pytest.raises(ValueError, match=r"missing \(1\).*sink.weight[\s\S]*unexpected \(1\).*layers.9"):
-        other.load_weights(state)
+        other.model.load_weights(state)
 
 
 # ---------------------------------------------------------------- processing
@@ -267,7 +267,7 @@ def test_patchify_matches_qwen_image_processor():
 
 def test_patch_embedding_is_the_stock_conv3d(tiny):
     """The matmul patch embedding (backbone.MatmulPatchEmbed) gives Qwen3-VL's Conv3d result and gradients."""
-    embed = tiny.vlm.model.visual.patch_embed
+    embed = tiny.model.vlm.model.visual.patch_embed
     x = torch.randn(40, embed.proj.weight[0].numel())
     fast = embed(x)
     stock = Qwen3VLVisionPatchEmbed.forward(embed, x)  # transformers' own Conv3d forward
@@ -276,7 +276,7 @@ def test_patch_embedding_is_the_stock_conv3d(tiny):
     g_fast = torch.autograd.grad(fast.square().sum(), embed.proj.weight)[0]
     g_stock = torch.autograd.grad(stock.square().sum(), embed.proj.weight)[0]
     torch.testing.assert_close(g_fast, g_stock, atol=1e-4, rtol=1e-4)
-    half = copy.deepcopy(tiny.vlm).to(torch.bfloat16).model.visual.patch_embed  # a copy uses its own weights
+    half = copy.deepcopy(tiny.model.vlm).to(torch.bfloat16).model.visual.patch_embed  # a copy uses its own weights
     assert half(x).dtype == torch.bfloat16 and embed(x).dtype == torch.float32
 
 
@@ -294,18 +294,19 @@ def test_tokenizer_and_prompt(tiny):
 
 # ---------------------------------------------------------------- training signal
 def test_loss_options_and_learning():
-    policy = XR0Policy.from_preset("tiny", seed=0).train()
+    policy = XR0Policy.from_preset("tiny", seed=0)
+    policy.model.train()
     rng = np.random.default_rng(0)
     samples = [dict(random_observation(policy, i), actions=rng.normal(size=(10, 32)).astype(np.float32)) for i in range(2)]
     batch = policy.make_batch(samples)
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    full = policy.loss(batch, LossOptions(prefix_len=3, reweight=True, freq_weight=1.0, repeat=2, generator=gen()))
+    full = policy.model.loss(batch, LossOptions(prefix_len=3, reweight=True, freq_weight=1.0, repeat=2, generator=gen()))
     assert set(full) == {"mse", "loss", "freq"} and torch.isfinite(full["loss"])
     assert torch.allclose(full["loss"], 0.5 * full["mse"] + full["freq"])
-    opt = torch.optim.AdamW([p for n, p in policy.named_parameters() if not n.startswith("vlm.")], lr=3e-3)
+    opt = torch.optim.AdamW([p for n, p in policy.model.named_parameters() if not n.startswith("vlm.")], lr=3e-3)
     losses = []
     for _ in range(30):
-        out = policy.loss(batch, LossOptions(generator=gen()))
+        out = policy.model.loss(batch, LossOptions(generator=gen()))
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
@@ -328,7 +329,7 @@ def test_checkpoint_without_frozen_embedding(tmp_path):
     with pytest.raises(ValueError, match="regenerated token embedding"):
         XR0Policy.from_pretrained(tmp_path / "lean")
     with torch.no_grad():
-        policy.vlm.model.language_model.embed_tokens.weight[0] += 1
+        policy.model.vlm.model.language_model.embed_tokens.weight[0] += 1
     with pytest.raises(ValueError, match="seeded initial value"):
         policy.save_pretrained(tmp_path / "bad", store_embedding=False)
 
@@ -343,13 +344,13 @@ def test_dit_with_more_heads_than_the_vlm_has_kv_heads_repeats_them():
     policy = XR0Policy.from_preset("tiny", seed=0, expert=expert)  # the tiny VLM has 2 KV heads of 16
     obs = random_observation(policy)
     with torch.no_grad():
-        cache = policy.encode(policy.processor(obs["images"], obs["instruction"]))
+        cache = policy.model.encode(policy.processor(obs["images"], obs["instruction"]))
         assert cache.keys[0].shape[1] == 2
         repeated = VLMCache([k.repeat_interleave(2, 1) for k in cache.keys],
                             [v.repeat_interleave(2, 1) for v in cache.values], cache.position_ids, cache.pad_mask)
         x, t, mask = torch.randn(1, 10, 32), torch.tensor([0.4]), torch.ones(1, 10, 32)
-        v = policy.velocity(policy.context(cache, torch.zeros(1, 32), mask, 0), x, t)
-        v_ref = policy.velocity(policy.context(repeated, torch.zeros(1, 32), mask, 0), x, t)
+        v = policy.model.velocity(policy.model.context(cache, torch.zeros(1, 32), mask, 0), x, t)
+        v_ref = policy.model.velocity(policy.model.context(repeated, torch.zeros(1, 32), mask, 0), x, t)
     assert torch.equal(v, v_ref) and v.abs().max() > 0
     with pytest.raises(ValueError, match="multiple"):
         XR0Policy.from_preset("tiny", expert=ExpertConfig(num_layers=2, hidden_size=48, num_heads=3, head_dim=16))

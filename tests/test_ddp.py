@@ -74,13 +74,13 @@ def test_ddp_ranks_agree(ddp_run):
     diff = max((r0[k] - r1[k]).abs().max().item() for k in r0)
     assert diff == 0.0, diff
     init = XR0Policy.from_preset("tiny", seed=0, cameras=("front",))
-    moved = [k for k, v in init.named_parameters() if not torch.equal(v, r0["policy." + k])]
+    moved = [k for k, v in init.model.named_parameters() if not torch.equal(v, r0["model." + k])]
     assert any(k.startswith("dit.") for k in moved) and any(k.startswith("vlm.model.visual") for k in moved)
     # one writer: 3 metric rows (the mean loss over both ranks), one checkpoint holding rank 0's weights
     rows = _rows(ddp_run)
     assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
     ckpt = XR0Policy.from_pretrained(ddp_run / "checkpoints" / "step_000003")
-    assert all(torch.equal(v, r0["policy." + k]) for k, v in ckpt.named_parameters())
+    assert all(torch.equal(v, r0["model." + k]) for k, v in ckpt.model.named_parameters())
     assert sorted(p.name for p in (ddp_run / "checkpoints").iterdir()) == ["latest", "step_000003"]
 
 
@@ -90,4 +90,4 @@ def test_fsdp_matches_ddp(ddp_run, tmp_path):
     f0, d0 = load_file(str(out / "rank0.safetensors")), load_file(str(ddp_run / "rank0.safetensors"))
     assert max((f0[k] - d0[k]).abs().max().item() for k in d0) < 1e-5
     ckpt = XR0Policy.from_pretrained(out / "checkpoints" / "step_000003")
-    assert all(torch.allclose(v, f0["policy." + k], atol=1e-6) for k, v in ckpt.named_parameters())
+    assert all(torch.allclose(v, f0["model." + k], atol=1e-6) for k, v in ckpt.model.named_parameters())

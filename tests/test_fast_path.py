@@ -35,14 +35,14 @@ def _rotate_half(x):
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
-def reference_velocity(policy, ctx, x, t):
+def reference_velocity(model, ctx, x, t):
     """Spec §2.3 written plainly: unfused RMSNorms, x * (1 + scale) + shift, concatenated K/V, masked write."""
-    dtype, B = policy.sink.weight.dtype, x.shape[0]
-    time_mod = policy.t_projector(policy.t_embedder(t)).view(B, 6, -1)
-    h = torch.cat([policy.sink.weight.expand(B, 1, -1), ctx.state_token,
-                   policy.action_projector((x * ctx.action_mask).to(dtype))], dim=1)
+    dtype, B = model.sink.weight.dtype, x.shape[0]
+    time_mod = model.t_projector(model.t_embedder(t)).view(B, 6, -1)
+    h = torch.cat([model.sink.weight.expand(B, 1, -1), ctx.state_token,
+                   model.action_projector((x * ctx.action_mask).to(dtype))], dim=1)
     S = h.shape[1]
-    for layer, vlm_k, vlm_v in zip(policy.dit.layers, ctx.cache.keys, ctx.cache.values):
+    for layer, vlm_k, vlm_v in zip(model.dit.layers, ctx.cache.keys, ctx.cache.values):
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = (time_mod + layer.adaln_table).unsqueeze(2).unbind(1)
         a = layer.attn
         y = _rms(layer.input_layernorm, h) * (1 + scale_a) + shift_a
@@ -54,17 +54,17 @@ def reference_velocity(policy, ctx, x, t):
         y = _rms(layer.post_layernorm, h) * (1 + scale_m) + shift_m
         y = layer.mlp.down_proj(F.silu(layer.mlp.gate_proj(y)) * layer.mlp.up_proj(y))
         h = _rms(layer.final_layernorm, h + gate_m * y)
-    out = policy.action_output_layer(h[:, 2:]).to(x.dtype)  # the official DiT leaves masked dims free
+    out = model.action_output_layer(h[:, 2:]).to(x.dtype)  # the official DiT leaves masked dims free
     out[:, : ctx.prefix_len] = 0
     return out
 
 
-def reference_denoise(policy, ctx, noise, steps, prefix):
+def reference_denoise(model, ctx, noise, steps, prefix):
     x = noise.clone()
     if prefix is not None:
         x[:, : prefix.shape[1]] = prefix
     for k in range(steps):
-        x = x + (1.0 / steps) * reference_velocity(policy, ctx, x, torch.full((x.shape[0],), k / steps))
+        x = x + (1.0 / steps) * reference_velocity(model, ctx, x, torch.full((x.shape[0],), k / steps))
     return x
 
 
@@ -74,14 +74,14 @@ def test_fp32_fast_denoise_matches_the_plain_reference(tiny):
     batch = tiny.processor(obs["images"], obs["instruction"])
     amask = torch.ones(1, 10, 32)
     amask[..., 7:] = 0
-    ctx = tiny.context(tiny.encode(batch), torch.randn(1, 32), amask, prefix_len=3)
+    ctx = tiny.model.context(tiny.model.encode(batch), torch.randn(1, 32), amask, prefix_len=3)
     noise, prefix = torch.randn(1, 10, 32), torch.randn(1, 3, 32)
-    fast = tiny.denoise(ctx, noise, 5, prefix)
-    ref = reference_denoise(tiny, ctx, noise, 5, prefix)
+    fast = tiny.model.denoise(ctx, noise, 5, prefix)
+    ref = reference_denoise(tiny.model, ctx, noise, 5, prefix)
     assert (fast - ref).abs().max() < FP32_ATOL
     assert torch.equal(fast[:, :3], prefix)  # held fixed
     t = torch.tensor([0.37])  # the public per-call velocity (training path) agrees too, at any t
-    assert (tiny.velocity(ctx, noise, t) - reference_velocity(tiny, ctx, noise, t)).abs().max() < FP32_ATOL
+    assert (tiny.model.velocity(ctx, noise, t) - reference_velocity(tiny.model, ctx, noise, t)).abs().max() < FP32_ATOL
 
 
 def test_bf16_actions_match_fp32(tiny):
@@ -107,14 +107,14 @@ def test_static_denoiser_matches_eager(tiny):
     ref = tiny.sample(**obs, seed=5)
     L = len(tiny.processor.prompt_ids(obs["instruction"]))
     try:
-        static = tiny.use_static_denoiser(max_len=L + 13)  # padded: the extra K/V slots must be masked out
+        static = tiny.model.use_static_denoiser(max_len=L + 13)  # padded: the extra K/V slots must be masked out
         assert not static.cuda_graph
         out = tiny.sample(**obs, seed=5)
         assert np.abs(out - ref).max() < FP32_ATOL and np.array_equal(out[:3], ref[:3])
-        tiny.use_static_denoiser(max_len=L - 1)  # prompt does not fit: falls back to the eager loop
+        tiny.model.use_static_denoiser(max_len=L - 1)  # prompt does not fit: falls back to the eager loop
         assert np.array_equal(tiny.sample(**obs, seed=5), ref)
     finally:
-        tiny.use_static_denoiser(None)
+        tiny.model.use_static_denoiser(None)
 
 
 def _cli(*argv) -> dict:
@@ -140,5 +140,5 @@ def test_compiled_step_matches_eager(tiny):  # slow: inductor needs ~30 s to com
     obs = observation(tiny, seed=4)
     ref = tiny.sample(**obs)
     fast = copy.deepcopy(tiny)
-    fast.compile_denoiser()
+    fast.model.compile_denoiser()
     assert np.abs(fast.sample(**obs) - ref).max() < FP32_ATOL

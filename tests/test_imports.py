@@ -60,4 +60,7 @@ def test_no_import_cycle_between_packages():
     for unit in sorted(edges):
         if not state.get(unit):
             visit(unit, [])
-    assert edges["sim"].keys() >= {"model", "runtime"} and "sim" not in edges.get("data", {})  # the graph is real
+    assert edges["sim"].keys() >= {"policy", "runtime"} and "sim" not in edges.get("data", {})  # the graph is real
+    # the layers: config <- model <- processing <- policy <- the rest (model sees tensors only)
+    assert not edges.get("model", {}).keys() & {"processing", "policy", "official", "train", "data", "sim", "runtime"}
+    assert not edges.get("processing", {}).keys() & {"model", "policy", "train", "data", "sim", "runtime"}

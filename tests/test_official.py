@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from xr0 import XR0Policy
 from xr0.cli import main as cli_main
 from xr0.config import RELEASE_RUNTIME
-from xr0.model import official
+from xr0 import official
 
 T = 10  # LIBERO chunk length (from the stats, although config.json says action_length 30)
 
@@ -45,7 +45,7 @@ def write_official(folder: pathlib.Path, policy, rename=None, drop=(), extra=Non
                    dtype=None) -> pathlib.Path:
     """Write `policy` as an official release: 2 shards + index, 4.57-style nested vlm_config, processor stats."""
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().clone().contiguous() for k, v in policy.state_dict().items() if k != "vlm.lm_head.weight"}
+    state = {k: v.detach().clone().contiguous() for k, v in policy.model.state_dict().items() if k != "vlm.lm_head.weight"}
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
     for k in drop:
@@ -102,9 +102,9 @@ def test_official_folder_loads_strictly_with_the_mapped_config(source, folder):
     rope = cfg.vlm["text_config"]["rope_parameters"]
     assert rope == {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [4, 2, 2], "mrope_interleaved": True}
     assert "rope_scaling" not in cfg.vlm["text_config"] and cfg.vlm["tie_word_embeddings"] is True
-    for k, v in source.state_dict().items():
-        assert torch.equal(policy.state_dict()[k], v), k
-    assert policy.vlm.lm_head.weight is policy.vlm.model.language_model.embed_tokens.weight
+    for k, v in source.model.state_dict().items():
+        assert torch.equal(policy.model.state_dict()[k], v), k
+    assert policy.model.vlm.lm_head.weight is policy.model.vlm.model.language_model.embed_tokens.weight
     robot = policy.robot("libero_all")
     assert (robot.action_dim, robot.state_dim) == (7, 8)
     assert robot.action_mask.tolist() == [1.0] * 7 + [0.0] * 25
@@ -139,8 +139,8 @@ def test_other_vlm_key_layouts_are_remapped(source, tmp_path, layout):
         return "model." + k
     folder = write_official(tmp_path / layout, source, rename=rename)
     policy = XR0Policy.from_pretrained(folder)
-    sd = policy.state_dict()
-    assert all(torch.equal(sd[k], v) for k, v in source.state_dict().items())
+    sd = policy.model.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in source.model.state_dict().items())
 
 
 def test_missing_and_unexpected_tensors_are_listed(source, tmp_path):
@@ -167,7 +167,7 @@ def test_index_naming_an_absent_shard_is_an_error(source, tmp_path):
 def test_bf16_release_keeps_its_dtype_and_samples(source, tmp_path):
     folder = write_official(tmp_path / "bf16", source, dtype=torch.bfloat16)
     policy = XR0Policy.from_pretrained(folder)
-    assert policy.sink.weight.dtype == torch.bfloat16
+    assert policy.model.sink.weight.dtype == torch.bfloat16
     images, instruction, state = _obs(policy, 1)
     a = policy.sample(images, instruction, state, seed=5)
     assert a.shape == (T, 7) and np.isfinite(a).all()

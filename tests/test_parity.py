@@ -93,22 +93,22 @@ def rel(x: torch.Tensor, ref: torch.Tensor, where: torch.Tensor) -> float:
 
 def actions(policy: XR0Policy, c: dict, p: int, noise: torch.Tensor | None = None) -> torch.Tensor:
     with torch.inference_mode():
-        ctx = policy.context(policy.encode(vlm_batch(c)), c["in.state"][:, 0], c["in.action_mask"], p)
-        return policy.denoise(ctx, c["in.noise"] if noise is None else noise, 5,
+        ctx = policy.model.context(policy.model.encode(vlm_batch(c)), c["in.state"][:, 0], c["in.action_mask"], p)
+        return policy.model.denoise(ctx, c["in.noise"] if noise is None else noise, 5,
                               c["in.prefix_actions"][:, :p] if p else None)
 
 
 def test_the_folder_loads_strictly_with_the_release_runtime_by_default(folder):
     policy = XR0Policy.from_pretrained(folder)
     assert policy.config.runtime() == RELEASE_RUNTIME
-    assert policy.action_output_layer.layers[0].weight.shape == (32, 1024)
-    assert policy.action_output_layer.layers[2].weight.shape == (32, 32)
+    assert policy.model.action_output_layer.layers[0].weight.shape == (32, 1024)
+    assert policy.model.action_output_layer.layers[2].weight.shape == (32, 32)
 
 
 def test_vlm_kv_and_positions(april, cases):
     c = cases
     with torch.inference_mode():
-        cache = april.encode(vlm_batch(c))
+        cache = april.model.encode(vlm_batch(c))
     real = c["in.attention_mask"].bool()
     tokens = real[:, None, :, None].expand_as(cache.keys[0])
     for i in range(3):
@@ -121,18 +121,18 @@ def test_vlm_kv_and_positions(april, cases):
 def test_expert_context_velocity_and_every_euler_step(april, cases, p):
     c, key = cases, f"p{p}"
     with torch.inference_mode():
-        cache = april.encode(vlm_batch(c))
-        ctx = april.context(cache, c["in.state"][:, 0], c["in.action_mask"], p)
+        cache = april.model.encode(vlm_batch(c))
+        ctx = april.model.context(cache, c["in.state"][:, 0], c["in.action_mask"], p)
         assert torch.equal(ctx.mask[:, :, :, :], c[f"ctx.{key}.attn_mask"])
         positions = expert_positions(cache.max_position(), 10, p, april.config.expert.rope_offset)
         assert torch.equal(positions, c[f"ctx.{key}.dit_position_ids"])
         assert rel(ctx.state_token, c[f"ctx.{key}.state_embed"], torch.ones_like(ctx.state_token)) < TOL
         x_t = c["in.x_t"] if p == 0 else c["in.x_t_prefix"]
         active = c["in.action_mask"]
-        assert rel(april.velocity(ctx, x_t, c["in.t_fixed"]), c[f"b.{key}.velocity"], active) < TOL
+        assert rel(april.model.velocity(ctx, x_t, c["in.t_fixed"]), c[f"b.{key}.velocity"], active) < TOL
         for k in range(5):
             x = c[f"c.{key}.step{k}.x"]
-            assert rel(april.velocity(ctx, x, c[f"c.{key}.step{k}.t"]), c[f"c.{key}.step{k}.v"], active) < TOL
+            assert rel(april.model.velocity(ctx, x, c[f"c.{key}.step{k}.t"]), c[f"c.{key}.step{k}.v"], active) < TOL
     assert rel(actions(april, c, p), c[f"c.{key}.actions"], c["in.action_mask"]) < TOL
 
 
@@ -140,7 +140,7 @@ def test_asbuilt_bf16_rounded_rope_tables(folder, cases):
     c = cases
     policy = XR0Policy.from_pretrained(folder, **{**APRIL, "rope_tables": "bf16"})
     with torch.inference_mode():
-        cache = policy.encode(vlm_batch(c))
+        cache = policy.model.encode(vlm_batch(c))
     tokens = c["in.attention_mask"].bool()[:, None, :, None].expand_as(cache.keys[0])
     for i in range(3):
         assert rel(cache.keys[i], c[f"asbuilt.a.k{i}"], tokens) < TOL
@@ -153,11 +153,11 @@ def test_release_runtime_case(folder, cases):
     policy = XR0Policy.from_pretrained(folder)  # the release defaults: causal DiT mask, no offset, fp32 tables
     active = c["in.action_mask"]
     with torch.inference_mode():
-        cache = policy.encode(vlm_batch(c))
-        ctx = policy.context(cache, c["in.state"][:, 0], active, 0)
+        cache = policy.model.encode(vlm_batch(c))
+        ctx = policy.model.context(cache, c["in.state"][:, 0], active, 0)
         assert torch.equal(ctx.mask, c["release.ctx.attn_mask"])
         for k in range(5):
-            v = policy.velocity(ctx, c[f"release.c.p0.step{k}.x"], c[f"release.c.p0.step{k}.t"])
+            v = policy.model.velocity(ctx, c[f"release.c.p0.step{k}.x"], c[f"release.c.p0.step{k}.t"])
             assert rel(v, c[f"release.c.p0.step{k}.v"], active) < TOL
     assert rel(actions(policy, c, 0), c["release.c.p0.actions"], active) < TOL
     # the April settings give the other runtime's answer, ~0.1 away: the defaults are what makes the match
@@ -220,12 +220,12 @@ def test_training_loss(april, cases, case):
     opts.time, opts.noise = c[f"d.{case}.t"], c[f"in.{case}.noise"]
     batch = dict(vlm_batch(c), state=c["in.state"][:, 0], actions=c["in.train_actions"],
                  action_mask=c["in.action_mask"])
-    april.train()
+    april.model.train()
     try:
         with torch.no_grad():
-            out = april.loss(batch, opts)
+            out = april.model.loss(batch, opts)
     finally:
-        april.eval()
+        april.model.eval()
     for ours, theirs in (("loss", "loss"), ("mse", "loss_mse"), ("freq", "loss_freq")):
         ref = c[f"d.{case}.{theirs}"].item()
         assert abs(out[ours].item() - ref) <= TOL * abs(ref), (ours, out[ours].item(), ref)
@@ -318,7 +318,7 @@ def test_runtime_settings_from_the_cli_and_the_async_refusal(folder, tmp_path, c
     with pytest.raises(ValueError, match="rope_tables"):
         XR0Policy.from_pretrained(folder, rope_tables="fp16")
     # a built policy switches its tables too: bf16-rounded values, fp32 storage
-    text_rotary = policy.vlm.model.language_model.rotary_emb
+    text_rotary = policy.model.vlm.model.language_model.rotary_emb
     exact = text_rotary.inv_freq.clone()
     policy.set_runtime(rope_tables="bf16")
     assert text_rotary.inv_freq.dtype == torch.float32

@@ -42,10 +42,10 @@ def test_without_prefix_weights_sampling_is_unchanged(tiny):
             noise = torch.randn((1, T, D), generator=torch.Generator().manual_seed(seed))
             p = 0 if pre is None else len(pre)
             prefix_t = None if pre is None else torch.from_numpy(robot.normalize_actions(pre))[None]
-            ctx = tiny.context(tiny.encode(tiny.processor(obs["images"], obs["instruction"])),
+            ctx = tiny.model.context(tiny.model.encode(tiny.processor(obs["images"], obs["instruction"])),
                                torch.from_numpy(robot.normalize_state(obs["state"]))[None],
                                torch.from_numpy(robot.action_mask).expand(1, T, D), p)
-            expected = robot.denormalize_actions(tiny.denoise(ctx, noise, None, prefix_t)[0].numpy())
+            expected = robot.denormalize_actions(tiny.model.denoise(ctx, noise, None, prefix_t)[0].numpy())
         if pre is not None:
             expected[:p] = pre
         np.testing.assert_array_equal(tiny.sample(**obs, prefix=pre, seed=seed), expected)

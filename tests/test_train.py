@@ -65,7 +65,7 @@ def metrics(out):
 
 
 def snapshot(policy):
-    return {k: v.detach().clone() for k, v in policy.named_parameters()}
+    return {k: v.detach().clone() for k, v in policy.model.named_parameters()}
 
 
 # ---------------------------------------------------------------- each recipe learns and freezes what it should
@@ -84,14 +84,14 @@ def test_recipe_lowers_loss_and_freezes(dataset, tmp_path, recipe):
     assert last < 0.6 * first, (recipe, mse)
     # the schedule the trainer applied: warm-up from the floor to the peak, cosine back to the floor
     assert [r["lr"] for r in rows] == pytest.approx([lr_at(s, 3e-3, 3, 30) for s in range(30)], rel=1e-12)
-    after = dict(tr.policy.named_parameters())
+    after = dict(tr.policy.model.named_parameters())
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     vlm = {k for k in before if k.startswith("vlm.")}
     expert = set(before) - vlm
     assert expert <= changed, sorted(expert - changed)
     if recipe == "stage2":
         assert not (changed & vlm), sorted(changed & vlm)[:5]
-        assert not tr.policy.vlm.training and all(not p.requires_grad for p in tr.policy.vlm.parameters())
+        assert not tr.policy.model.vlm.training and all(not p.requires_grad for p in tr.policy.model.vlm.parameters())
     else:
         assert EMBEDDINGS not in changed and not after[EMBEDDINGS].requires_grad
         assert any(k.startswith("vlm.model.visual.") for k in changed)
@@ -115,14 +115,14 @@ def test_param_groups_and_schedule(dataset, tmp_path):
     patterns = ("bias", "norm", "ln", "rotary_emb", "adaln")
     assert all(any(p in n for p in patterns) for n in no_decay["names"])
     assert not any(any(p in n for p in patterns) for n in decay["names"])
-    for name in ("policy.dit.layers.0.adaln_table", "policy.dit.layers.1.attn.qkv_proj.bias",
-                 "policy.dit.layers.0.input_layernorm.weight", "policy.t_projector.layers.0.bias",
-                 "policy.vlm.model.visual.blocks.0.norm1.bias", "policy.vlm.model.language_model.norm.weight"):
+    for name in ("model.dit.layers.0.adaln_table", "model.dit.layers.1.attn.qkv_proj.bias",
+                 "model.dit.layers.0.input_layernorm.weight", "model.t_projector.layers.0.bias",
+                 "model.vlm.model.visual.blocks.0.norm1.bias", "model.vlm.model.language_model.norm.weight"):
         assert name in no_decay["names"], name
-    for name in ("policy.dit.layers.0.attn.qkv_proj.weight", "policy.sink.weight",
-                 "policy.vlm.model.language_model.layers.0.self_attn.q_proj.weight"):
+    for name in ("model.dit.layers.0.attn.qkv_proj.weight", "model.sink.weight",
+                 "model.vlm.model.language_model.layers.0.self_attn.q_proj.weight"):
         assert name in decay["names"], name
-    assert "policy." + EMBEDDINGS not in decay["names"] + no_decay["names"]  # frozen: not optimised at all
+    assert "model." + EMBEDDINGS not in decay["names"] + no_decay["names"]  # frozen: not optimised at all
     trainable = {n for n, p in tr.core.named_parameters() if p.requires_grad}
     assert trainable == set(decay["names"]) | set(no_decay["names"])
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
@@ -151,7 +151,7 @@ def test_resume_gives_identical_losses(dataset, tmp_path):
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
     assert [r["prefix_len"] for r in a] == [r["prefix_len"] for r in b]
-    sa, sb = straight.policy.state_dict(), resumed.policy.state_dict()
+    sa, sb = straight.policy.model.state_dict(), resumed.policy.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     # the checkpoint holds no pickle: only JSON and safetensors files
     ckpt = find_latest(tmp_path / "b")
@@ -232,8 +232,8 @@ def test_checkpoints_are_atomic(dataset, tmp_path, monkeypatch):
     # stage2 -> post-async: --init takes the weights and statistics (a run folder means its latest checkpoint)
     post = Trainer(config(dataset, tmp_path / "post", recipe="post-async", init=str(out), steps=2))
     assert post.step == 0 and post.policy.robot("toy").action_mean.tolist() == spec.action_mean.tolist()
-    assert all(torch.equal(v, dict(loaded.named_parameters())[k]) for k, v in post.policy.named_parameters())
-    assert all(p.requires_grad for n, p in post.policy.named_parameters() if n != EMBEDDINGS)
+    assert all(torch.equal(v, dict(loaded.model.named_parameters())[k]) for k, v in post.policy.model.named_parameters())
+    assert all(p.requires_grad for n, p in post.policy.model.named_parameters() if n != EMBEDDINGS)
     assert post.run().steps_done == 2
 
 
@@ -280,7 +280,7 @@ def test_cli_flags_map_to_config_and_ablations():
     assert (rec.lambda_mask, rec.rope_offset, rec.reweight, rec.prefix_dropout, rec.freq_weight, rec.repeat,
             rec.max_prefix, rec.env_state_weight) == (False, 0, False, 0.0, 0.0, 2, 3, 0.5)
     policy = XR0Policy.from_preset("tiny")
-    rec.configure(policy)
+    rec.configure(policy.model)
     assert policy.config.expert.local_window is None and policy.config.expert.rope_offset == 0
     assert policy.config.max_prefix == 3
     defaults = train_cli.config_from_args(parser.parse_args([]))
@@ -341,7 +341,7 @@ def test_env_state_loss_teaches_the_image_tokens_and_stays_out_of_the_policy(dat
     ckpt = find_latest(tmp_path / "es")
     assert (ckpt / "env_state_head.safetensors").is_file()
     policy = XR0Policy.from_pretrained(ckpt)  # strict load: the head is not in the policy's weights
-    assert set(policy.state_dict()) == set(tr.policy.state_dict())
+    assert set(policy.model.state_dict()) == set(tr.policy.model.state_dict())
     resumed = Trainer(config(data, tmp_path / "es", **{**kw, "steps": 41, "resume": True}))
     assert all(torch.equal(v, resumed.heads.state_dict()[k]) for k, v in tr.heads.state_dict().items())
     with pytest.raises(ValueError, match="environment_state"):
@@ -361,7 +361,7 @@ def test_stage1_recipe_trains_vlm_and_heads_with_vl_data(dataset, tmp_path):
     rows = metrics(tmp_path / "s1")
     assert {"loss", "action", "score", "vl"} <= set(rows[0])
     assert np.mean([r["action"] for r in rows[-3:]]) < 0.6 * np.mean([r["action"] for r in rows[:3]])
-    after = dict(tr.policy.named_parameters())
+    after = dict(tr.policy.model.named_parameters())
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert not {k for k in changed if not k.startswith("vlm.")}, "stage 1 must not train the DiT"
     assert EMBEDDINGS in changed and any(k.startswith("vlm.model.language_model.layers.") for k in changed)

@@ -7,7 +7,7 @@ import importlib
 
 __version__ = "0.1.0"
 _LAZY = {
-    "XR0Policy": "xr0.model.policy", "LossOptions": "xr0.model.policy", "RobotSpec": "xr0.processing.normalize",
+    "XR0Policy": "xr0.policy", "XR0Model": "xr0.model.vla", "LossOptions": "xr0.model.loss", "RobotSpec": "xr0.processing.normalize",
     "PolicyConfig": "xr0.config", "ExpertConfig": "xr0.config", "get_preset": "xr0.config", "PRESETS": "xr0.config",
 }
 __all__ = sorted(_LAZY)

@@ -123,7 +123,7 @@ def _default_dtype(dtype):
 def build_policy(preset: str, device: str, dtype: str, seed: int = 0):
     """Random weights built where they will run and in their final dtype: for xr0-4b on a GPU that is ~9 GB of bf16
     initialised on the device in seconds, instead of 19 GB of fp32 initialised on the host and then copied."""
-    from .model.policy import XR0Policy
+    from .policy import XR0Policy
 
     dt = torch_dtype(dtype)
     with _default_dtype(dt):
@@ -176,33 +176,33 @@ class Runner:
         self.static = None
         if setup.cuda_graph and not setup.naive:
             L = len(policy.processor.prompt_ids(obs["instruction"]))
-            self.static = policy.use_static_denoiser(max_len=-(-L // 64) * 64, steps=steps, cuda_graph=True)
-            policy.use_static_denoiser(None)  # installed per run (runners may share a policy)
-        self.dtype = policy.sink.weight.dtype
+            self.static = policy.model.use_static_denoiser(max_len=-(-L // 64) * 64, steps=steps, cuda_graph=True)
+            policy.model.use_static_denoiser(None)  # installed per run (runners may share a policy)
+        self.dtype = policy.model.dtype
 
     @contextlib.contextmanager
     def _installed(self):
         """Per run: this runner's static denoiser, and a probe that marks the start of every DiT step."""
-        p = self.policy
-        p._static_denoiser = self.static
-        own = p.__dict__.get("velocity_at")  # a compiled step, if this setup has one
+        m = self.policy.model
+        m._static_denoiser = self.static
+        own = m.__dict__.get("forward")  # a compiled step, if this setup has one
         if not self.setup.naive and self.static is None:  # never probe inside a CUDA-graph capture
-            inner, calls = p.velocity_at, [0]
+            inner, calls = m.forward, [0]
 
             def probe(*a):
                 self.clock.mark(f"dit_step_{calls[0] - 1}" if calls[0] else "dit_setup")
                 calls[0] += 1
                 return inner(*a)
 
-            p.velocity_at = probe
+            m.forward = probe
         try:
             yield
         finally:
-            p._static_denoiser = None
+            m._static_denoiser = None
             if own is None:
-                p.__dict__.pop("velocity_at", None)
+                m.__dict__.pop("forward", None)
             else:
-                p.velocity_at = own
+                m.forward = own
 
     def chunk(self) -> tuple[np.ndarray, dict[str, float], float]:
         import torch
@@ -210,7 +210,7 @@ class Runner:
         from .model.flow import euler_sample, initial_noise
 
         p, obs, dev, clock = self.policy, self.obs, self.device, self.clock
-        robot = p.robot()
+        m, robot = p.model, p.robot()
         T, D = p.config.chunk_len, p.config.action_dim
         with torch.inference_mode(), self._installed():
             clock.start()
@@ -225,21 +225,21 @@ class Runner:
             clock.mark("preprocess")
             if self.setup.naive:
                 def velocity(x, t, k):  # the VLM and the context again at every step
-                    cache = p.encode(batch)
+                    cache = m.encode(batch)
                     clock.mark("prefill")
-                    ctx = p.context(cache, state, mask, n_pre)
+                    ctx = m.context(cache, state, mask, n_pre)
                     clock.mark("context")
-                    v = p.velocity(ctx, x, t)
+                    v = m.velocity(ctx, x, t)
                     clock.mark(f"dit_step_{k}")
                     return v
 
                 x = euler_sample(velocity, noise, self.steps, prefix_t)
             else:
-                cache = p.encode(batch)
+                cache = m.encode(batch)
                 clock.mark("prefill")
-                ctx = p.context(cache, state, mask, n_pre)
+                ctx = m.context(cache, state, mask, n_pre)
                 clock.mark("context")
-                x = p.denoise(ctx, noise, self.steps, prefix_t)
+                x = m.denoise(ctx, noise, self.steps, prefix_t)
                 clock.mark("dit_step_%d" % (self.steps - 1) if self.static is None else "denoise")
             out = robot.denormalize_actions(x[0].float().cpu().numpy())
             if prefix is not None:
@@ -261,15 +261,13 @@ def _prepare(policy, setup: Setup):
     if setup.compile or setup.compile_vlm:
         policy = copy.deepcopy(policy)
     if setup.compile and not setup.cuda_graph:  # a CUDA graph replays eager kernels; no compile inside a capture
-        policy.compile_denoiser()
+        policy.model.compile_denoiser()
     if setup.compile_vlm:  # in place: parameter names stay; static shapes (one prompt length in a benchmark)
-        policy.vlm.model.language_model.compile(dynamic=False)
+        policy.model.vlm.model.language_model.compile(dynamic=False)
     return policy
 
 
 def latency(args) -> dict:
-    import torch
-
     device = args.device
     primary = _setup_from_args(args, device)
     if primary.cuda_graph and not device.startswith("cuda"):
@@ -316,7 +314,7 @@ def latency(args) -> dict:
                **_stats(totals["this"], stages["this"]), first_chunk_s=round(first_s["this"], 3),
                max_abs_diff_vs_sample=float(np.abs(out - ref).max()),
                vlm_tokens=len(base[primary.dtype].processor.prompt_ids(INSTRUCTION)),
-               params=sum(t.numel() for t in base[primary.dtype].parameters()), build_s=round(build_s, 2))
+               params=sum(t.numel() for t in base[primary.dtype].model.parameters()), build_s=round(build_s, 2))
     if len(runners) > 1:
         res["compare"] = {n: {**dataclasses.asdict(setups[n]), **_stats(totals[n], stages[n])}
                           for n in runners if n != "this"}
@@ -339,12 +337,13 @@ def _stats(totals: list[float], stages: list[dict[str, float]]) -> dict:
 def train(args) -> dict:
     import torch
 
-    from .model.policy import LossOptions
+    from .model.loss import LossOptions
 
     device, dtype = args.device, resolve_dtype(args.dtype, args.device)
     clock = Clock(device)
     load_before = os.getloadavg()
-    policy = build_policy(args.preset, device, "fp32", args.seed).train()  # fp32 master weights
+    policy = build_policy(args.preset, device, "fp32", args.seed)  # fp32 master weights
+    model = policy.model.train()
     rng = np.random.default_rng(args.seed)
     T, D = policy.config.chunk_len, policy.robot().action_dim
     samples = [dict(observation(policy, args.seed + i), actions=rng.normal(size=(T, D)).astype(np.float32))
@@ -352,8 +351,8 @@ def train(args) -> dict:
     for s in samples:
         s.pop("prefix")
     frozen = ("vlm.",) if args.freeze_vlm else ("vlm.model.language_model.embed_tokens.",)
-    params = [p for n, p in policy.named_parameters() if not n.startswith(frozen)]
-    for n, p in policy.named_parameters():
+    params = [p for n, p in model.named_parameters() if not n.startswith(frozen)]
+    for n, p in model.named_parameters():
         p.requires_grad_(not n.startswith(frozen))
     opt = torch.optim.AdamW(params, lr=1e-4)
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=dtype == "bf16")
@@ -364,7 +363,7 @@ def train(args) -> dict:
         batch = policy.make_batch(samples)
         clock.mark("make_batch")
         with autocast:
-            loss = policy.loss(batch, LossOptions(generator=gen))["loss"]
+            loss = model.loss(batch, LossOptions(generator=gen))["loss"]
         clock.mark("forward")
         opt.zero_grad(set_to_none=True)
         loss.backward()

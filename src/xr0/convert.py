@@ -1,16 +1,41 @@
-"""`xr0 convert`: an official release folder or an April DeepSpeed checkpoint -> xr0's format (xr0.model.official)."""
+"""`xr0 convert`: an official release folder or an April DeepSpeed checkpoint -> xr0's format (xr0.official)."""
 
 from __future__ import annotations
 
 import json
+import pathlib
 import sys
 
 import torch
 
 from .config import add_runtime_arguments, runtime_settings
-from .model.official import ASSUMPTIONS, OfficialFormatError, convert
+from .official import ASSUMPTIONS, CONFIG, OfficialFormatError, find_deepspeed, read_april, read_release
+from .policy import XR0Policy
 
 DTYPES = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def convert(official: str | pathlib.Path, out: str | pathlib.Path, dtype: torch.dtype | None = None,
+            stats_file: str | pathlib.Path | None = None, vlm_config: str | pathlib.Path | None = None,
+            **settings) -> dict:
+    """Official release folder or April DeepSpeed checkpoint -> xr0 folder; returns a short summary."""
+    official, out = pathlib.Path(official), pathlib.Path(out)
+    if out.resolve() == official.resolve():
+        raise ValueError("--out must differ from --official (the official files would be overwritten)")
+    deepspeed = None if (official / CONFIG).is_file() else find_deepspeed(official)
+    if deepspeed is not None:
+        parts = read_april(deepspeed, stats_file, vlm_config, **settings)
+    else:
+        parts = read_release(official, stats_file, **settings)
+    policy = XR0Policy.from_state(*parts)
+    policy.save_pretrained(out, dtype=dtype)
+    state, _ = policy.model.state_to_save(dtype)
+    c = policy.config
+    return {"official": str(official), "out": str(out), "tensors": len(state), "robot_types": sorted(policy.robots),
+            "chunk_len": c.chunk_len, "cameras": list(c.cameras), "image_size": list(c.image_size),
+            "expert": {"layers": c.expert.num_layers, "hidden": c.expert.hidden_size},
+            "source": "deepspeed" if deepspeed is not None else "release", "runtime": c.runtime(),
+            "dtype": str(next(iter(state.values())).dtype)}
 
 
 def add_arguments(p) -> None:

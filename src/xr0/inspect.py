@@ -32,7 +32,8 @@ def official_layout() -> dict[str, tuple[int, ...]]:
 
 def report(preset: str | None = None, checkpoint: str | None = None) -> dict:
     """Counts and layout of a preset (built on the meta device) or of a checkpoint folder (xr0 or official)."""
-    from .model.policy import XR0Policy, count_parameters
+    from .model.vla import count_parameters
+    from .policy import XR0Policy
 
     if checkpoint is not None:
         from .checkpoints import resolve_checkpoint
@@ -41,8 +42,9 @@ def report(preset: str | None = None, checkpoint: str | None = None) -> dict:
         preset = policy.config.name
     else:
         policy = XR0Policy.from_preset(preset, device="meta")
-    state = policy.state_dict()
-    if policy.vlm.config.tie_word_embeddings:
+    model = policy.model
+    state = model.state_dict()
+    if model.vlm.config.tie_word_embeddings:
         state.pop("vlm.lm_head.weight", None)  # tied to the token embedding; not stored
     parts = dict.fromkeys(PARTS, 0)
     for name, tensor in state.items():
@@ -51,8 +53,8 @@ def report(preset: str | None = None, checkpoint: str | None = None) -> dict:
     expert = {k: tuple(v.shape) for k, v in state.items() if not k.startswith("vlm.")}
     out = {
         "preset": preset,
-        "total_parameters": count_parameters(policy),
-        "parameters_without_token_embedding": count_parameters(policy) - parts["vlm.token_embedding"],
+        "total_parameters": count_parameters(model),
+        "parameters_without_token_embedding": count_parameters(model) - parts["vlm.token_embedding"],
         "parts": parts,
         "tensors": {"vlm": sum(k.startswith("vlm.") for k in state), "expert": len(expert)},
         "expert_parameters": sum(math.prod(s) for s in expert.values()),

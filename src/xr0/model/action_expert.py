@@ -203,7 +203,7 @@ class ExpertContext:
 
 
 class ActionExpert(nn.Module):
-    """The flow-matching DiT. Subclassed by XR0Policy, so its parameter names sit at the checkpoint's top level."""
+    """The flow-matching DiT. Subclassed by XR0Model, so its parameter names sit at the checkpoint's top level."""
 
     def __init__(self, cfg: ExpertConfig, action_dim: int, state_dim: int, text_config):
         super().__init__()
@@ -249,27 +249,23 @@ class ActionExpert(nn.Module):
         plus_one = torch.tensor([0, 1, 0, 0, 1, 0], dtype=time_mod.dtype, device=time_mod.device)[:, None]
         return (time_mod[None] + tables[:, None] + plus_one).unsqueeze(3)
 
-    def velocity(self, ctx: ExpertContext, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Predicted velocity (B, T, D) for actions x (B, T, D) at times t (B,); zero on the prefix rows."""
-        return self.velocity_at(ctx, x, self.modulation_table(t))
-
-    def velocity_at(self, ctx: ExpertContext, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """velocity() given the rows of modulation_table(t) (num_layers, B, 6, 1, H): the per-step DiT pass."""
-        return self.velocity_from(ctx, self.hidden_at(ctx, x, table), x.dtype)
-
-    def hidden_at(self, ctx: ExpertContext, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """The DiT's last hidden states (B, 2 + T, H) of [sink, state, actions] for actions x (B, T, D)."""
+    def forward(self, ctx: ExpertContext, x: torch.Tensor, mod: torch.Tensor,
+                return_hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """One DiT pass: the velocity (B, T, D) for actions x (B, T, D), zero on the prefix rows, given the adaLN
+        rows `mod` of modulation_table(t) (num_layers, B, 6, 1, H). return_hidden=True also returns the last
+        hidden states (B, 2 + T, H) of [sink, state, actions]."""
         dtype = self.sink.weight.dtype
         B = x.shape[0]
         actions = self.action_projector((x * ctx.action_mask).to(dtype))
         h = torch.cat([self.sink.weight.expand(B, 1, -1), ctx.state_token, actions], dim=1)
-        for layer, mod, k, v in zip(self.dit.layers, table, ctx.cache.keys, ctx.cache.values):
-            h = layer(h, mod, k, v, ctx.cos, ctx.sin, ctx.mask)
-        return h
+        for layer, layer_mod, k, v in zip(self.dit.layers, mod, ctx.cache.keys, ctx.cache.values):
+            h = layer(h, layer_mod, k, v, ctx.cos, ctx.sin, ctx.mask)
+        velocity = self.action_output_layer(h[:, FIRST_ACTION:]).to(x.dtype) * ctx.velocity_mask
+        return (velocity, h) if return_hidden else velocity
 
-    def velocity_from(self, ctx: ExpertContext, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """hidden_at()'s output -> velocity (B, T, D), zero on the prefix rows."""
-        return self.action_output_layer(h[:, FIRST_ACTION:]).to(dtype) * ctx.velocity_mask
+    def velocity(self, ctx: ExpertContext, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """forward() at times t (B,)."""
+        return self(ctx, x, self.modulation_table(t))
 
 
 class StaticDenoiser:
@@ -277,7 +273,7 @@ class StaticDenoiser:
 
     Built for a batch size, a VLM prompt capacity `max_len` (shorter prompts are right-padded; the padding is masked
     out), the chunk length and the step count. Each call copies one chunk's context into the buffers and runs the
-    loop: eagerly on CPU (same numbers as ActionExpert.velocity_at), or on CUDA by replaying a graph captured on the
+    loop: eagerly on CPU (same numbers as ActionExpert.forward), or on CUDA by replaying a graph captured on the
     first call, which removes the launch overhead of steps x layers x ~30 kernels. The modulation table is computed
     once here, so rebuild after changing the weights.
     """
@@ -331,7 +327,7 @@ class StaticDenoiser:
             self.x[:, : prefix_actions.shape[1]].copy_(prefix_actions)
 
     def _loop(self) -> None:
-        self.out.copy_(euler_sample(lambda x, t, k: self.expert.velocity_at(self.ctx, x, self.table[:, k]),
+        self.out.copy_(euler_sample(lambda x, t, k: self.expert(self.ctx, x, self.table[:, k]),
                                     self.x, self.steps, times=self.times))
 
     def _capture(self) -> None:

@@ -5,7 +5,7 @@ the [A_i] / [S] embeddings are learned. Each [A_i] output predicts N candidate a
 N scores. Losses (XR-1's recipe): winner-takes-all masked-mean L1 over candidates, MSE of each score against its
 candidate's (detached) L1, and next-token cross-entropy on VL answers through the tied lm_head.
 
-The choice tokens exist only in this module's VLM pass. `XR0Policy.encode` (stage 2, post-training, inference)
+The choice tokens exist only in this module's VLM pass. `XR0Model.encode` (stage 2, post-training, inference)
 runs the plain prompt, so the K/V the DiT reads never contain them (else the DiT could copy the VLM's guess).
 The heads live in `choice_heads.safetensors` (names `choice.*`) beside the policy, never in its official layout.
 """
@@ -15,13 +15,11 @@ from __future__ import annotations
 import pathlib
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..processing.images import check_image, resize
-from ..processing.prompts import vl_prompt
+from ..config import IGNORE
 from .backbone import vlm_position_ids
 from .headfile import load_head, save_head
 
@@ -29,7 +27,6 @@ HEADS_FILE = "choice_heads.safetensors"
 PREFIX = "choice."
 FORMAT = "xr0-choice"
 PLACEHOLDER_ID = 151643  # "<|endoftext|>": any non-vision id works, its embedding is replaced
-IGNORE = -100
 
 
 @dataclass
@@ -76,14 +73,14 @@ class ChoiceHeads(nn.Module):
         self.score_head = MLP(c.hidden_size, c.hidden_size, c.num_candidates, c.depth)
 
     @classmethod
-    def for_policy(cls, policy, num_candidates: int = 5, depth: int = 2, seed: int | None = None) -> "ChoiceHeads":
-        """Heads sized for `policy`, on its device and dtype. `seed` makes the init reproducible."""
-        cfg = policy.config
+    def for_model(cls, model, num_candidates: int = 5, depth: int = 2, seed: int | None = None) -> "ChoiceHeads":
+        """Heads sized for `model`, on its device and dtype. `seed` makes the init reproducible."""
+        cfg = model.config
         conf = ChoiceConfig(cfg.text["hidden_size"], cfg.chunk_len, cfg.action_dim, cfg.state_dim, num_candidates,
                             depth)
         if seed is not None:
             torch.manual_seed(seed)
-        p = next(policy.parameters())
+        p = next(model.parameters())
         return cls(conf).to(p.device, p.dtype)
 
     @property
@@ -91,12 +88,12 @@ class ChoiceHeads(nn.Module):
         """Tokens appended to each prompt: <state>, [A_1..A_T], [S]."""
         return self.config.chunk_len + 2
 
-    def check(self, policy) -> None:
-        c, cfg = self.config, policy.config
+    def check(self, model) -> None:
+        c, cfg = self.config, model.config
         got = (c.hidden_size, c.chunk_len, c.action_dim, c.state_dim)
         want = (cfg.text["hidden_size"], cfg.chunk_len, cfg.action_dim, cfg.state_dim)
         if got != want:
-            raise ValueError(f"choice heads (hidden, T, action_dim, state_dim) = {got} do not fit the policy {want}")
+            raise ValueError(f"choice heads (hidden, T, action_dim, state_dim) = {got} do not fit the model {want}")
 
     def token_embeddings(self, state: torch.Tensor) -> torch.Tensor:
         """(B, state_dim) -> (B, T + 2, H): [<state>, A_1..A_T, S]."""
@@ -115,7 +112,7 @@ class ChoiceHeads(nn.Module):
         cand = self.action_head(action_hidden.to(dt)).float().view(B, T, c.num_candidates, c.action_dim)
         return cand.permute(0, 2, 1, 3), self.score_head(score_hidden.to(dt)).float()
 
-    # ---------------------------------------------------------------- checkpoint (next to the policy's files)
+    # ---------------------------------------------------------------- checkpoint (next to the model's files)
     def save(self, folder: str | pathlib.Path, state_dict: dict | None = None) -> pathlib.Path:
         """Write `folder/choice_heads.safetensors` (tensors `choice.*`, config in the header). `state_dict`
         overrides this module's own (the trainer passes the gathered one under FSDP)."""
@@ -165,14 +162,14 @@ def _prompt_lengths(attention_mask: torch.Tensor) -> torch.Tensor:
     return n
 
 
-def stage1_inputs(policy, heads: ChoiceHeads, batch: dict) -> Stage1Inputs:
+def stage1_inputs(model, heads: ChoiceHeads, batch: dict) -> Stage1Inputs:
     """Append <state>, [A_1..A_T], [S] right after each prompt's last real token (before its padding) and splice
     their embeddings into `inputs_embeds`. The Qwen3-VL text stack is causal, so the prompt's own states are
     unchanged by the appended tokens."""
-    heads.check(policy)
-    batch = policy.batch_to_device(batch)
+    heads.check(model)
+    batch = model.batch_to_device(batch)
     if "state" not in batch:
-        raise ValueError("stage-1 batch needs 'state' (use policy.make_batch)")
+        raise ValueError("stage-1 batch needs 'state' (use XR0Policy.make_batch)")
     ids, attn, mm = batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"]
     B, L = ids.shape
     K = heads.num_tokens
@@ -186,15 +183,15 @@ def stage1_inputs(policy, heads: ChoiceHeads, batch: dict) -> Stage1Inputs:
     new_mm = torch.zeros((B, L + K), dtype=mm.dtype, device=mm.device)
     new_mm[:, :L] = mm * attn.to(mm.dtype)
     ext = dict(batch, input_ids=new_ids, attention_mask=real.to(attn.dtype), mm_token_type_ids=new_mm)
-    emb = policy.vlm.model.get_input_embeddings()(new_ids)
+    emb = model.vlm.model.get_input_embeddings()(new_ids)
     extra = heads.token_embeddings(batch["state"]).to(emb.dtype)  # (B, K, H)
     emb = emb.scatter(1, slots[:, :, None].expand(-1, -1, emb.shape[-1]), extra)
     return Stage1Inputs(ext, emb, slots)
 
 
-def _text_hidden(policy, batch: dict, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+def _text_hidden(model, batch: dict, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Last hidden states (B, L, H) of one VLM pass with explicit M-RoPE position ids and no cache."""
-    vlm = policy.vlm
+    vlm = model.vlm
     out = vlm.model(input_ids=None if inputs_embeds is not None else batch["input_ids"], inputs_embeds=inputs_embeds,
                     attention_mask=batch["attention_mask"], pixel_values=batch.get("pixel_values"),
                     image_grid_thw=batch.get("image_grid_thw"), mm_token_type_ids=batch["mm_token_type_ids"],
@@ -202,10 +199,10 @@ def _text_hidden(policy, batch: dict, inputs_embeds: torch.Tensor | None = None)
     return out.last_hidden_state
 
 
-def choice_forward(policy, heads: ChoiceHeads, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def choice_forward(model, heads: ChoiceHeads, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage-1 VLM pass -> candidates (B, N, T, D) and scores (B, N), in normalised action space, float32."""
-    inp = stage1_inputs(policy, heads, batch)
-    hidden = _text_hidden(policy, inp.batch, inp.inputs_embeds)
+    inp = stage1_inputs(model, heads, batch)
+    hidden = _text_hidden(model, inp.batch, inp.inputs_embeds)
     H = hidden.shape[-1]
     picked = hidden.gather(1, inp.slots[:, :, None].expand(-1, -1, H))  # (B, T + 2, H)
     return heads(picked[:, 1:-1], picked[:, -1])
@@ -227,93 +224,58 @@ def choice_losses(candidates: torch.Tensor, scores: torch.Tensor, actions: torch
     return {"loss": wta + score_weight * score, "action": wta, "score": score, "l1_all": d.detach().mean()}
 
 
-def stage1_loss(policy, heads: ChoiceHeads, batch: dict, vl_batch: dict | None = None, *, score_weight: float = 1.0,
+def stage1_loss(model, heads: ChoiceHeads, batch: dict, vl_batch: dict | None = None, *, score_weight: float = 1.0,
                 vl_weight: float = 1.0) -> dict[str, torch.Tensor]:
-    """The stage-1 objective on a robot batch (policy.make_batch) and optionally a VL batch (make_vl_batch).
+    """The stage-1 objective on a robot batch (XR0Policy.make_batch) and optionally a VL batch (Processor.vl_batch).
 
     Returns scalar tensors: loss (to backprop) = action + score_weight * score [+ vl_weight * vl], action (WTA L1),
     score (MSE), l1_all (mean L1 over all candidates, for logging) and vl (answer-token cross-entropy) if given.
     The VL:robot ratio (1:6 in the paper) is the caller's choice of batch sizes / sampling.
     """
-    dev = next(policy.parameters()).device
-    cand, scores = choice_forward(policy, heads, batch)
+    dev = next(model.parameters()).device
+    cand, scores = choice_forward(model, heads, batch)
     out = choice_losses(cand, scores, batch["actions"].to(dev), batch["action_mask"].to(dev), score_weight)
     if vl_batch is not None:
-        out["vl"] = vl_loss(policy, vl_batch)
+        out["vl"] = vl_loss(model, vl_batch)
         out["loss"] = out["loss"] + vl_weight * out["vl"]
     return out
 
 
 @torch.no_grad()
-def choose(policy, heads: ChoiceHeads, batch: dict) -> torch.Tensor:
+def choose(model, heads: ChoiceHeads, batch: dict) -> torch.Tensor:
     """The best-scored candidate per sample (B, T, D), normalised action space: a coarse action proposal.
     Scores regress each candidate's L1 error, so the best is the lowest score."""
-    cand, scores = choice_forward(policy, heads, batch)
+    cand, scores = choice_forward(model, heads, batch)
     best = scores.argmin(dim=1)
     return cand[torch.arange(cand.shape[0], device=cand.device), best]
 
 
 # ---------------------------------------------------------------------- vision-language co-training
-def make_vl_batch(policy, samples: list[dict]) -> dict[str, torch.Tensor]:
-    """VL samples {"images": [uint8 (H, W, 3)], "question", "answer"} -> VLM batch + `labels` (B, L).
-
-    Text = vl_prompt(question) + answer + "<|im_end|>\\n". Labels are -100 everywhere except the answer tokens
-    and the closing <|im_end|> (so a trained model also learns to stop). Images are resized to the policy's size.
-    """
-    if not samples:
-        raise ValueError("make_vl_batch needs at least one sample")
-    proc = policy.processor
-    tok = proc.tokenizer
-    end_id = tok.convert_tokens_to_ids("<|im_end|>")
-    ids, labels, images = [], [], []
-    for i, s in enumerate(samples):
-        q, a, ims = s.get("question"), s.get("answer"), s.get("images", [])
-        if not isinstance(q, str) or not q.strip() or not isinstance(a, str) or not a.strip():
-            raise ValueError(f"VL sample {i}: needs non-empty 'question' and 'answer' strings")
-        ims = [resize(check_image(f"sample {i} image {k}", im), policy.config.image_size) for k, im in enumerate(ims)]
-        prompt, suffix = vl_prompt(q.strip(), len(ims), proc.image_tokens)
-        if not suffix.startswith("<|im_end|>"):
-            raise ValueError(f"unexpected VL answer suffix {suffix!r}")
-        p = tok(prompt, add_special_tokens=False)["input_ids"]
-        ans = tok(a.strip(), add_special_tokens=False)["input_ids"] + [end_id]
-        tail = tok(suffix[len("<|im_end|>"):], add_special_tokens=False)["input_ids"]
-        ids.append(p + ans + tail)
-        labels.append([IGNORE] * len(p) + ans + [IGNORE] * len(tail))
-        if ims:
-            images.append(np.stack(ims))
-    batch = proc.collate(ids, images)
-    lab = torch.full(batch["input_ids"].shape, IGNORE, dtype=torch.long)
-    for b, x in enumerate(labels):
-        lab[b, : len(x)] = torch.tensor(x)
-    batch["labels"] = lab
-    return batch
-
-
-def _answer_logits(policy, vl_batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def _answer_logits(model, vl_batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (M, V) at the positions predicting each labelled token, and those M target ids. Applying the tied
     lm_head only there avoids a (B, L, 151936) logit tensor."""
-    batch = policy.batch_to_device(vl_batch)
+    batch = model.batch_to_device(vl_batch)
     if "labels" not in batch:
-        raise ValueError("VL batch needs 'labels' (use make_vl_batch)")
-    hidden = _text_hidden(policy, batch)
+        raise ValueError("VL batch needs 'labels' (use Processor.vl_batch)")
+    hidden = _text_hidden(model, batch)
     target = batch["labels"][:, 1:]
     sel = target != IGNORE
     if not sel.any():
         raise ValueError("VL batch has no answer tokens to predict")
-    return policy.vlm.lm_head(hidden[:, :-1][sel]).float(), target[sel]
+    return model.vlm.lm_head(hidden[:, :-1][sel]).float(), target[sel]
 
 
-def vl_loss(policy, vl_batch: dict) -> torch.Tensor:
+def vl_loss(model, vl_batch: dict) -> torch.Tensor:
     """Next-token cross-entropy averaged over the answer tokens (+ closing <|im_end|>) of the batch."""
-    logits, target = _answer_logits(policy, vl_batch)
+    logits, target = _answer_logits(model, vl_batch)
     return F.cross_entropy(logits, target)
 
 
 @torch.no_grad()
-def vl_correct(policy, vl_batch: dict) -> torch.Tensor:
+def vl_correct(model, vl_batch: dict) -> torch.Tensor:
     """(B,) bool: every answer token and the closing <|im_end|> is the full-vocabulary argmax given the true
     prefix. That is exactly "greedy decoding returns the answer and stops" (up to exact logit ties)."""
-    logits, target = _answer_logits(policy, vl_batch)
+    logits, target = _answer_logits(model, vl_batch)
     hit = logits.argmax(-1) == target
     sel = vl_batch["labels"][:, 1:].to(hit.device) != IGNORE
     per = torch.ones(sel.shape, dtype=torch.bool, device=hit.device)
@@ -322,20 +284,18 @@ def vl_correct(policy, vl_batch: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def vl_generate(policy, samples: list[dict], max_new_tokens: int = 8) -> list[str]:
-    """Greedy answers (no cache; one full VLM pass per new token: fine for one-word answers in tests/benchmarks)."""
-    proc = policy.processor
-    tok = proc.tokenizer
+def vl_generate(model, processor, samples: list[dict], max_new_tokens: int = 8) -> list[str]:
+    """Greedy answers (no cache; one full VLM pass per new token: fine for one-word answers in tests/benchmarks).
+    `processor`: the model's Processor (xr0.processing), which tokenises and collates."""
+    tok = processor.tokenizer
     end_id = tok.convert_tokens_to_ids("<|im_end|>")
     answers = []
     for s in samples:
-        ims = [resize(check_image(f"image {k}", im), policy.config.image_size) for k, im in enumerate(s["images"])]
-        prompt, _ = vl_prompt(s["question"].strip(), len(ims), proc.image_tokens)
-        ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        ids, images = processor.vl_prompt_ids(s["question"], s["images"])
         out: list[int] = []
         for _ in range(max_new_tokens):
-            batch = policy.batch_to_device(proc.collate([ids + out], [np.stack(ims)] if ims else []))
-            nxt = int(policy.vlm.lm_head(_text_hidden(policy, batch)[0, -1]).argmax())
+            batch = model.batch_to_device(processor.collate([ids + out], [images] if images is not None else []))
+            nxt = int(model.vlm.lm_head(_text_hidden(model, batch)[0, -1]).argmax())
             if nxt == end_id:
                 break
             out.append(nxt)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..config import PolicyConfig
+from ..config import IGNORE, PolicyConfig
 from .images import check_image, patchify, resize, tokens_per_image
 from .normalize import RobotSpec, stats_hash
-from .prompts import action_prompt
+from .prompts import VL_END, action_prompt, vl_prompt
 from .tokenizer import qwen_tokenizer
 
 __all__ = ["Processor", "RobotSpec", "stats_hash", "qwen_tokenizer"]
@@ -63,3 +63,41 @@ class Processor:
 
     def __call__(self, images, instruction: str) -> dict[str, torch.Tensor]:
         return self.collate([self.prompt_ids(instruction)], [self.images(images)])
+
+    # ---- vision-language co-training (stage 1) and greedy answers (xr0.model.choice)
+    def vl_prompt_ids(self, question: str, images: list, where: str = "VL sample") -> tuple[list[int], np.ndarray | None]:
+        """The VL question prompt's token ids and its images (n, H, W, 3) at the model's size (None: no image)."""
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"{where}: needs a non-empty 'question' string")
+        ims = [resize(check_image(f"{where} image {k}", im), self.config.image_size) for k, im in enumerate(images)]
+        prompt = vl_prompt(question.strip(), len(ims), self.image_tokens)
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"], (np.stack(ims) if ims else None)
+
+    def vl_batch(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        """VL samples {"images": [uint8 (H, W, 3)], "question", "answer"} -> VLM batch + `labels` (B, L).
+
+        Text = vl_prompt(question) + answer + "<|im_end|>" + newline. Labels are -100 everywhere except the answer tokens
+        and the closing <|im_end|> (so a trained model also learns to stop). Images are resized to the model's size.
+        """
+        if not samples:
+            raise ValueError("vl_batch needs at least one sample")
+        tok = self.tokenizer
+        end_id = tok.convert_tokens_to_ids(VL_END)
+        newline = tok("\n", add_special_tokens=False)["input_ids"]
+        ids, labels, images = [], [], []
+        for i, s in enumerate(samples):
+            a = s.get("answer")
+            if not isinstance(a, str) or not a.strip():
+                raise ValueError(f"VL sample {i}: needs non-empty 'question' and 'answer' strings")
+            p, ims = self.vl_prompt_ids(s.get("question"), s.get("images", []), f"VL sample {i}")
+            ans = tok(a.strip(), add_special_tokens=False)["input_ids"] + [end_id]
+            ids.append(p + ans + newline)
+            labels.append([IGNORE] * len(p) + ans + [IGNORE] * len(newline))
+            if ims is not None:
+                images.append(ims)
+        batch = self.collate(ids, images)
+        lab = torch.full(batch["input_ids"].shape, IGNORE, dtype=torch.long)
+        for b, x in enumerate(labels):
+            lab[b, : len(x)] = torch.tensor(x)
+        batch["labels"] = lab
+        return batch

@@ -14,7 +14,10 @@ def action_prompt(instruction: str, cameras: tuple[str, ...] | list[str], image_
             f"<|im_start|>assistant\n<cot></cot><|im_end|>\n")
 
 
-def vl_prompt(question: str, n_images: int, image_tokens: int) -> tuple[str, str]:
-    """(prompt, answer prefix) for a vision-language sample; the answer follows the assistant header."""
+VL_END = "<|im_end|>"  # closes a vision-language answer; a newline follows it
+
+
+def vl_prompt(question: str, n_images: int, image_tokens: int) -> str:
+    """The prompt of a vision-language sample; its answer follows the assistant header, then VL_END + newline."""
     views = "".join(VISION.format(pads="<|image_pad|>" * image_tokens) for _ in range(n_images))
-    return f"<|im_start|>user\n{views}{question}<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>\n"
+    return f"<|im_start|>user\n{views}{question}<|im_end|>\n<|im_start|>assistant\n"

@@ -17,6 +17,9 @@ Why it is built this way: the policy is not thread-safe and a GPU serves one bat
 inference runs on one worker thread behind a bounded counter ("busy" beats an unbounded queue). All
 input is validated before it reaches the model so a bad client gets a precise error instead of a
 crash, and no untrusted byte is ever unpickled.
+
+HTTP GET ``/healthz`` answers "OK"; GET ``/stats`` a JSON map of counts (open connections, requests pending,
+totals of connections, chunks, refused requests and internal errors since start).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import dataclasses
 import hmac
 import http
 import ipaddress
+import json
 import logging
 import math
 import os
@@ -275,6 +279,7 @@ class PolicyServer:
         }
         self._pending = 0  # requests queued or running; touched only on the event loop
         self._connections = 0
+        self._counts = {"connections_opened": 0, "chunks": 0, "refused": 0, "internal_errors": 0}
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
@@ -323,6 +328,10 @@ class PolicyServer:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
+    def stats(self) -> dict:
+        """Open connections, requests queued or running, and totals since start (GET /stats serves this)."""
+        return {"connections": self._connections, "pending": self._pending, **self._counts}
+
     def _thread_main(self) -> None:
         try:
             asyncio.run(self._main(install_signals=False))
@@ -360,8 +369,11 @@ class PolicyServer:
     # ---- HTTP hook: health check, connection limit, header auth
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.path.split("?", 1)[0] == "/healthz":
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
             return connection.respond(http.HTTPStatus.OK, "OK\n")
+        if path == "/stats":  # counts only, no request data: what a soak test or a monitor reads
+            return connection.respond(http.HTTPStatus.OK, json.dumps(self.stats()) + "\n")
         if self._connections >= self.max_connections:
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
         connection.xr0_authed = self._token is None
@@ -384,6 +396,7 @@ class PolicyServer:
 
     async def _handler(self, ws: ServerConnection) -> None:
         self._connections += 1
+        self._counts["connections_opened"] += 1
         peer = ws.remote_address
         authed = getattr(ws, "xr0_authed", self._token is None)
         auth_failures = 0
@@ -419,12 +432,15 @@ class PolicyServer:
                     if not authed:
                         auth_failures += 1  # anything but a good token counts, so junk can't hold the socket
                     logger.info("request from %s refused: %s: %s", peer, e.type, e.message)
+                    self._counts["refused"] += 1
                     reply = e.to_reply()
                 except Exception as e:  # noqa: BLE001 - a server bug must not take the connection down
                     logger.exception("unexpected error handling a request from %s", peer)
+                    self._counts["internal_errors"] += 1
                     reply = RequestError("internal_error", f"{type(e).__name__}: {e}"[:500]).to_reply()
                 await ws.send(wire.packb(reply))
                 if "actions" in reply:
+                    self._counts["chunks"] += 1
                     prev_total_ms = (time.perf_counter() - t0) * 1e3
                 if auth_failures >= MAX_AUTH_FAILURES:
                     await ws.close(1008, "too many failed auth attempts")

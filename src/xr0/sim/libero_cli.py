@@ -54,7 +54,7 @@ def load_policy(checkpoint: str | None, preset: str | None, device: str = "auto"
                 runtime: dict | None = None):
     import torch
 
-    from ..model.policy import XR0Policy
+    from ..policy import XR0Policy
 
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     dt = {"auto": torch.bfloat16 if dev.startswith("cuda") else None, "bf16": torch.bfloat16,

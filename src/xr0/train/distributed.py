@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..model.policy import XR0Policy
+from ..model.vla import XR0Model
 from .recipes import Recipe
 
 
@@ -48,16 +48,16 @@ def init_distributed(device: str = "auto") -> Dist:
 
 
 class LossModule(nn.Module):
-    """Policy (+ recipe heads) behind one forward(), so DDP/FSDP see the loss computation as a module call."""
+    """The model (+ recipe heads) behind one forward(), so DDP/FSDP see the loss computation as a module call."""
 
-    def __init__(self, policy: XR0Policy, recipe: Recipe, heads: nn.Module | None = None):
+    def __init__(self, model: XR0Model, recipe: Recipe, heads: nn.Module | None = None):
         super().__init__()
-        self.policy = policy
+        self.model = model
         self.heads = heads
         self.recipe = recipe
 
-    def forward(self, batch: dict, opts, vl_samples=None) -> dict[str, torch.Tensor]:
-        return self.recipe.loss(self.policy, batch, opts, self.heads, vl_samples)
+    def forward(self, batch: dict, opts, vl_batch: dict | None = None) -> dict[str, torch.Tensor]:
+        return self.recipe.loss(self.model, batch, opts, self.heads, vl_batch)
 
 
 def shard(module: LossModule) -> nn.Module:
@@ -71,10 +71,10 @@ def shard(module: LossModule) -> nn.Module:
     """
     from torch.distributed.fsdp import fully_shard
 
-    pol = module.policy
-    for layer in pol.vlm.model.language_model.layers:
+    model = module.model
+    for layer in model.vlm.model.language_model.layers:
         fully_shard(layer, reshard_after_forward=False)
-    for unit in [*pol.vlm.model.visual.blocks, *(m for layer in pol.dit.layers for m in (layer.attn, layer.mlp))]:
+    for unit in [*model.vlm.model.visual.blocks, *(m for layer in model.dit.layers for m in (layer.attn, layer.mlp))]:
         fully_shard(unit)
     fully_shard(module)
     return module

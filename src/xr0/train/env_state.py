@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..model.headfile import load_head, save_head
+from ..processing.images import tokens_per_image
 
 FILE = "env_state_head.safetensors"
 FORMAT = "xr0-env-state-head"
@@ -52,21 +53,21 @@ class EnvStateHead(nn.Module):
         self.register_buffer("std", torch.ones(env_state_dim))
 
     @classmethod
-    def for_policy(cls, policy, dataset, max_samples: int = 20_000) -> "EnvStateHead":
-        """Sized for `policy` and `dataset`'s environment state, normalised by its statistics."""
+    def for_model(cls, model, dataset, max_samples: int = 20_000) -> "EnvStateHead":
+        """Sized for `model` (XR0Model) and `dataset`'s environment state, normalised by its statistics."""
         dim = int(getattr(dataset, "env_state_dim", 0) or 0)
         if not dim:
             raise ValueError("--env-state-loss needs a dataset with observation.environment_state "
                              "(`xr0 data metaworld` records it)")
-        text, cfg = policy.config.text, policy.config
-        head = cls(text["num_key_value_heads"] * text["head_dim"], policy.processor.image_tokens * len(cfg.cameras),
+        text, cfg = model.config.text, model.config
+        head = cls(text["num_key_value_heads"] * text["head_dim"], tokens_per_image(cfg.image_size) * len(cfg.cameras),
                    cfg.expert.hidden_size, dim)
         n = len(dataset)
         picks = np.linspace(0, n - 1, min(n, max_samples)).astype(int)
         values = np.stack([dataset.env_state(int(i)) for i in picks])
         head.mean.copy_(torch.from_numpy(values.mean(0)))
         head.std.copy_(torch.from_numpy(np.where(values.std(0) > 1e-6, values.std(0), 1.0)))
-        return head.to(policy.sink.weight.device)
+        return head.to(model.device)
 
     def forward(self, tokens: torch.Tensor, sink_hidden: torch.Tensor) -> dict[str, torch.Tensor]:
         """Image-token values (B, N, C) and the expert's sink hidden (B', H) -> normalised predictions."""

@@ -1,6 +1,6 @@
 """Named training recipes (spec §4-6): which parameters train, and which flow-matching options each batch uses.
 
-A recipe is a typed config plus three hooks the trainer calls: `configure(policy)` once (freezing, ablations),
+A recipe is a typed config plus three hooks the trainer calls: `configure(model)` once (freezing, ablations),
 `options(rng, generator)` per batch (prefix length, prefix dropout, re-weighting), and `loss(...)`.
 Every ingredient of the asynchronous recipe is a separate field, so an ablation is one CLI flag.
 """
@@ -16,7 +16,8 @@ import torch
 from ..config import MAX_PREFIX
 from ..model import choice
 from ..model.masks import sample_hidden_prefix
-from ..model.policy import LossOptions, XR0Policy
+from ..model.loss import LossOptions
+from ..model.vla import XR0Model
 from .env_state import EnvStateHead
 
 EMBEDDINGS = "vlm.model.language_model.embed_tokens.weight"  # the input token embeddings (tied to lm_head)
@@ -59,26 +60,26 @@ class Recipe:
             raise ValueError(f"recipe {self.name}: rope_offset must be >= 0, got {self.rope_offset}")
 
     # ------------------------------------------------------------------ once, before training
-    def configure(self, policy: XR0Policy) -> None:
-        """Apply the ablation switches to the policy config (saved with the checkpoint) and set requires_grad."""
-        e = policy.config.expert
+    def configure(self, model: XR0Model) -> None:
+        """Apply the ablation switches to the model config (saved with the checkpoint) and set requires_grad."""
+        e = model.config.expert
         if not self.lambda_mask:
             e.local_window = None
         if self.rope_offset is not None:
             e.rope_offset = self.rope_offset
         # A checkpoint records the longest prefix it was trained with: 0 refuses the async executor (xr0 eval).
-        policy.config.max_prefix = min(self.max_prefix, policy.config.chunk_len) if self.async_prefix else 0
-        for name, p in policy.named_parameters():
+        model.config.max_prefix = min(self.max_prefix, model.config.chunk_len) if self.async_prefix else 0
+        for name, p in model.named_parameters():
             in_vlm = name.startswith("vlm.")
             frozen = ((in_vlm and not self.train_vlm) or (not in_vlm and not self.train_expert)
                       or (self.freeze_embeddings and name == EMBEDDINGS))
             p.requires_grad_(not frozen)
 
-    def set_mode(self, policy: XR0Policy) -> None:
+    def set_mode(self, model: XR0Model) -> None:
         """Training mode, except a frozen VLM stays in eval mode."""
-        policy.train()
+        model.train()
         if not self.train_vlm:
-            policy.vlm.eval()
+            model.vlm.eval()
 
     # ------------------------------------------------------------------ per batch
     def options(self, chunk_len: int, rng: random.Random, generator: torch.Generator,
@@ -96,22 +97,22 @@ class Recipe:
         return LossOptions(prefix_len=p, hidden_prefix=hidden, repeat=self.repeat, reweight=self.reweight,
                            freq_weight=self.freq_weight, generator=generator)
 
-    def loss(self, policy: XR0Policy, batch: dict, opts: LossOptions, heads: torch.nn.Module | None = None,
-             vl_samples: list[dict] | None = None) -> dict[str, torch.Tensor]:
+    def loss(self, model: XR0Model, batch: dict, opts: LossOptions, heads: torch.nn.Module | None = None,
+             vl_batch: dict | None = None) -> dict[str, torch.Tensor]:
+        """The recipe's objective on a batch of XR0Policy.make_batch (+ a Processor.vl_batch in stage 1)."""
         if self.stage == 1:
-            vl = choice.make_vl_batch(policy, vl_samples) if vl_samples else None
-            return choice.stage1_loss(policy, heads, batch, vl)
+            return choice.stage1_loss(model, heads, batch, vl_batch)
         if heads is not None:
             opts = dataclasses.replace(opts, env_state_head=heads, env_state_weight=self.env_state_weight)
-        return policy.loss(batch, opts)
+        return model.loss(batch, opts)
 
-    def build_heads(self, policy: XR0Policy, dataset=None) -> torch.nn.Module | None:
+    def build_heads(self, model: XR0Model, dataset=None) -> torch.nn.Module | None:
         """Extra trainable modules of the recipe, saved next to the policy: the stage-1 choice heads, or the
         env-state head (sized and normalised from `dataset`)."""
         if self.stage == 1:
-            return choice.ChoiceHeads.for_policy(policy)
+            return choice.ChoiceHeads.for_model(model)
         if self.env_state_weight:
-            return EnvStateHead.for_policy(policy, dataset)
+            return EnvStateHead.for_model(model, dataset)
         return None
 
 

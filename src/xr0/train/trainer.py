@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from ..checkpoints import (CKPT_DIR, LATEST, STATE_JSON, STATE_TENSORS, STEP_FMT, atomic_write, find_latest,
                            resolve_checkpoint)
 from ..config import get_preset
-from ..model.policy import XR0Policy
+from ..policy import XR0Policy
 from .config import TrainConfig
 from .distributed import LossModule, init_distributed, shard
 from .inputs import EpochSampler, camera_map, dataset_cameras, open_dataset, robot_spec_from_data, start_oversampled, \
@@ -124,10 +124,10 @@ class Trainer:
             robots[cfg.robot_type] = spec
             policy.robots = robots
         policy.robot(cfg.robot_type)  # clear error if a resumed checkpoint lacks this robot type
-        self.recipe.configure(policy)
+        self.recipe.configure(policy.model)
         policy.to(self.dist.device)
         self.policy = policy
-        self.heads = self.recipe.build_heads(policy, dataset)
+        self.heads = self.recipe.build_heads(policy.model, dataset)
         if self.heads is not None:
             if source is not None and (source / self.heads.FILE).is_file():
                 self.heads.load_state_dict(type(self.heads).load(source).state_dict())
@@ -139,7 +139,7 @@ class Trainer:
             self.vl_sampler = EpochSampler(len(self.vl), cfg.seed + 1)
 
         # ---- wrapping and optimiser
-        core = LossModule(policy, self.recipe, self.heads)
+        core = LossModule(policy.model, self.recipe, self.heads)
         self.core = core
         if cfg.fsdp:
             if self.dist.world == 1 and not dist.is_initialized():
@@ -205,13 +205,14 @@ class Trainer:
             out.append(s)
         return out
 
-    def _vl_samples(self, step: int, micro: int) -> list[dict] | None:
+    def _vl_batch(self, step: int, micro: int) -> dict | None:
         if self.vl is None:
             return None
         # VL : robot = 1 : 6 (spec §4) exactly over the run: micro-batch g gets floor((g+1)B/6) - floor(gB/6).
         g = (step * self.cfg.grad_accum + micro) * self.dist.world + self.dist.rank
         first, end = g * self.cfg.batch_size // 6, (g + 1) * self.cfg.batch_size // 6
-        return [self.vl[self.vl_sampler[j]] for j in range(first, end)] or None
+        samples = [self.vl[self.vl_sampler[j]] for j in range(first, end)]
+        return self.policy.processor.vl_batch(samples) if samples else None
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -247,7 +248,7 @@ class Trainer:
             prefix.append(opts.prefix_len)
             with self._no_sync(last):
                 with self._autocast():
-                    out = self.model(batch, opts, self._vl_samples(self.step, m))
+                    out = self.model(batch, opts, self._vl_batch(self.step, m))
                 (out["loss"] / cfg.grad_accum).backward()
             for k, v in out.items():
                 if torch.is_tensor(v) and v.numel() == 1:
@@ -280,7 +281,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             self._prepare_metrics()
         tracker = self._tracker() if d.main else None
-        self.recipe.set_mode(self.policy)
+        self.recipe.set_mode(self.policy.model)
         if self.heads is not None:
             self.heads.train()
         global_bs = cfg.batch_size * cfg.grad_accum * d.world
@@ -428,10 +429,8 @@ class Trainer:
             self.policy.save_pretrained(folder)
             return
         # FSDP: materialise a CPU copy from the gathered full state dict, then use the normal writer.
-        with torch.device("meta"):
-            shadow = XR0Policy(self.policy.config, self.policy.robots)
-        shadow.load_weights({k[len("policy."):]: v for k, v in model_sd.items() if k.startswith("policy.")})
-        shadow.save_pretrained(folder)
+        state = {k[len("model."):]: v for k, v in model_sd.items() if k.startswith("model.")}
+        XR0Policy.from_state(self.policy.config, self.policy.robots, state).save_pretrained(folder)
 
     def _prune(self, root: Path) -> None:
         k = self.cfg.keep_checkpoints

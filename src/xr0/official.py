@@ -26,8 +26,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ..config import APRIL_RUNTIME, PADDED_DIM, RELEASE_RUNTIME, ExpertConfig, PolicyConfig, get_preset
-from ..processing.normalize import RobotSpec
+from .config import APRIL_RUNTIME, PADDED_DIM, RELEASE_RUNTIME, ExpertConfig, PolicyConfig, get_preset
+from .processing.normalize import RobotSpec
 
 CONFIG, INDEX, SINGLE = "config.json", "model.safetensors.index.json", "model.safetensors"
 DEEPSPEED = "mp_rank_00_model_states.pt"  # the April training code's checkpoint: {"module": {"model.<name>": tensor}}
@@ -453,10 +453,11 @@ def read_tensors(shards: dict[str, pathlib.Path]) -> dict[str, torch.Tensor]:
     return rename_tensors(stored)
 
 
-def load_official(path: str | pathlib.Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                  stats_file: str | pathlib.Path | None = None, **settings):
-    """An XR0Policy from an official release folder (strict; see ASSUMPTIONS), set up as the release runtime runs
-    it (config.RELEASE_RUNTIME) unless `settings` say otherwise (e.g. config.APRIL_RUNTIME)."""
+def read_release(path: str | pathlib.Path, stats_file: str | pathlib.Path | None = None,
+                 **settings) -> tuple[PolicyConfig, dict[str, RobotSpec], dict[str, torch.Tensor]]:
+    """(config, robots, tensors in xr0's names) of an official release folder (strict; see ASSUMPTIONS), the config
+    set up as the release runtime runs it (config.RELEASE_RUNTIME) unless `settings` say otherwise (e.g.
+    config.APRIL_RUNTIME). XR0Policy.from_pretrained(path) builds the policy from them."""
     path = pathlib.Path(path)
     meta = _read_json(path / CONFIG)
     if not looks_official(meta):
@@ -468,20 +469,7 @@ def load_official(path: str | pathlib.Path, device: str | torch.device = "cpu", 
     fallback_T = meta.get("action_length") or meta.get("chunk_len")
     robots = load_robots(path, int(fallback_T) if fallback_T else None, stats_file)
     config = official_config(path, shapes, robots, meta).override(**{**RELEASE_RUNTIME, **settings})
-    return _assemble(config, robots, read_tensors(shards), device, dtype)
-
-
-def _assemble(config: PolicyConfig, robots: dict[str, RobotSpec], state: dict[str, torch.Tensor],
-              device: str | torch.device, dtype: torch.dtype | None):
-    """The policy of `config` built on the meta device, loaded strictly from `state`, in `dtype`, in eval mode."""
-    from .policy import XR0Policy
-
-    with torch.device("meta"):
-        policy = XR0Policy(config, robots)
-    policy.load_weights(state, device=device)
-    if dtype is not None:
-        policy.to(dtype)
-    return policy.eval()
+    return config, robots, read_tensors(shards)
 
 
 def find_deepspeed(path: pathlib.Path) -> pathlib.Path | None:
@@ -515,11 +503,11 @@ def deepspeed_vlm_config(vlm_config: str | pathlib.Path | None) -> dict:
     return data.get("vlm_config", data)
 
 
-def load_deepspeed(file: str | pathlib.Path, stats_file: str | pathlib.Path | None,
-                   vlm_config: str | pathlib.Path | None = None, device: str | torch.device = "cpu",
-                   dtype: torch.dtype | None = None, **settings):
-    """An XR0Policy from a DeepSpeed checkpoint of the April post-training code (ASSUMPTIONS items 7-8), set up
-    as that code runs it (config.APRIL_RUNTIME) unless `settings` say otherwise."""
+def read_april(file: str | pathlib.Path, stats_file: str | pathlib.Path | None,
+               vlm_config: str | pathlib.Path | None = None,
+               **settings) -> tuple[PolicyConfig, dict[str, RobotSpec], dict[str, torch.Tensor]]:
+    """(config, robots, tensors) of a DeepSpeed checkpoint of the April post-training code (ASSUMPTIONS items 7-8),
+    the config set up as that code runs it (config.APRIL_RUNTIME) unless `settings` say otherwise."""
     file = pathlib.Path(file)
     if stats_file is None:
         raise OfficialFormatError(f"{file}: a DeepSpeed checkpoint carries no statistics; give them with --stats FILE "
@@ -530,26 +518,4 @@ def load_deepspeed(file: str | pathlib.Path, stats_file: str | pathlib.Path | No
     meta = {"vlm_config": deepspeed_vlm_config(vlm_config)}
     config = official_config(file.parent, shapes, robots, meta).override(**{**APRIL_RUNTIME, **settings})
     config.name = f"april:{file.parent.name}"
-    return _assemble(config, robots, state, device, dtype)
-
-
-def convert(official: str | pathlib.Path, out: str | pathlib.Path, dtype: torch.dtype | None = None,
-            stats_file: str | pathlib.Path | None = None, vlm_config: str | pathlib.Path | None = None,
-            **settings) -> dict:
-    """Official release folder or April DeepSpeed checkpoint -> xr0 folder; returns a short summary."""
-    official, out = pathlib.Path(official), pathlib.Path(out)
-    if out.resolve() == official.resolve():
-        raise ValueError("--out must differ from --official (the official files would be overwritten)")
-    deepspeed = None if (official / CONFIG).is_file() else find_deepspeed(official)
-    if deepspeed is not None:
-        policy = load_deepspeed(deepspeed, stats_file, vlm_config, "cpu", None, **settings)
-    else:
-        policy = load_official(official, "cpu", None, stats_file, **settings)
-    policy.save_pretrained(out, dtype=dtype)
-    n = sum(1 for k in policy.state_dict() if not (k == "vlm.lm_head.weight" and policy.vlm.config.tie_word_embeddings))
-    return {"official": str(official), "out": str(out), "tensors": n, "robot_types": sorted(policy.robots),
-            "chunk_len": policy.config.chunk_len, "cameras": list(policy.config.cameras),
-            "image_size": list(policy.config.image_size),
-            "expert": {"layers": policy.config.expert.num_layers, "hidden": policy.config.expert.hidden_size},
-            "source": "deepspeed" if deepspeed is not None else "release", "runtime": policy.config.runtime(),
-            "dtype": str(next(iter(policy.state_dict().values())).dtype if dtype is None else dtype)}
+    return config, robots, state

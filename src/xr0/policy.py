@@ -1,0 +1,283 @@
+"""XR0Policy = Processor + XR0Model: what users call. Observations in physical units -> action chunks, checkpoint
+folders in and out, and the training batches of dataset samples.
+
+The model (xr0.model.vla) sees only tensors in normalised units; here images are checked and resized, instructions
+tokenised, state and actions (de)normalised per robot type (RobotSpec), and checkpoints read and written.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import official
+from .checkpoints import CONFIG, WEIGHTS, atomic_write, file_sha256, resolve_checkpoint, verify_manifest
+from .config import PolicyConfig, get_preset
+from .model.vla import EMBED, XR0Model, check_noise
+from .processing import Processor, RobotSpec, stats_hash
+
+NORMS = "normalization.safetensors"
+FORMAT = "xr0"
+
+
+class XR0Policy:
+    """The VLA as users run it: `model` (XR0Model, tensors), `robots` (statistics per robot type), `processor`."""
+
+    def __init__(self, model: XR0Model, robots: dict[str, RobotSpec] | None = None):
+        c = model.config
+        self.model = model
+        self.robots = robots or {"default": RobotSpec.identity(c.chunk_len, c.action_dim, c.state_dim,
+                                                               c.action_dim, c.state_dim)}
+        self._processor: Processor | None = None
+
+    @property
+    def config(self) -> PolicyConfig:
+        return self.model.config
+
+    @property
+    def processor(self) -> Processor:
+        if self._processor is None:
+            self._processor = Processor(self.config)
+        return self._processor
+
+    # ------------------------------------------------------------------ construction / checkpoints
+    @classmethod
+    def from_preset(cls, name: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                    seed: int = 0, robots: dict[str, RobotSpec] | None = None, **overrides) -> "XR0Policy":
+        """Random weights for a named preset. device="meta" builds the layout without allocating memory."""
+        cfg = get_preset(name)
+        for k, v in overrides.items():
+            if not hasattr(cfg, k):
+                raise ValueError(f"unknown config field {k!r}")
+            setattr(cfg, k, v)
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = XR0Model(cfg)
+        if dtype is not None:
+            model.to(dtype)
+        return cls(model.eval(), robots)
+
+    @classmethod
+    def from_state(cls, config: PolicyConfig, robots: dict[str, RobotSpec], state: dict[str, torch.Tensor],
+                   device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> "XR0Policy":
+        """The model of `config` built on the meta device and loaded strictly from `state`, in `dtype`, eval mode."""
+        with torch.device("meta"):
+            model = XR0Model(config)
+        model.load_weights(state, device=device)
+        if dtype is not None:
+            model.to(dtype)
+        return cls(model.eval(), robots)
+
+    @classmethod
+    def from_pretrained(cls, path: str | pathlib.Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None, **settings) -> "XR0Policy":
+        """Load a folder written by save_pretrained, or an official release folder (safetensors only; strict:
+        every tensor must match); `path` may also be "embedded", a training run or a Hugging Face repo id that is in
+        the local cache (checkpoints.resolve_checkpoint). `settings` override the checkpoint's RUNTIME_FIELDS
+        (config.py), e.g. local_window=4, rope_offset=10 to run a release folder as the April post-training code
+        does; for an official folder also stats_file=."""
+        path = resolve_checkpoint(path)
+        cfg_file = path / CONFIG
+        if official.is_official(cfg_file):
+            return cls.from_state(*official.read_release(path, **settings), device, dtype)
+        try:
+            meta = json.loads(cfg_file.read_text())
+            config = PolicyConfig.from_dict(meta["policy"])
+            config.validate()
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{cfg_file} is not a valid xr0 config: {e}") from e
+        config.override(**settings)
+        verify_manifest(path, meta.get("sha256", {}))  # checkpoints saved before the manifest have none
+        robots = load_robots(path / NORMS, meta.get("robots", {}))
+        state = _load_safetensors(path / WEIGHTS)
+        if EMBED not in state and "embedding_sha256" in meta:
+            with torch.device("meta"):
+                shell = XR0Model(config)
+            stored_dtype = next(iter(state.values())).dtype  # e.g. a bf16 export stays bf16 throughout
+            state[EMBED] = shell.seeded_embedding(expect_sha256=meta["embedding_sha256"]).to(stored_dtype)
+        return cls.from_state(config, robots, state, device, dtype)
+
+    def save_pretrained(self, path: str | pathlib.Path, dtype: torch.dtype | None = None,
+                        store_embedding: bool = True) -> None:
+        """Write model.safetensors (tied lm_head omitted), normalization.safetensors, then config.json with the
+        SHA-256 of both (`sha256`; from_pretrained verifies it).
+
+        store_embedding=False omits the token embedding when it still equals its seeded initial value.
+        """
+        path = pathlib.Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state, extra = self.model.state_to_save(dtype, store_embedding)
+        atomic_write(path / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
+        norms = {f"{name}.{key}": torch.from_numpy(arr) for name, spec in self.robots.items()
+                 for key, arr in spec.arrays().items()}
+        atomic_write(path / NORMS, lambda tmp: save_file(norms, tmp, metadata={"format": FORMAT}))
+        meta = {"format": FORMAT, "policy": self.config.to_dict(),
+                "robots": {n: {"action_dim": s.action_dim, "state_dim": s.state_dim} for n, s in self.robots.items()},
+                "norm_stats_hash": stats_hash(self.robots), **extra,
+                "sha256": {name: file_sha256(path / name) for name in (WEIGHTS, NORMS)}}
+        atomic_write(path / CONFIG, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(meta, indent=2)))
+
+    def to(self, *args, **kwargs) -> "XR0Policy":
+        """Move or cast the model (torch.nn.Module.to); returns the policy."""
+        self.model.to(*args, **kwargs)
+        return self
+
+    def set_runtime(self, **settings) -> "XR0Policy":
+        """Override RUNTIME_FIELDS (config.py) of a built policy (XR0Model.set_runtime); returns the policy."""
+        self.model.set_runtime(**settings)
+        return self
+
+    def robot(self, robot_type: str | None = None) -> RobotSpec:
+        if robot_type is None:
+            if len(self.robots) != 1:
+                raise ValueError(f"robot_type is required: this checkpoint has {sorted(self.robots)}")
+            return next(iter(self.robots.values()))
+        if robot_type not in self.robots:
+            raise ValueError(f"unknown robot_type {robot_type!r}; this checkpoint has {sorted(self.robots)}")
+        return self.robots[robot_type]
+
+    # ------------------------------------------------------------------ inference
+    def sample(self, images, instruction: str, state, prefix=None, steps: int | None = None, seed: int = 0,
+               robot_type: str | None = None, prefix_weights=None, noise: torch.Tensor | None = None) -> np.ndarray:
+        """One action chunk (T, action_dim) in physical units, from camera images, an instruction and the state.
+
+        images: dict camera -> (H, W, 3) uint8 (or a list in `config.cameras` order). state: (state_dim,).
+        prefix: optional (p, action_dim) committed actions (async execution); they come back unchanged in rows :p.
+        prefix_weights: optional (p,) in [0, 1]. Then the prefix is not the trained clean prefix but a soft target
+        for inference-time RTC guidance (Black et al. 2025; model/rtc.py): row i is pulled toward prefix[i] with
+        weight prefix_weights[i], rows :p come back as generated (not overwritten), and p may exceed max_prefix.
+        noise: optional x_0 (T, D) or (1, T, D); by default flow.initial_noise(seed), the official runtime's draw.
+        Dims the robot's action mask drops come back 0 (RobotSpec.denormalize_actions), as the official server.
+        """
+        robot = self.robot(robot_type)
+        T, D = self.config.chunk_len, self.config.action_dim
+        state = _vector("state", state, robot.state_dim)
+        prefix = _check_prefix(prefix, robot.action_dim, T)
+        weights = None if prefix_weights is None else _check_prefix_weights(prefix_weights, prefix)
+        if steps is not None and (not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        batch = self.processor(images, instruction)
+        state_t = torch.from_numpy(robot.normalize_state(state))[None]
+        mask = torch.from_numpy(robot.action_mask).expand(1, T, D)
+        x0 = check_noise(noise, (1, T, D), self.model.device, self.model.dtype, int(seed))
+        prefix_t = None if prefix is None else torch.from_numpy(robot.normalize_actions(prefix))[None]
+        guide = None if weights is None else _guide_weights(weights, mask)
+        x = self.model.sample_normalized(batch, state_t, mask, x0, prefix_t, steps, guide)
+        out = robot.denormalize_actions(x[0].float().cpu().numpy())
+        if prefix is not None and weights is None:
+            out[: prefix.shape[0]] = prefix
+        return out
+
+    def metadata(self, robot_type: str | None = None) -> dict:
+        """What a client needs to talk to this policy (sent by the server on connect)."""
+        robot = self.robot(robot_type)
+        c = self.config
+        return {"cameras": list(c.cameras), "image_size": list(c.image_size), "state_dim": robot.state_dim,
+                "action_dim": robot.action_dim, "chunk_len": c.chunk_len, "control_hz": c.control_hz,
+                "max_prefix": c.max_prefix, "robot_types": sorted(self.robots), "preset": c.name,
+                "norm_stats_hash": stats_hash(self.robots)}
+
+    # ------------------------------------------------------------------ training
+    def make_batch(self, samples: list[dict], robot_type: str | None = None) -> dict[str, torch.Tensor]:
+        """Dataset samples ({images, instruction, state, actions (T, action_dim), action_valid (T,)}) -> tensors."""
+        robot = self.robot(robot_type)
+        T, D = self.config.chunk_len, self.config.action_dim
+        proc = self.processor
+        vlm = proc.collate([proc.prompt_ids(s["instruction"]) for s in samples], [proc.images(s["images"]) for s in samples])
+        state = np.stack([robot.normalize_state(_vector("state", s["state"], robot.state_dim)) for s in samples])
+        actions = np.stack([np.asarray(s["actions"], np.float32) for s in samples])
+        if actions.shape[1:] != (T, robot.action_dim):
+            raise ValueError(f"actions must have shape (T={T}, {robot.action_dim}), got {actions.shape[1:]}")
+        if not np.isfinite(actions).all():
+            raise ValueError("actions contain NaN or inf")
+        if all("env_state" in s for s in samples):  # training-only supervision (xr0.train.env_state)
+            vlm["env_state"] = torch.from_numpy(np.stack([np.asarray(s["env_state"], np.float32) for s in samples]))
+        valid = np.stack([np.asarray(s.get("action_valid", np.ones(T, bool)), bool) for s in samples])
+        mask = robot.action_mask[None, None, :] * valid[:, :, None]
+        vlm.update(state=torch.from_numpy(state), actions=torch.from_numpy(robot.normalize_actions(actions)),
+                   action_mask=torch.from_numpy(mask.astype(np.float32)).expand(len(samples), T, D).contiguous())
+        return vlm
+
+
+# ---------------------------------------------------------------------- helpers
+def _vector(name: str, x, dim: int) -> np.ndarray:
+    try:
+        arr = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be a numeric vector of length {dim}: {e}") from e
+    if arr.shape != (dim,):
+        raise ValueError(f"{name} must have shape ({dim},), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return arr
+
+
+def _check_prefix(prefix, action_dim: int, chunk_len: int) -> np.ndarray | None:
+    """The prefix as float32 (p, action_dim), or None; raises ValueError naming `prefix`."""
+    if prefix is None:
+        return None
+    prefix = np.asarray(prefix, dtype=np.float32)
+    if prefix.ndim != 2 or prefix.shape[1] != action_dim:
+        raise ValueError(f"prefix must have shape (p, {action_dim}), got {prefix.shape}")
+    if prefix.shape[0] > chunk_len:
+        raise ValueError(f"prefix has {prefix.shape[0]} actions, longer than the chunk length T={chunk_len}")
+    if not np.isfinite(prefix).all():
+        raise ValueError("prefix contains NaN or inf")
+    return prefix
+
+
+def _check_prefix_weights(weights, prefix: np.ndarray | None) -> np.ndarray:
+    """RTC soft-mask weights as float32 (p,), finite and in [0, 1]; raises ValueError naming `prefix_weights`."""
+    if prefix is None:
+        raise ValueError("prefix_weights needs a prefix (the target the weights apply to)")
+    try:
+        w = np.asarray(weights, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"prefix_weights must be a numeric vector: {e}") from e
+    p = prefix.shape[0]
+    if w.shape != (p,):
+        raise ValueError(f"prefix_weights must have shape ({p},) like the prefix, got {w.shape}")
+    if not np.isfinite(w).all():
+        raise ValueError("prefix_weights contains NaN or inf")
+    if w.size and (w.min() < 0 or w.max() > 1):
+        raise ValueError(f"prefix_weights must lie in [0, 1], got range [{w.min():g}, {w.max():g}]")
+    return w
+
+
+def _guide_weights(weights: np.ndarray, action_mask: torch.Tensor) -> torch.Tensor:
+    """RTC soft-mask weights (1, T, D) float32 from the prefix's row weights (p,) and the (1, T, D) action mask:
+    0 past row p and on unused action dims."""
+    T, p = action_mask.shape[1], weights.shape[0]
+    rows = torch.zeros(T)
+    rows[:p] = torch.from_numpy(weights)
+    return rows[None, :, None] * action_mask.float()
+
+
+def _load_safetensors(file: pathlib.Path) -> dict[str, torch.Tensor]:
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found")
+    try:
+        return load_file(str(file))
+    except Exception as e:  # safetensors raises its own error types for truncated / corrupt headers
+        raise ValueError(f"{file} is not a readable safetensors file: {e}") from e
+
+
+def load_robots(file: pathlib.Path, dims: dict) -> dict[str, RobotSpec]:
+    arrays = _load_safetensors(file)
+    robots = {}
+    for name, d in dims.items():
+        try:
+            robots[name] = RobotSpec(**{k: arrays[f"{name}.{k}"].numpy() for k in
+                                        ("action_mean", "action_std", "action_mask", "state_mean", "state_std")},
+                                     action_dim=d["action_dim"], state_dim=d["state_dim"])
+        except KeyError as e:
+            raise ValueError(f"{file}: robot type {name!r} lacks {e}") from e
+    if not robots:
+        raise ValueError(f"{file}: no robot types listed in the config")
+    return robots
+
+
