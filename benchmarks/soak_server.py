@@ -104,9 +104,10 @@ class Soak:
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def note(self, attack: str, outcome: str) -> None:
+    def note(self, attack: str, outcome: str, new: bool = True) -> None:
+        """Count one outcome; `new` = it is the first outcome of a new attack."""
         with self.lock:
-            self.attacks[attack] += 1
+            self.attacks[attack] += int(new)
             d = self.attack_outcomes[attack]
             d[outcome] = d.get(outcome, 0) + 1
 
@@ -180,10 +181,10 @@ class Soak:
             try:
                 ws.send(b"\x00" * (2 * self.max_message_bytes + 1))
                 ws.recv(timeout=30)
-                self.note("oversize", "over_cap_answered")
+                self.note("oversize", "over_cap_answered", new=False)
             except Exception as e:  # noqa: BLE001 - the expected outcome: the server closed the connection
                 code = getattr(getattr(e, "rcvd", None), "code", None)
-                self.note("oversize", f"over_cap_closed_{code}")
+                self.note("oversize", f"over_cap_closed_{code}", new=False)
 
     def idle(self, rng) -> None:
         ws = self._ws()

@@ -91,13 +91,13 @@ def test_partial_prefix_guides_only_its_rows(tiny):
 
 
 @pytest.mark.parametrize("prefix_rows,weights,match", [
-    (3, np.ones(2), r"prefix_weights must have shape \(3,\)"),
-    (3, np.ones((3, 1)), r"prefix_weights must have shape \(3,\)"),
-    (3, [1.0, np.nan, 0.0], "prefix_weights contains NaN"),
-    (3, [1.0, 0.5, -0.1], r"prefix_weights must lie in \[0, 1\]"),
-    (3, [1.0, 1.5, 0.0], r"prefix_weights must lie in \[0, 1\]"),
-    (3, ["a", "b", "c"], "prefix_weights must be a numeric vector"),
-    (0, np.ones(3), "prefix_weights needs a prefix"),
+    (3, np.ones(2), r"prefix_weights: expected shape \(3,\)"),
+    (3, np.ones((3, 1)), r"prefix_weights: expected shape \(3,\)"),
+    (3, [1.0, np.nan, 0.0], "prefix_weights: contains NaN"),
+    (3, [1.0, 0.5, -0.1], r"prefix_weights: values must lie in \[0, 1\]"),
+    (3, [1.0, 1.5, 0.0], r"prefix_weights: values must lie in \[0, 1\]"),
+    (3, ["a", "b", "c"], "prefix_weights: expected numbers"),
+    (0, np.ones(3), "prefix_weights: given without a prefix"),
 ])
 def test_bad_prefix_weights_name_the_field(tiny, prefix_rows, weights, match):
     obs = random_observation(tiny)

@@ -18,6 +18,7 @@ VISION_START_TOKEN_ID = 151652
 VISION_END_TOKEN_ID = 151653
 QWEN_VOCAB_SIZE = 151936  # embedding rows in every Qwen3-VL checkpoint (>= the 151,669 tokenizer entries)
 PADDED_DIM = 32  # the official layout's padded action and state width (D)
+MAX_STEPS = 128  # most denoising steps a caller may ask for (sample(steps=), the server's `steps`)
 IGNORE = -100  # label of tokens a language-model loss skips (VL co-training: all but the answer)
 MAX_PREFIX = 6  # longest clean action prefix of async training: the official random.randint(1, min(6, T))
 

@@ -16,9 +16,9 @@ from safetensors.torch import load_file, save_file
 
 from . import official
 from .checkpoints import CONFIG, WEIGHTS, atomic_write, file_sha256, resolve_checkpoint, verify_manifest
-from .config import PolicyConfig, get_preset
+from .config import MAX_STEPS, PolicyConfig, get_preset
 from .model.vla import EMBED, XR0Model, check_noise
-from .processing import Processor, RobotSpec, stats_hash
+from .processing import Processor, RobotSpec, checks, stats_hash
 
 NORMS = "normalization.safetensors"
 FORMAT = "xr0"
@@ -155,11 +155,15 @@ class XR0Policy:
         """
         robot = self.robot(robot_type)
         T, D = self.config.chunk_len, self.config.action_dim
-        state = _vector("state", state, robot.state_dim)
-        prefix = _check_prefix(prefix, robot.action_dim, T)
-        weights = None if prefix_weights is None else _check_prefix_weights(prefix_weights, prefix)
-        if steps is not None and (not isinstance(steps, int) or steps < 1):
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        state = checks.vector(state, "state", robot.state_dim)
+        prefix = None if prefix is None else checks.prefix(prefix, "prefix", robot.action_dim, T)
+        weights = None
+        if prefix_weights is not None:
+            if prefix is None:
+                raise checks.FieldError("prefix_weights", "given without a prefix (the target the weights apply to)")
+            weights = checks.prefix_weights(prefix_weights, "prefix_weights", prefix.shape[0])
+        if steps is not None:
+            steps = checks.integer(steps, "steps", 1, MAX_STEPS)
         batch = self.processor(images, instruction)
         state_t = torch.from_numpy(robot.normalize_state(state))[None]
         mask = torch.from_numpy(robot.action_mask).expand(1, T, D)
@@ -188,7 +192,7 @@ class XR0Policy:
         T, D = self.config.chunk_len, self.config.action_dim
         proc = self.processor
         vlm = proc.collate([proc.prompt_ids(s["instruction"]) for s in samples], [proc.images(s["images"]) for s in samples])
-        state = np.stack([robot.normalize_state(_vector("state", s["state"], robot.state_dim)) for s in samples])
+        state = np.stack([robot.normalize_state(checks.vector(s["state"], "state", robot.state_dim)) for s in samples])
         actions = np.stack([np.asarray(s["actions"], np.float32) for s in samples])
         if actions.shape[1:] != (T, robot.action_dim):
             raise ValueError(f"actions must have shape (T={T}, {robot.action_dim}), got {actions.shape[1:]}")
@@ -204,50 +208,6 @@ class XR0Policy:
 
 
 # ---------------------------------------------------------------------- helpers
-def _vector(name: str, x, dim: int) -> np.ndarray:
-    try:
-        arr = np.asarray(x, dtype=np.float32)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name} must be a numeric vector of length {dim}: {e}") from e
-    if arr.shape != (dim,):
-        raise ValueError(f"{name} must have shape ({dim},), got {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or inf")
-    return arr
-
-
-def _check_prefix(prefix, action_dim: int, chunk_len: int) -> np.ndarray | None:
-    """The prefix as float32 (p, action_dim), or None; raises ValueError naming `prefix`."""
-    if prefix is None:
-        return None
-    prefix = np.asarray(prefix, dtype=np.float32)
-    if prefix.ndim != 2 or prefix.shape[1] != action_dim:
-        raise ValueError(f"prefix must have shape (p, {action_dim}), got {prefix.shape}")
-    if prefix.shape[0] > chunk_len:
-        raise ValueError(f"prefix has {prefix.shape[0]} actions, longer than the chunk length T={chunk_len}")
-    if not np.isfinite(prefix).all():
-        raise ValueError("prefix contains NaN or inf")
-    return prefix
-
-
-def _check_prefix_weights(weights, prefix: np.ndarray | None) -> np.ndarray:
-    """RTC soft-mask weights as float32 (p,), finite and in [0, 1]; raises ValueError naming `prefix_weights`."""
-    if prefix is None:
-        raise ValueError("prefix_weights needs a prefix (the target the weights apply to)")
-    try:
-        w = np.asarray(weights, dtype=np.float32)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"prefix_weights must be a numeric vector: {e}") from e
-    p = prefix.shape[0]
-    if w.shape != (p,):
-        raise ValueError(f"prefix_weights must have shape ({p},) like the prefix, got {w.shape}")
-    if not np.isfinite(w).all():
-        raise ValueError("prefix_weights contains NaN or inf")
-    if w.size and (w.min() < 0 or w.max() > 1):
-        raise ValueError(f"prefix_weights must lie in [0, 1], got range [{w.min():g}, {w.max():g}]")
-    return w
-
-
 def _guide_weights(weights: np.ndarray, action_mask: torch.Tensor) -> torch.Tensor:
     """RTC soft-mask weights (1, T, D) float32 from the prefix's row weights (p,) and the (1, T, D) action mask:
     0 past row p and on unused action dims."""

@@ -1,103 +1,17 @@
-"""Observation -> model inputs: prompt + tokenizer, image patches, state/action normalisation (spec §6.7, §9.2)."""
+"""Everything between raw observations and model tensors: input checks (`checks`, numpy only), the prompt and
+tokenizer, image patches (`Processor`) and state/action normalisation per robot type (`RobotSpec`).
 
-from __future__ import annotations
+Names load on first use, so `xr0.processing.checks` and `.normalize` stay importable without torch (the server).
+"""
 
-import numpy as np
-import torch
+import importlib
 
-from ..config import IGNORE, PolicyConfig
-from .images import check_image, patchify, resize, tokens_per_image
-from .normalize import RobotSpec, stats_hash
-from .prompts import VL_END, action_prompt, vl_prompt
-from .tokenizer import qwen_tokenizer
-
-__all__ = ["Processor", "RobotSpec", "stats_hash", "qwen_tokenizer"]
+_LAZY = {"Processor": "processor", "RobotSpec": "normalize", "stats_hash": "normalize", "qwen_tokenizer": "tokenizer",
+         "FieldError": "checks"}
+__all__ = sorted(_LAZY)
 
 
-class Processor:
-    """Turns raw observations into the VLM batch. Knows the cameras and image size; holds no weights."""
-
-    def __init__(self, config: PolicyConfig):
-        self.config = config
-        self.tokenizer = qwen_tokenizer()
-        self.image_tokens = tokens_per_image(config.image_size)
-
-    def images(self, images) -> np.ndarray:
-        """A dict camera -> (H, W, 3) uint8 (or a list in camera order) -> (n_cams, H, W, 3) at the model's size."""
-        cams = self.config.cameras
-        if images is None:
-            raise ValueError(f"no images given; expected cameras {list(cams)}")
-        if isinstance(images, dict):
-            unknown = sorted(set(images) - set(cams))
-            if unknown:
-                raise ValueError(f"unknown camera(s) {unknown}; expected {list(cams)}")
-            missing = [c for c in cams if c not in images]
-            if missing:
-                raise ValueError(f"missing image(s) for camera(s) {missing}")
-            images = [images[c] for c in cams]
-        elif isinstance(images, np.ndarray) and images.ndim == 3:
-            images = [images]
-        if len(images) != len(cams):
-            raise ValueError(f"got {len(images)} image(s) but the model expects {len(cams)}: {list(cams)}")
-        return np.stack([resize(check_image(c, im), self.config.image_size) for c, im in zip(cams, images)])
-
-    def prompt_ids(self, instruction: str) -> list[int]:
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise ValueError("instruction must be a non-empty string")
-        text = action_prompt(instruction.strip(), self.config.cameras, self.image_tokens)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def collate(self, ids: list[list[int]], images: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        """Right-padded token batch + all images' patches, in the layout Qwen3-VL's forward expects."""
-        L = max(len(x) for x in ids)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(ids), L), pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(ids), L), dtype=torch.long)
-        for b, x in enumerate(ids):
-            input_ids[b, : len(x)] = torch.tensor(x)
-            attention_mask[b, : len(x)] = 1
-        mm = (input_ids == self.config.vlm["image_token_id"]).int()
-        pixel_values, grid = patchify(np.concatenate(images)) if images else (None, None)
-        return dict(input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm,
-                    pixel_values=pixel_values, image_grid_thw=grid)
-
-    def __call__(self, images, instruction: str) -> dict[str, torch.Tensor]:
-        return self.collate([self.prompt_ids(instruction)], [self.images(images)])
-
-    # ---- vision-language co-training (stage 1) and greedy answers (xr0.model.choice)
-    def vl_prompt_ids(self, question: str, images: list, where: str = "VL sample") -> tuple[list[int], np.ndarray | None]:
-        """The VL question prompt's token ids and its images (n, H, W, 3) at the model's size (None: no image)."""
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError(f"{where}: needs a non-empty 'question' string")
-        ims = [resize(check_image(f"{where} image {k}", im), self.config.image_size) for k, im in enumerate(images)]
-        prompt = vl_prompt(question.strip(), len(ims), self.image_tokens)
-        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"], (np.stack(ims) if ims else None)
-
-    def vl_batch(self, samples: list[dict]) -> dict[str, torch.Tensor]:
-        """VL samples {"images": [uint8 (H, W, 3)], "question", "answer"} -> VLM batch + `labels` (B, L).
-
-        Text = vl_prompt(question) + answer + "<|im_end|>" + newline. Labels are -100 everywhere except the answer tokens
-        and the closing <|im_end|> (so a trained model also learns to stop). Images are resized to the model's size.
-        """
-        if not samples:
-            raise ValueError("vl_batch needs at least one sample")
-        tok = self.tokenizer
-        end_id = tok.convert_tokens_to_ids(VL_END)
-        newline = tok("\n", add_special_tokens=False)["input_ids"]
-        ids, labels, images = [], [], []
-        for i, s in enumerate(samples):
-            a = s.get("answer")
-            if not isinstance(a, str) or not a.strip():
-                raise ValueError(f"VL sample {i}: needs non-empty 'question' and 'answer' strings")
-            p, ims = self.vl_prompt_ids(s.get("question"), s.get("images", []), f"VL sample {i}")
-            ans = tok(a.strip(), add_special_tokens=False)["input_ids"] + [end_id]
-            ids.append(p + ans + newline)
-            labels.append([IGNORE] * len(p) + ans + [IGNORE] * len(newline))
-            if ims is not None:
-                images.append(ims)
-        batch = self.collate(ids, images)
-        lab = torch.full(batch["input_ids"].shape, IGNORE, dtype=torch.long)
-        for b, x in enumerate(labels):
-            lab[b, : len(x)] = torch.tensor(x)
-        batch["labels"] = lab
-        return batch
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

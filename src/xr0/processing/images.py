@@ -6,23 +6,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import checks
+
 PATCH, TEMPORAL, MERGE = 16, 2, 2
 MEAN, STD = 0.5, 0.5  # Qwen3-VL normalises every channel with mean 0.5, std 0.5
 
 
-def check_image(name: str, img) -> np.ndarray:
-    """An (H, W, 3) uint8 array, or a ValueError naming the camera and what is wrong."""
+def as_image(img, field: str) -> np.ndarray:
+    """A PIL image or an (H, W, 3) uint8 array -> the array (checks.image; FieldError naming `field`)."""
     if isinstance(img, Image.Image):
         img = np.asarray(img.convert("RGB"))
-    if not isinstance(img, np.ndarray):
-        raise ValueError(f"image {name!r} must be a numpy array (H, W, 3) uint8, got {type(img).__name__}")
-    if img.dtype != np.uint8:
-        raise ValueError(f"image {name!r} must have dtype uint8, got {img.dtype}")
-    if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"image {name!r} must have shape (H, W, 3), got {img.shape}")
-    if img.shape[0] < 8 or img.shape[1] < 8:
-        raise ValueError(f"image {name!r} is too small: {img.shape}")
-    return img
+    return checks.image(img, field)
 
 
 def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -45,7 +45,8 @@ import websockets
 from websockets.asyncio.server import Request, Response, ServerConnection, serve
 
 from xr0.checkpoints import resolve_checkpoint
-from xr0.config import add_runtime_arguments, runtime_settings
+from xr0.config import MAX_STEPS, add_runtime_arguments, runtime_settings
+from xr0.processing import checks
 from xr0.runtime import wire
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,6 @@ REQUEST_FIELDS = ("images", "state", "prompt", "action_prefix", "prefix_weights"
 TOKEN_ENV = "XR0_SERVE_TOKEN"
 MAX_AUTH_FAILURES = 3
 AUTH_TIMEOUT_S = 10.0  # an unauthenticated socket gets this long per message, not the full idle timeout
-MAX_STEPS = 128
 
 
 class RequestError(Exception):
@@ -95,42 +95,16 @@ def _bad(field: str, message: str) -> RequestError:
     return RequestError("invalid_request", f"{field}: {message}", field)
 
 
-def _shape(x: Any) -> str:
-    return str(tuple(x.shape)) if isinstance(x, np.ndarray) else type(x).__name__
-
-
-def _float_array(value: Any, field: str) -> np.ndarray:
-    """Numbers (ndarray or list) -> float32 ndarray; refuses strings, bools, nested junk."""
-    if isinstance(value, np.ndarray):
-        if value.dtype.kind not in "iuf":
-            raise _bad(field, f"expected a numeric array, got dtype {value.dtype.str}")
-        arr = value
-    elif isinstance(value, (list, tuple)):
-        try:
-            arr = np.asarray(value)
-        except (ValueError, TypeError) as e:
-            raise _bad(field, f"not a rectangular list of numbers ({e})") from e
-        if arr.dtype.kind not in "iuf":
-            raise _bad(field, "expected a list of numbers")
-    else:
-        raise _bad(field, f"expected a numpy array, got {type(value).__name__}")
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = arr.astype(np.float32)
-    if not np.isfinite(out).all():
-        raise _bad(field, "contains NaN or inf (or values beyond float32 range)")
-    return out
-
-
-def _int_field(value: Any, field: str, lo: int, hi: int) -> int:
-    if isinstance(value, np.integer):
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise _bad(field, f"expected an int in [{lo}, {hi}], got {value!r:.40}")
-    return value
-
-
 def validate_observation(obs: Any, meta: dict, *, max_prompt_chars: int = 2048, strict_image_size: bool = True) -> Observation:
-    """Check a decoded request against the policy metadata; raise ``RequestError`` naming the field."""
+    """Check a decoded request against the policy metadata (xr0.processing.checks, the checks XR0Policy.sample
+    runs too); raise ``RequestError`` naming the field."""
+    try:
+        return _observation(obs, meta, max_prompt_chars, strict_image_size)
+    except checks.FieldError as e:
+        raise RequestError("invalid_request", str(e), e.field) from e
+
+
+def _observation(obs: Any, meta: dict, max_prompt_chars: int, strict_image_size: bool) -> Observation:
     if not isinstance(obs, dict):
         raise RequestError("invalid_request", f"request must be a msgpack map (dict), got {type(obs).__name__}")
     for key in obs:
@@ -148,68 +122,29 @@ def validate_observation(obs: Any, meta: dict, *, max_prompt_chars: int = 2048, 
     for name in images:
         if name not in cameras:
             raise _bad(f"images[{str(name)[:64]!r}]", f"unknown camera (expected one of {cameras})")
+    size = tuple(int(v) for v in meta["image_size"]) if strict_image_size else None
     out_images = {}
-    h, w = (int(v) for v in meta["image_size"])
     for name in cameras:
-        field = f"images[{name!r}]"
         if name not in images:
-            raise _bad(field, "missing camera")
-        img = images[name]
-        if not isinstance(img, np.ndarray):
-            raise _bad(field, f"expected a numpy uint8 array, got {type(img).__name__}")
-        if img.dtype != np.uint8:
-            raise _bad(field, f"expected dtype uint8, got {img.dtype.str}")
-        if img.ndim != 3 or img.shape[2] != 3:
-            raise _bad(field, f"expected shape (H, W, 3), got {tuple(img.shape)}")
-        if strict_image_size and img.shape[:2] != (h, w):
-            raise _bad(field, f"expected shape ({h}, {w}, 3) (metadata image_size), got {tuple(img.shape)}")
-        if img.shape[0] == 0 or img.shape[1] == 0:
-            raise _bad(field, f"empty image {tuple(img.shape)}")
-        out_images[name] = img
+            raise _bad(f"images[{name!r}]", "missing camera")
+        out_images[name] = checks.image(images[name], f"images[{name!r}]", size)
 
-    prompt = obs["prompt"]
-    if not isinstance(prompt, str):
-        raise _bad("prompt", f"expected a string, got {type(prompt).__name__}")
-    if len(prompt) > max_prompt_chars:
-        raise _bad("prompt", f"too long ({len(prompt)} chars > {max_prompt_chars})")
-
-    state_dim = int(meta["state_dim"])
-    state = _float_array(obs["state"], "state")
-    if state.shape != (state_dim,):
-        raise _bad("state", f"expected shape ({state_dim},), got {tuple(state.shape)}")
-
+    prompt = checks.text(obs["prompt"], "prompt", max_prompt_chars)
+    state = checks.vector(obs["state"], "state", int(meta["state_dim"]))
     prefix, weights = obs.get("action_prefix"), obs.get("prefix_weights")
     if weights is not None and prefix is None:
         raise _bad("prefix_weights", "given without action_prefix")
     if prefix is not None:
-        action_dim = int(meta["action_dim"])
         # A guided (RTC) prefix may cover the whole chunk; the trained clean prefix only max_prefix actions.
         max_p = int(meta["chunk_len"] if weights is not None else meta.get("max_prefix", meta["chunk_len"]))
-        prefix = _float_array(prefix, "action_prefix")
-        if prefix.ndim != 2 or prefix.shape[1] != action_dim:
-            raise _bad("action_prefix", f"expected shape (p, {action_dim}), got {tuple(prefix.shape)}")
-        if prefix.shape[0] > max_p:
-            raise _bad("action_prefix", f"too long: p={prefix.shape[0]} > {max_p}" + (
-                " (this checkpoint was not trained with action prefixes: send prefix_weights for RTC guidance)"
-                if max_p == 0 else ""))
-        if weights is not None:
-            weights = _prefix_weights(weights, prefix.shape[0])
-        if prefix.shape[0] == 0:
-            prefix = weights = None
-
-    steps = _int_field(obs["steps"], "steps", 1, MAX_STEPS) if obs.get("steps") is not None else None
-    seed = _int_field(obs["seed"], "seed", 0, 2**63 - 1) if obs.get("seed") is not None else None
+        prefix = checks.prefix(prefix, "action_prefix", int(meta["action_dim"]), max_p,
+                               " (this checkpoint was not trained with action prefixes: send prefix_weights for RTC "
+                               "guidance)")
+        weights = None if weights is None or prefix is None else checks.prefix_weights(weights, "prefix_weights",
+                                                                                      prefix.shape[0])
+    steps = checks.integer(obs["steps"], "steps", 1, MAX_STEPS) if obs.get("steps") is not None else None
+    seed = checks.integer(obs["seed"], "seed", 0, 2**63 - 1) if obs.get("seed") is not None else None
     return Observation(out_images, prompt, state, prefix, steps, seed, weights)
-
-
-def _prefix_weights(value: Any, p: int) -> np.ndarray:
-    """RTC soft-mask weights: float32 (p,) in [0, 1], one per action_prefix row."""
-    weights = _float_array(value, "prefix_weights")
-    if weights.shape != (p,):
-        raise _bad("prefix_weights", f"expected shape ({p},) like action_prefix, got {tuple(weights.shape)}")
-    if weights.size and (weights.min() < 0 or weights.max() > 1):
-        raise _bad("prefix_weights", "values must lie in [0, 1]")
-    return weights
 
 
 def _clean_metadata(meta: Any) -> dict:
