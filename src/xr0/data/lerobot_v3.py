@@ -11,11 +11,15 @@ Layout (all paths relative to the dataset root)::
     videos/<video_key>/chunk-XXX/file-YYY.mp4           one stream per camera, episodes back to back
 
 Episodes never straddle files, so one episode's frames are one contiguous time range of one MP4.
+
+xr0's writer also records the SHA-256 of every file it writes in info.json (`xr0_integrity`, which LeRobot
+ignores); the reader checks each file against it the first time it reads the file (xr0.data.integrity).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from xr0.data import DataError, EpisodeIndex, Skipped, chunk_window
+from xr0.data.integrity import Digests, seal
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000  # files per chunk directory, as in LeRobot
@@ -92,6 +97,7 @@ class VideoProbe:
     height: int
     width: int
     duration_s: float | None
+    fps: float | None = None  # the stream's average frame rate, when the container states one
 
 
 def probe_video(path: str | Path) -> VideoProbe:
@@ -105,7 +111,10 @@ def probe_video(path: str | Path) -> VideoProbe:
             duration = float(stream.duration * stream.time_base)
         elif container.duration is not None:
             duration = container.duration / av.time_base
-        return VideoProbe(stream.codec_context.height, stream.codec_context.width, duration)
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else None
+        return VideoProbe(stream.codec_context.height, stream.codec_context.width, duration,
+                          fps if fps and math.isfinite(fps) else None)
 
 
 def decode_frames(path: str | Path, start_s: float, stop_s: float, keep_from_s: float,
@@ -132,9 +141,13 @@ def decode_frames(path: str | Path, start_s: float, stop_s: float, keep_from_s: 
 
 
 def count_frames(path: str | Path, start_s: float, stop_s: float, fps: float) -> int:
-    """Decode (without converting to RGB) the frames in [start_s, stop_s) and count them."""
+    """Decode (without converting to RGB) the frames in [start_s, stop_s) and count the frame slots they fill.
+
+    A slot is a frame index round((t - start_s) * fps), as the readers assign them: a stream whose timestamps
+    are damaged can hold the right number of frames and still leave a slot empty.
+    """
     eps = 0.5 / fps
-    n = 0
+    slots = set()
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         container.seek(max(0, int(start_s / stream.time_base)), stream=stream, backward=True, any_frame=False)
@@ -143,25 +156,35 @@ def count_frames(path: str | Path, start_s: float, stop_s: float, fps: float) ->
                 continue
             if frame.time >= stop_s - eps:
                 break
-            n += 1
-    return n
+            slots.add(int(round((frame.time - start_s) * fps)))
+    return len(slots)
+
+
+FPS_TOLERANCE = 0.01  # relative: a video's stated frame rate may differ this much from the metadata's
 
 
 def check_video_range(path: Path, probe: VideoProbe, name: str, start_s: float, n_frames: int, fps: float,
-                      expect_hw: tuple[int, int] | None, verify: bool) -> str | None:
-    """Why an episode's time range of a probed video is unusable, or None if it is fine."""
+                      expect_hw: tuple[int, int] | None, verify: bool, source: str = "the metadata") -> str | None:
+    """Why an episode's time range of a probed video is unusable, or None if it is fine.
+
+    `source` names the metadata file(s) the expectations come from: a mismatch may be their fault, not the video's.
+    """
     if expect_hw is not None and (probe.height, probe.width) != tuple(expect_hw):
-        return f"wrong dimension: video {name} is {probe.height}x{probe.width}, expected {expect_hw[0]}x{expect_hw[1]}"
+        return (f"wrong dimension: video {name} is {probe.height}x{probe.width}, {source} says "
+                f"{expect_hw[0]}x{expect_hw[1]}")
+    if probe.fps is not None and abs(probe.fps - fps) > FPS_TOLERANCE * fps:
+        return f"video {name} runs at {probe.fps:g} fps, {source} says {fps:g}"
     end_s = start_s + n_frames / fps
     if probe.duration_s is not None and end_s > probe.duration_s + 0.5 / fps:
-        return f"video {name} ends at {probe.duration_s:.3f}s, episode needs {end_s:.3f}s (truncated?)"
+        return (f"video {name} ends at {probe.duration_s:.3f}s, episode needs {end_s:.3f}s by {source} "
+                f"(truncated?)")
     if verify:
         try:
             got = count_frames(path, start_s, end_s, fps)
         except Exception as err:  # PyAV raises OSError/ValueError subclasses for corrupt streams
             return f"video {name} does not decode: {err}"
         if got != n_frames:
-            return f"video {name} decodes {got} frames for the episode, expected {n_frames}"
+            return f"video {name} decodes {got} distinct frames for the episode, expected {n_frames}"
     return None
 
 
@@ -198,8 +221,8 @@ def cached_frame(cache: FrameCache, path: Path, key: tuple, start_s: float, n_fr
     `whole`: a miss decodes the entire episode (one pass per episode for a cache that keeps everything).
     """
 
-    def fill(f: int, sequential: bool) -> dict[int, np.ndarray]:
-        if whole:
+    def fill(f: int, sequential: bool, all_frames: bool = whole) -> dict[int, np.ndarray]:
+        if all_frames:
             f, stop = 0, n_frames
         else:
             stop = min(n_frames, f + (readahead if sequential else 1))
@@ -215,6 +238,10 @@ def cached_frame(cache: FrameCache, path: Path, key: tuple, start_s: float, n_fr
         return out
 
     img = cache.get(key, frame, fill)
+    if img is None and not whole:
+        # A damaged index can make the seek land past the frame; decode the episode from its start instead, the
+        # way verify_videos checks it.
+        img = cache.get(key, frame, lambda f, sequential: fill(f, sequential, True))
     if img is None:
         raise DataError(f"{path}: episode {episode}: frame {frame} missing from the video")
     return img
@@ -293,6 +320,7 @@ class LeRobotV3Writer:
     `frames_per_file` caps the frames per data/video file (episodes never straddle files); None
     keeps everything in chunk-000/file-000, which is what LeRobot does for small datasets.
     Video: H.264 (libx264), `crf` quality, GOP `gop`, `pix_fmt` yuv420p (LeRobot's default).
+    info.json, written last, records the SHA-256 of every other file (`xr0_integrity`, xr0.data.integrity).
     """
 
     def __init__(self, root: str | Path, fps: int, cameras: dict[str, tuple[int, int]], state_dim: int,
@@ -316,6 +344,7 @@ class LeRobotV3Writer:
         self._file_frames = 0
         self._rows: list[dict[str, np.ndarray]] = []
         self._encoders: dict[str, VideoEncoder] = {}
+        self._written: list[str] = []  # data and video files, relative to root, for the digest manifest
         self._total = 0
         self._closed = False
         self._state_m, self._action_m = _Moments(self.state_dim), _Moments(self.action_dim)
@@ -356,8 +385,9 @@ class LeRobotV3Writer:
             key = self.video_key(name)
             enc = self._encoders.get(key)
             if enc is None:
-                path = self.root / VIDEO_PATH.format(video_key=key, chunk_index=self._chunk, file_index=self._file)
-                enc = self._encoders[key] = VideoEncoder(path, self.fps, h, w, **self._video_opts)
+                rel = VIDEO_PATH.format(video_key=key, chunk_index=self._chunk, file_index=self._file)
+                enc = self._encoders[key] = VideoEncoder(self.root / rel, self.fps, h, w, **self._video_opts)
+                self._written.append(rel)
             row[f"videos/{key}/chunk_index"] = self._chunk
             row[f"videos/{key}/file_index"] = self._file
             row[f"videos/{key}/from_timestamp"] = enc.frames / self.fps
@@ -434,9 +464,11 @@ class LeRobotV3Writer:
             "task_index": pa.array(cols["task_index"], pa.int64()),
             **({ENV_STATE_KEY: _fixed_list(cols[ENV_STATE_KEY])} if ENV_STATE_KEY in cols else {}),
         })
-        path = self.root / DATA_PATH.format(chunk_index=self._chunk, file_index=self._file)
+        rel = DATA_PATH.format(chunk_index=self._chunk, file_index=self._file)
+        path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path)
+        self._written.append(rel)
         self._rows = []
 
     def _roll_file(self) -> None:
@@ -450,7 +482,8 @@ class LeRobotV3Writer:
             self._chunk, self._file = self._chunk + 1, 0
 
     def close(self) -> None:
-        """Flush the last files and write meta/: episodes, tasks, stats.json, info.json (last)."""
+        """Flush the last files and write meta/: episodes, tasks, stats.json, info.json (last, with every other
+        file's SHA-256)."""
         if self._closed:
             return
         self._closed = True
@@ -465,7 +498,8 @@ class LeRobotV3Writer:
         for name, m in self._image_m.items():
             stats[self.video_key(name)] = m.as_dict(shape=(3, 1, 1))
         (self.root / STATS_PATH).write_text(json.dumps(stats, indent=2))
-        (self.root / INFO_PATH).write_text(json.dumps(self._info(), indent=2))
+        files = [*self._written, EPISODES_PATH.format(chunk_index=0, file_index=0), TASKS_PATH, STATS_PATH]
+        (self.root / INFO_PATH).write_text(json.dumps(seal(self._info(), self.root, files), indent=2))
 
     def _write_episodes(self) -> None:
         path = self.root / EPISODES_PATH.format(chunk_index=0, file_index=0)
@@ -549,6 +583,12 @@ class _Episode:
     env_state: np.ndarray | None = None  # (N, De) float32, when the dataset has ENV_STATE_KEY
 
 
+def _shape_ok(feature, ndim: int) -> bool:
+    shape = feature.get("shape") if isinstance(feature, dict) else None
+    return (isinstance(shape, list) and len(shape) == ndim
+            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape))
+
+
 class LeRobotV3Dataset(EpisodeIndex):
     """Chunked samples from a LeRobotDataset v3.0 tree; torch-free, indexable, picklable.
 
@@ -559,6 +599,11 @@ class LeRobotV3Dataset(EpisodeIndex):
     are both cheap. A stream whose header is fine but whose frames are damaged is only found when
     decoded: pass `verify_videos=True` to decode (without RGB conversion) every episode up front,
     otherwise such a frame raises DataError at access time, skip_bad or not.
+
+    Datasets written by xr0 carry the SHA-256 of every file (xr0.data.integrity): info.json's own content is
+    checked at open, each data/metadata file before it is read, each MP4 on the first frame read from it (or at
+    open with `verify_videos=True`); a mismatch is bad data like any other. Datasets without digests (written
+    by LeRobot) are read unchecked.
 
     `cameras` takes short names ("front") or full keys ("observation.images.front"); images come
     back under the short name.
@@ -611,20 +656,50 @@ class LeRobotV3Dataset(EpisodeIndex):
             info = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise DataError(f"{path}: cannot read info.json (all episodes): {err}") from err
+        if not isinstance(info, dict):
+            raise DataError(f"{path}: expected a JSON object, got {type(info).__name__} (all episodes)")
+        try:
+            self.digests = Digests.from_doc(info, self.root, INFO_PATH)
+        except ValueError as err:
+            raise DataError(f"{path}: {err} (all episodes)") from err
         version = str(info.get("codebase_version", ""))
         if not version.startswith("v3"):
             raise DataError(f"{path}: codebase_version {version!r} is not v3.x (convert v2.1 datasets first)")
         for key in ("fps", "features", "data_path"):
             if key not in info:
                 raise DataError(f"{path}: missing field {key!r}")
+        feats = info["features"]
+        if not isinstance(feats, dict):
+            raise DataError(f"{path}: features is {type(feats).__name__}, expected an object")
         for key in (STATE_KEY, ACTION_KEY):
-            if key not in info["features"]:
+            if key not in feats:
                 raise DataError(f"{path}: features lack {key!r}")
+        fps = info["fps"]
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+            raise DataError(f"{path}: fps is {fps!r}, expected a positive number")
+        for key in (STATE_KEY, ACTION_KEY, ENV_STATE_KEY):
+            if key in feats and not _shape_ok(feats[key], 1):
+                raise DataError(f"{path}: features[{key!r}] needs a shape [positive int], got {feats[key]!r:.80}")
+        videos = [k for k, f in feats.items() if isinstance(f, dict) and f.get("dtype") == "video"]
+        for key in videos:
+            if not _shape_ok(feats[key], 3) or feats[key]["shape"][2] != 3:
+                raise DataError(f"{path}: features[{key!r}] needs a shape [height, width, 3], "
+                                f"got {feats[key].get('shape')!r:.80}")
+        templates = [("data_path", {})] + ([("video_path", {"video_key": videos[0]})] if videos else [])
+        for key, extra in templates:
+            try:
+                info[key].format(chunk_index=0, file_index=0, **extra)
+            except (AttributeError, KeyError, IndexError, ValueError) as err:
+                raise DataError(f"{path}: {key} {info.get(key)!r:.80} is not a path template: {err!r}") from err
         return info
+
+    def _verified(self, path: Path) -> str | None:
+        """Why `path` fails its SHA-256 check (None: it passes, or the dataset has no digests)."""
+        return self.digests.check(path) if self.digests is not None else None
 
     def _select_cameras(self, cameras: list[str] | None) -> list[str]:
         feats = self.info["features"]
-        videos = [k for k, f in feats.items() if f.get("dtype") == "video"]
+        videos = [k for k, f in feats.items() if isinstance(f, dict) and f.get("dtype") == "video"]
         if cameras is None:
             return videos
         keys = []
@@ -632,44 +707,77 @@ class LeRobotV3Dataset(EpisodeIndex):
             key = cam if cam in feats else IMAGE_PREFIX + cam
             if key not in feats:
                 raise DataError(f"{self.root / INFO_PATH}: no camera {cam!r}; have {videos}")
-            if feats[key].get("dtype") != "video":
+            if key not in videos:
                 raise DataError(f"{self.root / INFO_PATH}: camera {key!r} has dtype "
-                                f"{feats[key].get('dtype')!r}; only video cameras are supported")
+                                f"{feats[key].get('dtype') if isinstance(feats[key], dict) else None!r}; "
+                                "only video cameras are supported")
             keys.append(key)
         return keys
 
     def _load_tasks(self) -> dict[int, str]:
         path = self.root / TASKS_PATH
+        reason = self._verified(path)
+        if reason:
+            raise DataError(f"{path}: {reason} (all episodes)")
         try:
             table = pq.read_table(path)
-        except (OSError, pa.ArrowException) as err:
+            names = table.column_names
+            text_col = "task" if "task" in names else "__index_level_0__" if "__index_level_0__" in names else None
+            if text_col is None or "task_index" not in names:
+                raise DataError(f"{path}: expected columns 'task_index' and 'task', got {names}")
+            if not pa.types.is_integer(table.schema.field("task_index").type):
+                raise DataError(f"{path}: task_index has type {table.schema.field('task_index').type}, "
+                                "expected int64")
+            return dict(zip(table.column("task_index").to_pylist(), table.column(text_col).to_pylist(), strict=True))
+        except DataError:
+            raise
+        except (OSError, pa.ArrowException, ValueError) as err:  # ValueError: e.g. a name that is not UTF-8
             raise DataError(f"{path}: cannot read tasks (all episodes): {err}") from err
-        names = table.column_names
-        text_col = "task" if "task" in names else "__index_level_0__" if "__index_level_0__" in names else None
-        if text_col is None or "task_index" not in names:
-            raise DataError(f"{path}: expected columns 'task_index' and 'task', got {names}")
-        return dict(zip(table.column("task_index").to_pylist(), table.column(text_col).to_pylist(), strict=True))
 
     def _load_episode_meta(self) -> list[dict]:
         files = sorted((self.root / "meta" / "episodes").glob("*/*.parquet"))
         if not files:
             raise DataError(f"{self.root / 'meta/episodes'}: no episode metadata files")
-        rows = []
+        feats = self.info["features"]
+        videos = {k for k, f in feats.items() if isinstance(f, dict) and f.get("dtype") == "video"}
+        ints = ["episode_index", "length", "data/chunk_index", "data/file_index"]
+        floats = []
+        for key in self.camera_keys:
+            ints += [f"videos/{key}/chunk_index", f"videos/{key}/file_index"]
+            floats.append(f"videos/{key}/from_timestamp")
+        rows, seen = [], {}
         for path in files:
+            rel = path.relative_to(self.root).as_posix()
+            reason = self._verified(path)
+            if reason:
+                raise DataError(f"{path}: {reason} (episodes unknown)")
             try:
                 table = pq.read_table(path)
-            except (OSError, pa.ArrowException) as err:
+                keep = [c for c in table.column_names if not c.startswith("stats/")]
+                file_rows = table.select(keep).to_pylist()
+            except (OSError, pa.ArrowException, ValueError) as err:  # ValueError: a string that is not UTF-8
                 raise DataError(f"{path}: cannot read episode metadata (episodes unknown): {err}") from err
-            keep = [c for c in table.column_names if not c.startswith("stats/")]
-            rows.extend(table.select(keep).to_pylist())
-        need = ["episode_index", "length", "data/chunk_index", "data/file_index"]
-        for key in self.camera_keys:
-            need += [f"videos/{key}/chunk_index", f"videos/{key}/file_index", f"videos/{key}/from_timestamp"]
-        for row in rows:
-            missing = [k for k in need if row.get(k) is None]
-            if missing:
-                raise DataError(f"{files[0].parent.parent}: episode {row.get('episode_index')}: "
-                                f"metadata lacks {missing}")
+            has = {c.split("/")[1] for c in table.column_names if c.startswith("videos/") and c.count("/") == 2}
+            if has != videos:
+                raise DataError(f"{path}: has video columns for {sorted(has)}, but {INFO_PATH} declares video "
+                                f"features {sorted(videos)} (episodes unknown)")
+            for row in file_rows:
+                ep = row.get("episode_index")
+                missing = [k for k in ints + floats if row.get(k) is None]
+                if missing:
+                    raise DataError(f"{path}: episode {ep}: metadata lacks {missing}")
+                wrong = [k for k in ints if isinstance(row[k], bool) or not isinstance(row[k], int) or row[k] < 0]
+                wrong += [k for k in floats if isinstance(row[k], bool) or not isinstance(row[k], (int, float))
+                          or not math.isfinite(row[k]) or row[k] < 0]
+                if wrong or row["length"] == 0:
+                    raise DataError(f"{path}: episode {ep}: bad metadata values "
+                                    f"{ {k: row[k] for k in wrong or ['length']} } (expected non-negative numbers, "
+                                    "a positive length)")
+                if ep in seen:
+                    raise DataError(f"{path}: episode {ep}: listed twice (also in {seen[ep]})")
+                seen[ep] = rel
+                row["_meta"] = rel
+                rows.append(row)
         return sorted(rows, key=lambda r: r["episode_index"])
 
     # ---- loading and checking -------------------------------------------------------------
@@ -686,14 +794,20 @@ class LeRobotV3Dataset(EpisodeIndex):
         probes: dict[Path, VideoProbe | Exception] = {}
         for (chunk, file), rows in sorted(by_file.items()):
             path = self.root / self.info["data_path"].format(chunk_index=chunk, file_index=file)
-            try:
-                columns = ["episode_index", "frame_index", "task_index", STATE_KEY, ACTION_KEY]
-                columns += [ENV_STATE_KEY] if self.env_state_dim else []
-                table = pq.read_table(path, columns=columns)
-                cols = self._columns(table)
-            except (OSError, pa.ArrowException, KeyError) as err:
+            reason = self._verified(path)
+            if reason is None:
+                try:
+                    columns = ["episode_index", "frame_index", "task_index", STATE_KEY, ACTION_KEY]
+                    columns += [ENV_STATE_KEY] if self.env_state_dim else []
+                    table = pq.read_table(path, columns=columns)
+                    cols = self._columns(table)
+                except (OSError, pa.ArrowException, KeyError, TypeError, ValueError, IndexError) as err:
+                    reason = f"cannot read data parquet: {err}"
+                    if not path.is_file():
+                        reason += f" (the path comes from {INFO_PATH} data_path and {rows[0]['_meta']})"
+            if reason:
                 for row in rows:
-                    self._bad(row["episode_index"], path, f"cannot read data parquet: {err}")
+                    self._bad(row["episode_index"], path, reason)
                 continue
             for row in rows:
                 ep = self._episode(row, path, cols)
@@ -701,7 +815,12 @@ class LeRobotV3Dataset(EpisodeIndex):
                     self._episodes.append(ep)
 
     def _columns(self, table: pa.Table) -> dict[str, np.ndarray]:
-        cols = {k: table.column(k).to_numpy() for k in ("episode_index", "frame_index", "task_index")}
+        cols = {}
+        for k in ("episode_index", "frame_index", "task_index"):
+            col = table.column(k)
+            if not pa.types.is_integer(col.type) or col.null_count:
+                raise ValueError(f"column {k} has type {col.type} and {col.null_count} nulls, expected int64")
+            cols[k] = col.to_numpy()
         # Rows grouped by episode once, so finding an episode's rows is a binary search.
         cols["order"] = np.argsort(cols["episode_index"], kind="stable")
         cols["sorted_ep"] = cols["episode_index"][cols["order"]]
@@ -716,7 +835,7 @@ class LeRobotV3Dataset(EpisodeIndex):
         lo, hi = np.searchsorted(cols["sorted_ep"], [ep, ep + 1])
         rows = cols["order"][lo:hi]
         if len(rows) != n or n == 0:
-            self._bad(ep, path, f"metadata says {n} frames, data file has {len(rows)} rows")
+            self._bad(ep, path, f"{row['_meta']} says {n} frames, the data file has {len(rows)} rows")
             return None
         rows = rows[np.argsort(cols["frame_index"][rows], kind="stable")]
         if not np.array_equal(cols["frame_index"][rows], np.arange(n)):
@@ -729,7 +848,7 @@ class LeRobotV3Dataset(EpisodeIndex):
             if (lengths != dim).any():
                 k = int(np.argmax(lengths != dim))
                 self._bad(ep, path, f"wrong dimension: {name} has length {lengths[k]} at frame {k}, "
-                                    f"info.json says {dim}")
+                                    f"{INFO_PATH} says {dim}")
                 return None
             data = cols[key][rows]
             if not np.isfinite(data).all():
@@ -746,6 +865,7 @@ class LeRobotV3Dataset(EpisodeIndex):
         return _Episode(ep, n, cols["state"][rows], cols["action"][rows], task_index, env_state=env_state)
 
     def _videos_ok(self, ep: _Episode, row: dict, probes: dict) -> bool:
+        source = f"{INFO_PATH} with {row['_meta']}"
         for key in self.camera_keys:
             path = self.root / self.info["video_path"].format(
                 video_key=key, chunk_index=row[f"videos/{key}/chunk_index"], file_index=row[f"videos/{key}/file_index"])
@@ -756,11 +876,14 @@ class LeRobotV3Dataset(EpisodeIndex):
                     probes[path] = err
             probe = probes[path]
             if isinstance(probe, Exception):
-                self._bad(ep.index, path, f"cannot open video {key}: {probe}")
+                where = "" if path.is_file() else f" (the path comes from {source})"
+                self._bad(ep.index, path, f"cannot open video {key}: {probe}{where}")
                 return False
             start = float(row[f"videos/{key}/from_timestamp"])
             hw = self.info["features"][key]["shape"][:2]
-            reason = check_video_range(path, probe, key, start, ep.length, self.fps, hw, self.verify_videos)
+            reason = check_video_range(path, probe, key, start, ep.length, self.fps, hw, self.verify_videos, source)
+            if reason is None and self.verify_videos:
+                reason = self._verified(path)
             if reason:
                 self._bad(ep.index, path, reason)
                 return False
@@ -795,5 +918,8 @@ class LeRobotV3Dataset(EpisodeIndex):
 
     def _frame(self, ep: _Episode, key: str, frame: int) -> np.ndarray:
         path, start = ep.videos[key]
+        reason = self._verified(path)  # hashed on the first frame read from the file, a dict lookup after that
+        if reason:
+            raise DataError(f"{path}: episode {ep.index}: {reason}")
         return cached_frame(self._cache, path, (key, ep.index), start, ep.length, self.fps, frame,
                             self.readahead, ep.index, whole=self.keep_decoded)

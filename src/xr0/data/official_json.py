@@ -24,8 +24,10 @@ Choices where the release is silent or inconsistent (documented, [INF]):
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +35,7 @@ import numpy as np
 
 from xr0.config import PADDED_DIM
 from xr0.data import DataError, EpisodeIndex, Skipped, chunk_window
+from xr0.data.integrity import Digests, seal
 from xr0.data.lerobot_v3 import FrameCache, VideoEncoder, cached_frame, check_video_range, probe_video
 
 ACTION_DIM = STATE_DIM = PADDED_DIM
@@ -136,7 +139,10 @@ def state_vector(proprios: dict[str, np.ndarray], frame: int) -> np.ndarray:
 def write_official_episode(json_path: str | Path, images: dict[str, np.ndarray], proprios: dict[str, np.ndarray],
                            actions: dict[str, np.ndarray], task: str, trajectory_type: str = "success",
                            fps: int = 30, crf: int = 18) -> Path:
-    """Write one episode: `<stem>.json` and `<stem>_<cam>.mp4` beside it (paths stored relative)."""
+    """Write one episode: `<stem>.json` and `<stem>_<cam>.mp4` beside it (paths stored relative).
+
+    The JSON records the SHA-256 of its MP4s and of its own content (`xr0_integrity`, xr0.data.integrity), which
+    OfficialJsonDataset checks; readers of the official format ignore the extra key."""
     json_path = Path(json_path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     n = len(next(iter(images.values())))
@@ -160,7 +166,7 @@ def write_official_episode(json_path: str | Path, images: dict[str, np.ndarray],
         "proprios": {k: np.asarray(v).tolist() for k, v in proprios.items()},
         "actions": {k: np.asarray(v).tolist() for k, v in actions.items()},
     }
-    json_path.write_text(json.dumps(doc))
+    json_path.write_text(json.dumps(seal(doc, json_path.parent, [obs[0]["path"] for obs in observations.values()])))
     return json_path
 
 
@@ -180,6 +186,16 @@ class _Episode:
     actions: dict[str, np.ndarray]
     # cam -> (mp4, start time in seconds, fps, crop box or None)
     videos: dict[str, tuple[Path, float, float, list | None]] = field(default_factory=dict)
+    digests: Digests | None = None  # the MP4s' SHA-256, in episodes written by xr0
+
+
+def _crop_ok(crop, height: int, width: int) -> bool:
+    if not isinstance(crop, list) or len(crop) != 4:
+        return False
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in crop):
+        return False
+    x0, y0, x1, y1 = (int(v) for v in crop)
+    return 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
 
 
 def _task_from_prompt(doc: dict) -> str | None:
@@ -230,7 +246,9 @@ class OfficialJsonDataset(EpisodeIndex):
     `root` is a directory (searched recursively for *.json, sorted) or a list of JSON files; the
     episode number is the position in that sorted list. `actions` are (T, 32) in the §6.7 layout,
     `state` is (32,). `full_chunks_only=True` restricts start frames to 0..N−T like the release.
-    `verify_videos`, caching and read-ahead behave as in LeRobotV3Dataset.
+    `verify_videos`, caching and read-ahead behave as in LeRobotV3Dataset. Episodes written by xr0 carry
+    SHA-256 digests (xr0.data.integrity): the JSON's content is checked at open, each MP4 on its first frame
+    read (at open with `verify_videos=True`). Without `cameras`, every episode must have the same cameras.
     """
 
     def __init__(self, root: str | Path | list, chunk_len: int, cameras: list[str] | None = None,
@@ -258,6 +276,8 @@ class OfficialJsonDataset(EpisodeIndex):
             ep = self._load(i, path)
             if ep is not None:
                 self._episodes.append(ep)
+        if self.cameras is None:
+            self._same_cameras()
         counts = [self._n_starts(e.length) for e in self._episodes]
         self._offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
 
@@ -265,23 +285,50 @@ class OfficialJsonDataset(EpisodeIndex):
         return max(0, n - self.chunk_len + 1) if self.full_chunks_only else n
 
     def _bad(self, episode: int, file: Path, reason: str) -> None:
+        if Path(file) != self.files[episode]:  # a video: name the episode's JSON too, its metadata may be at fault
+            reason = f"{reason} (episode file {self.files[episode].name})"
         if not self.skip_bad:
             raise DataError(f"{file}: episode {episode}: {reason}")
         self.skipped.append(Skipped(episode, str(file), reason))
 
+    def _same_cameras(self) -> None:
+        """Without `cameras`, every episode must have the cameras most episodes have (first seen wins a tie)."""
+        sets = collections.Counter(frozenset(ep.videos) for ep in self._episodes)
+        if len(sets) <= 1:
+            return
+        common = sets.most_common(1)[0][0]
+        kept = []
+        for ep in self._episodes:
+            if frozenset(ep.videos) == common:
+                kept.append(ep)
+            else:
+                self._bad(ep.index, ep.path, f"cameras {sorted(ep.videos)} differ from the {sorted(common)} of the "
+                                             "other episodes (pass cameras= to read a subset)")
+        self._episodes = kept
+
     def _load(self, i: int, path: Path) -> _Episode | None:
         try:
             doc = json.loads(path.read_text())
-            n = int(doc["num_frames"])
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError) as err:
             self._bad(i, path, f"cannot read episode JSON: {err!r}")
             return None
-        if n <= 0:
-            self._bad(i, path, f"num_frames is {n}")
+        if not isinstance(doc, dict):
+            self._bad(i, path, f"expected a JSON object, got {type(doc).__name__}")
+            return None
+        try:
+            digests = Digests.from_doc(doc, path.parent, path.name)
+        except ValueError as err:
+            self._bad(i, path, str(err))
+            return None
+        n = doc.get("num_frames")
+        if isinstance(n, float) and n.is_integer():
+            n = int(n)
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            self._bad(i, path, f"num_frames is {n!r:.40}, expected a positive integer")
             return None
         kind = doc.get("trajectory_type", "success")
         if kind not in TRAJECTORY_TYPES:
-            self._bad(i, path, f"trajectory_type {kind!r} not in {TRAJECTORY_TYPES}")
+            self._bad(i, path, f"trajectory_type {kind!r:.40} not in {TRAJECTORY_TYPES}")
             return None
         task = _task_from_prompt(doc)
         if task is None:
@@ -294,8 +341,13 @@ class OfficialJsonDataset(EpisodeIndex):
                 self._bad(i, path, reason)
                 return None
             arrays[group][f"{arm}_{name}"] = value
-        ep = _Episode(i, path, n, task, kind == "invalid", arrays["proprios"], arrays["actions"])
-        observations = doc.get("observations") or {}
+        ep = _Episode(i, path, n, task, kind == "invalid", arrays["proprios"], arrays["actions"], digests=digests)
+        observations = doc.get("observations")
+        if observations is None:
+            observations = {}
+        if not isinstance(observations, dict):
+            self._bad(i, path, f"observations is {type(observations).__name__}, expected an object")
+            return None
         cams = self.cameras if self.cameras is not None else list(observations)
         for cam in cams:
             if not self._video(ep, cam, observations.get(cam)):
@@ -303,24 +355,38 @@ class OfficialJsonDataset(EpisodeIndex):
         return ep
 
     def _video(self, ep: _Episode, cam: str, infos) -> bool:
-        if not infos or not isinstance(infos, list) or "path" not in infos[0]:
+        info = infos[0] if isinstance(infos, list) and infos else None
+        if not isinstance(info, dict) or not isinstance(info.get("path"), str) or not info["path"]:
             self._bad(ep.index, ep.path, f"observations.{cam} missing or has no video path")
             return False
-        info = infos[0]
         mp4 = Path(info["path"])
         mp4 = mp4 if mp4.is_absolute() else ep.path.parent / mp4
-        fps = float(info.get("fps") or 30)
-        start = int(info.get("start") or 0)
+        fps, start, crop = info.get("fps") or 30, info.get("start") or 0, info.get("crop_bbox")
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+            self._bad(ep.index, ep.path, f"observations.{cam}.fps is {fps!r:.40}, expected a positive number")
+            return False
+        if isinstance(start, float) and start.is_integer():
+            start = int(start)
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            self._bad(ep.index, ep.path, f"observations.{cam}.start is {start!r:.40}, expected a frame number")
+            return False
         try:
             probe = probe_video(mp4)
         except Exception as err:  # PyAV raises several OSError/ValueError subclasses
             self._bad(ep.index, mp4, f"cannot open video {cam}: {err}")
             return False
-        reason = check_video_range(mp4, probe, cam, start / fps, ep.length, fps, None, self.verify_videos)
+        if crop is not None and not _crop_ok(crop, probe.height, probe.width):
+            self._bad(ep.index, ep.path, f"observations.{cam}.crop_bbox {crop!r:.60} is not [x0, y0, x1, y1] inside "
+                                         f"the {probe.width}x{probe.height} video")
+            return False
+        reason = check_video_range(mp4, probe, cam, start / fps, ep.length, fps, None, self.verify_videos,
+                                   ep.path.name)
+        if reason is None and self.verify_videos and ep.digests is not None:
+            reason = ep.digests.check(mp4)
         if reason:
             self._bad(ep.index, mp4, reason)
             return False
-        ep.videos[cam] = (mp4, start / fps, fps, info.get("crop_bbox"))
+        ep.videos[cam] = (mp4, start / fps, float(fps), crop)
         return True
 
     # ---- access ---------------------------------------------------------------------------
@@ -341,6 +407,9 @@ class OfficialJsonDataset(EpisodeIndex):
 
     def _frame(self, ep: _Episode, cam: str, frame: int) -> np.ndarray:
         path, start_s, fps, crop = ep.videos[cam]
+        reason = ep.digests.check(path) if ep.digests is not None else None  # hashed once, on the first frame
+        if reason:
+            raise DataError(f"{path}: episode {ep.index} ({ep.path.name}): {reason}")
         img = cached_frame(self._cache, path, (cam, ep.index), start_s, ep.length, fps, frame, self.readahead, ep.index)
         if crop:
             x0, y0, x1, y1 = (int(v) for v in crop)
