@@ -14,7 +14,6 @@ from PIL import Image
 from xr0.data import DataError
 from xr0.data.augment import ImageAugment
 from xr0.data.lerobot_v3 import LeRobotV3Dataset, LeRobotV3Writer
-from xr0.data.mixture import MixedDataset, MixtureSampler
 from xr0.data.official_json import (
     ACTION_LAYOUT,
     ACTIVE_DIMS,
@@ -381,11 +380,11 @@ def test_augment_deterministic_and_off_at_eval():
 
 
 # ------------------------------------------------------------------------------------------
-# VL data and the 1:6 mixture
+# VL data (the 1:6 mix per batch: Trainer._vl_batch, tests/test_train.py)
 # ------------------------------------------------------------------------------------------
 
 
-def test_vl_dataset_and_mixture(tmp_path, lerobot):
+def test_vl_dataset(tmp_path):
     (tmp_path / "img").mkdir()
     Image.fromarray(make_frames(1, 16, 24, 0)[0]).save(tmp_path / "img/a.png")
     Image.fromarray(make_frames(1, 20, 20, 1)[0]).save(tmp_path / "img/b.png")
@@ -398,26 +397,6 @@ def test_vl_dataset_and_mixture(tmp_path, lerobot):
     s = vl[1]
     assert s["question"] == "Same?" and s["answer"] == "no"
     assert [im.shape for im in s["images"]] == [(16, 24, 3), (20, 20, 3)] and s["images"][0].dtype == np.uint8
-
-    sampler = MixtureSampler(robot_len=57, vl_len=3, ratio=(1, 6), seed=0)
-    draws = [sampler[i] for i in range(700)]
-    kinds = [k for k, _ in draws]
-    assert kinds.count("vl") == 100 and kinds.count("robot") == 600
-    assert all(kinds[b:b + 7].count("vl") == 1 for b in range(0, 700, 7))
-    assert draws == [d for _, d in zip(range(700), MixtureSampler(57, 3, seed=0), strict=False)]
-    assert draws != [MixtureSampler(57, 3, seed=1)[i] for i in range(700)]
-    robot_idx = [i for k, i in draws if k == "robot"]
-    assert sorted(robot_idx[:57]) == list(range(57))  # one epoch = a permutation
-    vl_idx = [i for k, i in draws if k == "vl"]
-    assert sorted(vl_idx[:3]) == [0, 1, 2]
-    assert [sampler[i] for i in range(3, 700, 4)] == draws[3::4]  # rank-strided access is consistent
-
-    mixed = MixedDataset(LeRobotV3Dataset(lerobot[0], chunk_len=T), vl, seed=0)
-    assert len(mixed) == math.ceil(57 / 6) * 7
-    kind, sample = mixed[next(i for i, k in enumerate(kinds) if k == "vl")]
-    assert kind == "vl" and "question" in sample
-    kind, sample = mixed[next(i for i, k in enumerate(kinds) if k == "robot")]
-    assert kind == "robot" and sample["actions"].shape == (T, DA)
 
 
 def test_vl_bad_lines(tmp_path):

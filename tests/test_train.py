@@ -356,6 +356,7 @@ def test_stage1_recipe_trains_vlm_and_heads_with_vl_data(dataset, tmp_path):
     vl = write_vqa_jsonl(tmp_path / "vqa", 8, seed=0, size=(32, 32))
     kw = dict(recipe="stage1", vl_data=str(vl), batch_size=6, overfit_batch=True, augment=False, steps=20, save_every=10)
     tr = Trainer(config(dataset, tmp_path / "s1", **kw))
+    assert [tr._vl_batch(step, 0)["labels"].shape[0] for step in range(4)] == [1] * 4  # 1 VL : 6 robot samples
     before = snapshot(tr.policy)
     tr.run()
     rows = metrics(tmp_path / "s1")

@@ -53,8 +53,6 @@ _LAZY = {
     "compute_stats": "stats",
     "ImageAugment": "augment",
     "VLDataset": "vl",
-    "MixtureSampler": "mixture",
-    "MixedDataset": "mixture",
 }
 
 __all__ = ["DataError", "Skipped", "chunk_window", *_LAZY]
