@@ -181,8 +181,8 @@ class XR0Model(ActionExpert):
     def compile_denoiser(self, **options) -> None:
         """torch.compile the per-step DiT pass (forward) with static shapes; parameter names are unchanged.
 
-        Pays off where the step is launch/overhead-bound (CPU `small`: ~1.3x per step after a ~20 s compile); the
-        VLM prefill did not gain on CPU. Inference only: the compiled step is specialised to these weights' dtype.
+        Pays off where the step is launch/overhead-bound (measured in docs/benchmarks.md). Inference only: the
+        compiled step is specialised to these weights' dtype.
         """
         self.forward = torch.compile(self.forward, dynamic=False, **options)
 

@@ -32,7 +32,7 @@ def param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> 
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = plain fp32). "auto" avoids bf16 on CPUs that only emulate it (~5x slower there)."""
+    """The autocast dtype (None = plain fp32). "auto" avoids bf16 on CPUs that only emulate it (much slower there)."""
     if name == "fp32":
         return None
     if name == "bf16" or device.type == "cuda":
