@@ -80,16 +80,21 @@ def write_lerobot(root: Path) -> Path:
     return root
 
 
+def official_arms(rng: np.random.Generator, n: int) -> tuple[dict, dict]:
+    """Random proprio and action arrays of n frames for both arms, in the official episode JSON's keys."""
+    prop, act = {}, {}
+    for arm in ("left", "right"):
+        for d in (prop, act):
+            d[f"{arm}_ee_pos"] = rng.normal(size=(n, 3))
+            d[f"{arm}_ee_rotm"] = axis_angle_to_rotm(rng.normal(size=(n, 3))).reshape(n, 9)
+            d[f"{arm}_arm_joint"] = rng.normal(size=(n, 6))
+            d[f"{arm}_gripper_pos"] = rng.uniform(size=(n, 1))
+    return prop, act
+
+
 def write_official(root: Path) -> Path:
     for e, n in enumerate(OF_LENGTHS):
-        rng = np.random.default_rng(200 + e)
-        prop, act = {}, {}
-        for arm in ("left", "right"):
-            for d in (prop, act):
-                d[f"{arm}_ee_pos"] = rng.normal(size=(n, 3))
-                d[f"{arm}_ee_rotm"] = axis_angle_to_rotm(rng.normal(size=(n, 3))).reshape(n, 9)
-                d[f"{arm}_arm_joint"] = rng.normal(size=(n, 6))
-                d[f"{arm}_gripper_pos"] = rng.uniform(size=(n, 1))
+        prop, act = official_arms(np.random.default_rng(200 + e), n)
         images = {cam: frames(n, 32, 32, e + 5 * k) for k, cam in enumerate(OF_CAMS)}
         write_official_episode(root / f"ep{e}.json", images, prop, act, f"fold towel {e}",
                                trajectory_type="invalid" if e == 1 else "success", fps=FPS)

@@ -26,22 +26,11 @@ from xr0.data.official_json import (
 from xr0.data.stats import ChunkStats, compute_stats
 from xr0.data.vl import VLDataset
 
+from data_mutants import frames as make_frames, official_arms  # noqa: E402  (tests/ is on sys.path)
+
 FPS, T, DS, DA = 30, 5, 4, 3
 LENGTHS = (20, 15, 22)
 CAMS = {"front": (32, 32), "wrist": (32, 48)}
-
-
-def make_frames(n: int, h: int, w: int, seed: int) -> np.ndarray:
-    """Smooth moving patterns (video-codec friendly) whose brightness also changes every frame."""
-    yy, xx = np.mgrid[0:h, 0:w]
-    out = np.empty((n, h, w, 3), dtype=np.uint8)
-    for i in range(n):
-        phase = i / 10 + seed
-        r = 128 + 90 * np.sin(2 * np.pi * (xx / w + phase))
-        g = 128 + 90 * np.cos(2 * np.pi * (yy / h - phase))
-        b = np.full_like(r, 40 + (i * 9 + seed * 30) % 170)
-        out[i] = np.stack([r, g, b], -1).round().astype(np.uint8)
-    return out
 
 
 def make_episode(e: int, n: int):
@@ -301,14 +290,7 @@ def test_axis_angle_round_trip_including_near_pi():
 
 
 def random_official(n: int, seed: int):
-    rng = np.random.default_rng(seed)
-    prop, act = {}, {}
-    for arm in ("left", "right"):
-        for d in (prop, act):
-            d[f"{arm}_ee_pos"] = rng.normal(size=(n, 3))
-            d[f"{arm}_ee_rotm"] = axis_angle_to_rotm(rng.normal(size=(n, 3))).reshape(n, 9)
-            d[f"{arm}_arm_joint"] = rng.normal(size=(n, 6))
-            d[f"{arm}_gripper_pos"] = rng.uniform(size=(n, 1))
+    prop, act = official_arms(np.random.default_rng(seed), n)
     images = {"ego": make_frames(n, 32, 32, seed), "wrist_left": make_frames(n, 32, 32, seed + 7)}
     return images, prop, act
 

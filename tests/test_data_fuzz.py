@@ -193,13 +193,18 @@ def test_damaged_metadata_is_refused_naming_the_file(tmp_path, case):
             LeRobotV3Dataset(lerobot.root, 4, skip_bad=skip_bad)
 
 
+def edit_json(path, change) -> None:
+    """Rewrite a JSON file after `change(document)`."""
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+
+
 @pytest.mark.parametrize("fps", [True, "10", 0, -10, None])
 def test_a_bad_fps_in_info_json_is_refused_naming_it(tmp_path, fps):
     lerobot, _ = build_targets(tmp_path, digests=False)
     path = lerobot.root / "meta/info.json"
-    info = json.loads(path.read_text())
-    info["fps"] = fps  # True used to read as 1 fps and blame the videos
-    path.write_text(json.dumps(info))
+    edit_json(path, lambda info: info.update(fps=fps))  # True used to read as 1 fps and blame the videos
     with pytest.raises(DataError, match=r"meta/info\.json: fps"):
         LeRobotV3Dataset(lerobot.root, 4)
 
@@ -207,15 +212,11 @@ def test_a_bad_fps_in_info_json_is_refused_naming_it(tmp_path, fps):
 def test_a_frame_rate_that_disagrees_with_the_video_names_both(tmp_path):
     lerobot, official = build_targets(tmp_path, digests=False)
     path = lerobot.root / "meta/info.json"
-    info = json.loads(path.read_text())
-    info["fps"] = 11
-    path.write_text(json.dumps(info))
+    edit_json(path, lambda info: info.update(fps=11))
     with pytest.raises(DataError, match=r"file-000\.mp4: episode 0: video \S+ runs at 10 fps, meta/info\.json"):
         LeRobotV3Dataset(lerobot.root, 4)
     doc_path = official.root / "ep0.json"
-    doc = json.loads(doc_path.read_text())
-    doc["observations"]["ego"][0]["fps"] = 20
-    doc_path.write_text(json.dumps(doc))
+    edit_json(doc_path, lambda doc: doc["observations"]["ego"][0].update(fps=20))
     with pytest.raises(DataError, match=r"ep0_ego\.mp4: episode 0: video ego runs at 10 fps, ep0\.json says 20"):
         OfficialJsonDataset(official.root, 4)
 
@@ -223,9 +224,7 @@ def test_a_frame_rate_that_disagrees_with_the_video_names_both(tmp_path):
 def test_an_official_episode_missing_a_camera_is_not_read_with_fewer_images(tmp_path):
     _, official = build_targets(tmp_path, digests=False)
     path = official.root / "ep2.json"
-    doc = json.loads(path.read_text())
-    del doc["observations"]["wrist_left"]
-    path.write_text(json.dumps(doc))
+    edit_json(path, lambda doc: doc["observations"].pop("wrist_left"))
     with pytest.raises(DataError, match=r"ep2\.json: episode 2: cameras \['ego'\] differ"):
         OfficialJsonDataset(official.root, 4)
     ds = OfficialJsonDataset(official.root, 4, skip_bad=True)
@@ -239,9 +238,7 @@ def test_an_official_episode_missing_a_camera_is_not_read_with_fewer_images(tmp_
 def test_malformed_official_observations_are_refused_naming_the_json(tmp_path, observation):
     _, official = build_targets(tmp_path, digests=False)
     path = official.root / "ep0.json"
-    doc = json.loads(path.read_text())
-    doc["observations"]["ego"] = observation
-    path.write_text(json.dumps(doc))
+    edit_json(path, lambda doc: doc["observations"].update(ego=observation))
     with pytest.raises(DataError, match=r"ep0\.json: episode 0: observations\.ego"):
         OfficialJsonDataset(official.root, 4)
 
