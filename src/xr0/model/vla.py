@@ -73,7 +73,7 @@ class XR0Model(ActionExpert):
     def set_runtime(self, **settings) -> "XR0Model":
         """Override RUNTIME_FIELDS (config.py) of a built policy, rebuilding the rotary tables for rope_tables."""
         self.config.override(**settings)
-        self.reset_rope_buffers(self.sink.weight.device)
+        self.reset_rope_buffers(self.device)
         return self
 
     def reset_rope_buffers(self, device: str | torch.device = "cpu") -> None:
@@ -89,7 +89,7 @@ class XR0Model(ActionExpert):
 
     def to(self, *args, **kwargs):
         out = super().to(*args, **kwargs)
-        self.reset_rope_buffers(self.sink.weight.device)  # keep RoPE tables in fp32 whatever the weights' dtype
+        self.reset_rope_buffers(self.device)  # keep RoPE tables in fp32 whatever the weights' dtype
         return out
 
     def seeded_embedding(self, expect_sha256: str | None = None) -> torch.Tensor:
@@ -127,7 +127,7 @@ class XR0Model(ActionExpert):
     # ------------------------------------------------------------------ forward pieces
     def batch_to_device(self, batch: dict) -> dict:
         """A VLM batch's tensors on this model's device, pixel values in the VLM's dtype."""
-        batch = {k: (v.to(self.sink.weight.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         if batch.get("pixel_values") is not None:
             batch["pixel_values"] = batch["pixel_values"].to(self.vlm.dtype)
         return batch
@@ -141,7 +141,7 @@ class XR0Model(ActionExpert):
                 hidden_prefix: torch.Tensor | None = None) -> ExpertContext:
         """The per-chunk expert inputs: Λ mask, RoPE positions (+offset on noisy tokens), state token."""
         e, T = self.config.expert, self.config.chunk_len
-        dev = self.sink.weight.device
+        dev = self.device
         mask = expert_mask(T, prefix_len, e.local_window, hidden_prefix, device=dev)
         positions = expert_positions(cache.max_position(), T, prefix_len, e.rope_offset)
         return self.prepare(cache, state.to(dev), action_mask.to(dev), mask, positions, prefix_len)
@@ -227,7 +227,7 @@ class XR0Model(ActionExpert):
         """The official flow-matching loss on the non-prefix rows (flow_loss), plus the optional env-state term."""
         opts = opts or LossOptions()
         p, r = opts.prefix_len, opts.repeat
-        dev, dtype = self.sink.weight.device, self.sink.weight.dtype
+        dev, dtype = self.device, self.dtype
         vlm_trains = any(q.requires_grad for q in self.vlm.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and vlm_trains):  # a frozen VLM's K/V are constants
             cache = self.encode(batch)
