@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import time
 
 import numpy as np
 import torch
@@ -17,6 +16,7 @@ from tqdm import tqdm
 from ..checkpoints import resolve_checkpoint
 from ..runtime import (AsyncExecutor, IdentityActions, InferenceFailed, NaiveAsyncExecutor, RTCExecutor, SimClock,
                        SyncExecutor)
+from .protocol import ChunkPolicy
 
 # rtc: inference-time RTC (guided soft prefix over all remaining actions), for checkpoints not trained async.
 EXECUTORS = {"sync": SyncExecutor, "async": AsyncExecutor, "naive-async": NaiveAsyncExecutor, "rtc": RTCExecutor}
@@ -100,7 +100,7 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
         raise ValueError(f"max_ticks must be in 1..{MAX_TICKS} (MetaWorld's horizon), got {max_ticks}")
     if video_dir:
         pathlib.Path(video_dir).mkdir(parents=True, exist_ok=True)
-    hz = policy.config.control_hz
+    hz, act_dims = policy.config.control_hz, policy.robot(None).action_dim
     wall_ms: list[float] = []
     rows, traces = [], {}
     bar = tqdm(total=len(tasks) * episodes, desc=f"eval {executor} {latency_ms:g} ms", unit="ep", disable=not progress)
@@ -108,7 +108,8 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
         env = _env(policy, task, seed, orientation, cameras, image_size)
         for ep in range(episodes):
             env.reset()
-            infer = _policy_infer(policy, lambda call, _ep=ep: seed * 100_003 + _ep * 1009 + call, steps, wall_ms)
+            infer = ChunkPolicy(policy, None, act_dims, seed_of_call=lambda call, _ep=ep: seed * 100_003 + _ep * 1009
+                                + call, steps=steps, wall_ms=wall_ms)
             recorder = _VideoRecorder(env) if video_dir else None
             runner = _runner(policy, executor, recorder or env, infer, latency_ms, k)
             try:
@@ -133,23 +134,6 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
         env.close()
     bar.close()
     return summarize(rows, tasks, executor, latency_ms, wall_ms, hz), traces
-
-
-def _policy_infer(policy, seed_of_call, steps: int | None = None, wall_ms: list[float] | None = None):
-    """An executor's `infer(obs, prefix, prefix_weights=None)` backed by `policy.sample`; call i samples with seed
-    `seed_of_call(i)`; with `wall_ms`, each call's wall time is appended to it."""
-    calls, state_dim = [0], policy.robot(None).state_dim
-
-    def infer(obs, prefix, prefix_weights=None):
-        t0 = time.perf_counter()
-        out = policy.sample(images=obs["images"], instruction=obs["prompt"], state=obs["state"][:state_dim],
-                            prefix=prefix, prefix_weights=prefix_weights, steps=steps, seed=seed_of_call(calls[0]))
-        calls[0] += 1
-        if wall_ms is not None:
-            wall_ms.append((time.perf_counter() - t0) * 1000)
-        return out
-
-    return infer
 
 
 def _env(policy, task: str, seed: int, orientation: str | None, cameras: dict[str, str] | None,
@@ -231,7 +215,7 @@ def reactivity(policy, executor: str = "async", latency_ms: float = 100.0, episo
         if chunker == "expert":
             infer = lambda obs, prefix, prefix_weights=None: _reach_oracle_chunk(env, T)  # noqa: E731
         else:
-            infer = _policy_infer(policy, lambda call, _ep=ep: seed + _ep)
+            infer = ChunkPolicy(policy, None, policy.robot(None).action_dim, seed_of_call=lambda call, _ep=ep: seed + _ep)
         _runner(policy, executor, mover, infer, latency_ms, k).run(
             max_ticks, stop=lambda: mover.moved and env.success)  # reaching the old goal first does not end it
         ticks.append(mover.reaction_ticks)

@@ -10,6 +10,8 @@ trained with, so the state a policy sees matches its training data):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import hashlib
 import json
 import math
@@ -169,34 +171,45 @@ def resolve_robot_type(policy, wanted: str) -> str:
 
 
 class ChunkPolicy:
-    """An XR0Policy as the executors' `(obs, prefix) -> (T, act_dims)` callable.
+    """An XR0Policy as the executors' `(obs, prefix, prefix_weights=None) -> (T, act_dims)` callable: the one
+    adapter the MetaWorld and LIBERO evaluations use (a remote policy: PolicyClient.as_policy_fn).
 
-    obs: {"images": {camera: (H, W, 3) uint8}, "state": (d,), "prompt": str, optional "seed"}. The state is padded
-    to the robot type's width; without an explicit seed the noise is seeded by `observation_seed` of the inputs,
-    so a re-run of the same observation gives the same chunk.
+    obs: {"images": {camera: (H, W, 3) uint8}, "state": (d,), "prompt": str, optional "seed"}. The state and the
+    prefix are padded to the robot type's widths. The noise seed of call i is `seed_of_call(i)` when given, else
+    obs["seed"], else `observation_seed` of the inputs (a re-run of the same observation gives the same chunk).
+    `steps`: denoising steps (default: the checkpoint's). `wall_ms`: a list each call's wall time is appended to.
     """
 
-    def __init__(self, policy, robot_type: str, act_dims: int = 7):
+    def __init__(self, policy, robot_type: str | None, act_dims: int = 7,
+                 seed_of_call: Callable[[int], int] | None = None, steps: int | None = None,
+                 wall_ms: list[float] | None = None):
         self.policy, self.robot_type = policy, resolve_robot_type(policy, robot_type)
         self.robot = policy.robot(self.robot_type)
-        self.act_dims = act_dims
+        self.act_dims = act_dims  # 7: the end-effector action of the official LIBERO / CALVIN / SimplerEnv protocols
+        self.seed_of_call, self.steps, self.wall_ms = seed_of_call, steps, wall_ms
         self.calls, self.seconds = 0, 0.0
 
     def seed(self, obs: dict) -> int:
+        if self.seed_of_call is not None:
+            return int(self.seed_of_call(self.calls))
         if obs.get("seed") is not None:
             return int(obs["seed"])
         return observation_seed({"robot_type": self.robot_type, "state": pad_state(obs["state"]),
                                  "images": obs["images"], "prompt": obs["prompt"]})
 
-    def __call__(self, obs: dict, prefix: np.ndarray | None = None) -> np.ndarray:
+    def __call__(self, obs: dict, prefix: np.ndarray | None = None, prefix_weights=None) -> np.ndarray:
         state = pad_state(obs["state"], self.robot.state_dim)
         if prefix is not None:
             padded = np.zeros((len(prefix), self.robot.action_dim), np.float32)
             padded[:, : prefix.shape[1]] = prefix
             prefix = padded
         t0 = time.perf_counter()
+        extra = {k: v for k, v in (("steps", self.steps), ("prefix_weights", prefix_weights)) if v is not None}
         chunk = self.policy.sample(obs["images"], obs["prompt"], state, prefix=prefix, seed=self.seed(obs),
-                                   robot_type=self.robot_type)
+                                   robot_type=self.robot_type, **extra)
         self.calls += 1
-        self.seconds += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        self.seconds += seconds
+        if self.wall_ms is not None:
+            self.wall_ms.append(seconds * 1000)
         return np.asarray(chunk[:, : self.act_dims], np.float64)
