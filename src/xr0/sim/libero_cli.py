@@ -16,7 +16,7 @@ import time
 
 from ..config import add_runtime_arguments, runtime_settings
 from .libero import (
-    SUITES, TRIALS, WAIT_STEPS, LiberoNotInstalled, ChunkPolicy, LiberoTaskEnv, Settings, append_record,
+    ASYNC_LATENCY_MS, SUITES, TRIALS, WAIT_STEPS, LiberoNotInstalled, ChunkPolicy, LiberoTaskEnv, Settings, append_record,
     check_run_file, pending, read_records, require_libero, run_episode, split_work, suite_tasks, summarize,
 )
 
@@ -31,13 +31,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=None, help="comma-separated task ids (default: every task of the suite)")
     p.add_argument("--episodes", type=int, default=TRIALS, help=f"trials per task, init states 0..K-1 (default {TRIALS})")
     p.add_argument("--max-steps", type=int, default=None,
-                   help="policy steps per episode (default: the suite's 220/280/300/520)")
+                   help=f"policy steps per episode (default: the suite's {'/'.join(map(str, SUITES.values()))})")
     p.add_argument("--executor", choices=("sync", "async"), default="sync",
                    help="sync = the official protocol; async = spec §7.2 with a simulated latency")
     p.add_argument("--replan", type=int, default=None,
                    help="actions executed per chunk (default: the whole chunk = 10 for sync, T - T//3 for async)")
     p.add_argument("--latency-ms", type=float, default=None,
-                   help="simulated inference latency (default 0 for sync, 80 for async)")
+                   help=f"simulated inference latency (default 0 for sync, {ASYNC_LATENCY_MS:g} for async)")
     p.add_argument("--wait-steps", type=int, default=WAIT_STEPS, help="no-op steps after each reset")
     p.add_argument("--workers", type=int, default=1, help="episodes run in this many processes (one policy each)")
     p.add_argument("--video", default=None, help="write one MP4 per episode under this folder")

@@ -10,7 +10,7 @@ import dataclasses
 import sys
 
 from .config import TrainConfig
-from .recipes import RECIPES
+from .recipes import RECIPES, Recipe
 from .trainer import Trainer
 
 # flag -> (TrainConfig field, type, help)
@@ -68,6 +68,11 @@ _CHOICES = {"recipe": sorted(RECIPES), "dtype": ["auto", "bf16", "fp32"],
             "tracker": ["none", "auto", "wandb", "trackio"]}
 
 
+def _recipe_default(name: str):
+    """A Recipe field's default, for help texts (defaults live once, in recipes.py)."""
+    return next(f.default for f in dataclasses.fields(Recipe) if f.name == name)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     g = parser.add_argument_group("training")
@@ -84,14 +89,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, name, value, helptext in _RECIPE_FLAGS:
         a.add_argument(flag, dest=f"r_{name}", action="store_const", const=value, default=None, help=helptext)
     a.add_argument("--freq-weight", dest="r_freq_weight", type=float, default=None, metavar="C",
-                   help="weight c of the rFFT loss term (default 1.0; 0 disables it)")
+                   help=f"weight c of the rFFT loss term (default {_recipe_default('freq_weight')}; 0 disables it)")
     a.add_argument("--repeat", dest="r_repeat", type=int, default=None, metavar="R",
-                   help="training_repeat: noise/time draws per VLM pass (default 4)")
+                   help=f"training_repeat: noise/time draws per VLM pass (default {_recipe_default('repeat')})")
     a.add_argument("--max-prefix", dest="r_max_prefix", type=int, default=None, metavar="N",
-                   help="post-async: longest action prefix (default 6)")
+                   help=f"post-async: longest action prefix (default {_recipe_default('max_prefix')})")
     a.add_argument("--env-state-loss", dest="r_env_state_weight", type=float, default=None, metavar="W",
                    help="training-only: also predict the dataset's observation.environment_state (object and goal "
-                        "positions) from the image tokens, weight W (default 0: off; xr0.train.env_state)")
+                        "positions) from the image tokens, weight W (default "
+                        f"{_recipe_default('env_state_weight'):g}: off; xr0.train.env_state)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

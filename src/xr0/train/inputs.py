@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import PolicyConfig
+from ..config import PADDED_DIM, PolicyConfig
 from ..processing import RobotSpec
 
 
@@ -109,7 +109,7 @@ def robot_spec_from_data(ds, config: PolicyConfig, max_samples: int | None = Non
     a_mean, a_std = np.zeros((T, D), np.float32), np.ones((T, D), np.float32)
     a_mean[:, :da], a_std[:, :da] = stats.action_mean, fix_std(stats.action_std)
     mask = np.zeros(D, np.float32)
-    if getattr(ds, "action_dim", None) is None and da == 32:  # the official 32-D layout: reserved dims stay off
+    if getattr(ds, "action_dim", None) is None and da == PADDED_DIM:  # the official 32-D layout: reserved dims stay off
         from ..data.official_json import ACTIVE_DIMS
         mask[:] = ACTIVE_DIMS
     else:
