@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from . import official
 from .checkpoints import CONFIG, WEIGHTS, atomic_write, file_sha256, resolve_checkpoint, verify_manifest
 from .config import MAX_STEPS, PolicyConfig, get_preset
-from .model.vla import EMBED, XR0Model, check_noise
+from .model.vla import EMBED, XR0Model, check_noise, seeded_embedding
 from .processing import Processor, RobotSpec, checks, stats_hash
 
 NORMS = "normalization.safetensors"
@@ -95,10 +95,8 @@ class XR0Policy:
         robots = load_robots(path / NORMS, meta.get("robots", {}))
         state = _load_safetensors(path / WEIGHTS)
         if EMBED not in state and "embedding_sha256" in meta:
-            with torch.device("meta"):
-                shell = XR0Model(config)
             stored_dtype = next(iter(state.values())).dtype  # e.g. a bf16 export stays bf16 throughout
-            state[EMBED] = shell.seeded_embedding(expect_sha256=meta["embedding_sha256"]).to(stored_dtype)
+            state[EMBED] = seeded_embedding(config, expect_sha256=meta["embedding_sha256"]).to(stored_dtype)
         return cls.from_state(config, robots, state, device, dtype)
 
     def save_pretrained(self, path: str | pathlib.Path, dtype: torch.dtype | None = None,

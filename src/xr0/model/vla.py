@@ -93,19 +93,8 @@ class XR0Model(ActionExpert):
         return out
 
     def seeded_embedding(self, expect_sha256: str | None = None) -> torch.Tensor:
-        """The token embedding's initial value, a pure function of `config.embedding_seed`.
-
-        Every recipe that keeps the input embedding frozen leaves it at this value, so a checkpoint may omit it
-        (151,936 rows are most of a small model's bytes) and the loader regenerates it, checking the hash.
-        """
-        emb = self.vlm.model.language_model.embed_tokens.weight
-        std = self.vlm.config.text_config.initializer_range
-        gen = torch.Generator().manual_seed(self.config.embedding_seed)
-        weight = torch.randn(emb.shape, generator=gen) * std
-        if expect_sha256 is not None and _sha256(weight) != expect_sha256:
-            raise ValueError("the regenerated token embedding does not match the checkpoint's hash "
-                             "(a different torch random generator?); this checkpoint needs its stored embedding")
-        return weight
+        """seeded_embedding(self.config): the token embedding's initial value."""
+        return seeded_embedding(self.config, expect_sha256)
 
     def state_to_save(self, dtype: torch.dtype | None = None, store_embedding: bool = True) -> tuple[dict, dict]:
         """(tensors, extra config entries) as a checkpoint stores them: CPU, contiguous, the tied lm_head omitted;
@@ -266,6 +255,22 @@ class XR0Model(ActionExpert):
             out["loss"] = out["loss"] + opts.env_state_weight * out["env_state"]
         return out
 
+
+
+def seeded_embedding(config: PolicyConfig, expect_sha256: str | None = None) -> torch.Tensor:
+    """The token embedding's initial value, a pure function of `config.embedding_seed` (and the vocabulary size,
+    width and initializer range of `config.vlm`).
+
+    Every recipe that keeps the input embedding frozen leaves it at this value, so a checkpoint may omit it
+    (151,936 rows are most of a small model's bytes) and the loader regenerates it, checking the hash.
+    """
+    text = Qwen3VLConfig(**config.vlm).text_config
+    gen = torch.Generator().manual_seed(config.embedding_seed)
+    weight = torch.randn((text.vocab_size, text.hidden_size), generator=gen) * text.initializer_range
+    if expect_sha256 is not None and _sha256(weight) != expect_sha256:
+        raise ValueError("the regenerated token embedding does not match the checkpoint's hash "
+                         "(a different torch random generator?); this checkpoint needs its stored embedding")
+    return weight
 
 
 def check_noise(noise, shape: tuple[int, ...], device, dtype, seed: int) -> torch.Tensor:
