@@ -180,7 +180,8 @@ def test_writer_rejects_bad_input(tmp_path):
 
 
 def test_environment_state_round_trip_and_errors(tmp_path, lerobot):
-    """observation.environment_state (privileged simulator state) is optional, named, checked and read back."""
+    """supervision.environment_state (privileged simulator state) is optional, named, checked and read back; kept
+    out of observation.* (LeRobot's policies take those as inputs); datasets with the older key still read."""
     names = ["object_x", "goal_x"]
     w = LeRobotV3Writer(tmp_path / "es", FPS, {"front": (32, 32)}, DS, DA, env_state_names=names)
     images = {"front": make_frames(6, 32, 32, 0)}
@@ -192,12 +193,13 @@ def test_environment_state_round_trip_and_errors(tmp_path, lerobot):
     w.add_episode(images, np.zeros((6, DS)), np.zeros((6, DA)), "t", env_states=env)
     w.close()
     info = json.loads((tmp_path / "es/meta/info.json").read_text())
-    assert info["features"]["observation.environment_state"] == {"dtype": "float32", "shape": [2], "names": names}
+    assert info["features"]["supervision.environment_state"] == {"dtype": "float32", "shape": [2], "names": names}
+    assert not any(k.startswith("observation.") and "environment" in k for k in info["features"])
     ds = LeRobotV3Dataset(tmp_path / "es", chunk_len=T)
     assert ds.env_state_dim == 2 and np.array_equal(ds[4]["env_state"], env[4]) and np.array_equal(ds.env_state(5), env[5])
     plain = LeRobotV3Dataset(lerobot[0], chunk_len=T)
     assert plain.env_state_dim == 0 and "env_state" not in plain[0]
-    with pytest.raises(DataError, match="no observation.environment_state"):
+    with pytest.raises(DataError, match="no supervision.environment_state"):
         plain.env_state(0)
     with pytest.raises(DataError, match="no env_state_names"):
         LeRobotV3Writer(tmp_path / "x", FPS, {"front": (32, 32)}, DS, DA).add_episode(

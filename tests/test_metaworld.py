@@ -9,7 +9,8 @@ import pytest
 os.environ.setdefault("MUJOCO_GL", "egl")
 pytest.importorskip("metaworld")
 
-from xr0.data.lerobot_v3 import LeRobotV3Dataset  # noqa: E402
+from xr0.data.lerobot_v3 import LeRobotV3Dataset
+from xr0.train.inputs import view_title  # noqa: E402
 from xr0.sim.metaworld_data import generate  # noqa: E402
 from xr0.sim.evaluate import _env, checkpoint_setup, evaluate, load_policy, reactivity  # noqa: E402
 from xr0.sim.export import export  # noqa: E402
@@ -32,7 +33,9 @@ def test_demos_keep_only_what_the_robot_knows(dataset):
     assert len(ds) == summary["frames"]
     sample = ds[0]
     assert sample["state"].shape == (4,) and sample["actions"].shape == (10, 4)
-    assert set(sample["images"]) == set(CAMERAS) and sample["images"]["Base View"].shape == (64, 64, 3)
+    # LeRobot-style keys (observation.images.base_view), read back as the prompt's view titles by the trainer
+    assert set(sample["images"]) == {"base_view", "top_view"} and sample["images"]["base_view"].shape == (64, 64, 3)
+    assert {view_title(c) for c in sample["images"]} == set(CAMERAS)
     # state = hand xyz + gripper opening of the env at reset (same placement seed), nothing about objects
     env = MetaWorldEnv("reach-v3", seed=0, image_size=(64, 64))
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,7 +45,10 @@ INFO_PATH = "meta/info.json"
 STATS_PATH = "meta/stats.json"
 VIDEO_PRESET = "fast"  # the x264/x265 speed preset of written videos (recorded as video.preset)
 STATE_KEY = "observation.state"
-ENV_STATE_KEY = "observation.environment_state"  # optional: privileged simulator state (objects, goals)
+# Optional privileged simulator state (objects, goals) for training-only supervision (xr0.train.env_state). Not under
+# `observation.`: LeRobot's policies take every observation.* feature as an input. Datasets written before read too.
+ENV_STATE_KEY = "supervision.environment_state"
+ENV_STATE_KEYS = (ENV_STATE_KEY, "observation.environment_state")
 ACTION_KEY = "action"
 IMAGE_PREFIX = "observation.images."
 
@@ -291,6 +295,14 @@ QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)  # LeRobot 0.6's q01 ... q99 (quantil
 STAT_KEYS = ("min", "max", "mean", "std", "count", *(f"q{round(q * 100):02d}" for q in QUANTILES))
 
 
+def camera_key(name: str) -> str:
+    """A camera name as a LeRobot feature key suffix: lower case, runs of other characters as one "_"."""
+    key = re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
+    if not key:
+        raise ValueError(f"camera name {name!r} has no letters or digits")
+    return key
+
+
 def feature_stats(values: np.ndarray, image: bool = False) -> dict[str, np.ndarray]:
     """One episode's statistics of a feature, as LeRobot 0.6 stores them: per channel min, max, mean, std, count and
     the quantiles q01 ... q99 (exact here; LeRobot estimates them from a histogram). `values`: (n, ...) for a vector
@@ -368,7 +380,9 @@ class LeRobotV3Writer:
 
     @staticmethod
     def video_key(camera: str) -> str:
-        return IMAGE_PREFIX + camera
+        """observation.images.<snake_case name>, as LeRobot names cameras ("Base View" -> base_view); xr0 turns
+        such a name back into the view title of the prompt (xr0.train.inputs.view_title)."""
+        return IMAGE_PREFIX + camera_key(camera)
 
     def add_episode(self, images: dict[str, np.ndarray], states: np.ndarray, actions: np.ndarray,
                     task: str, env_states: np.ndarray | None = None) -> int:
@@ -644,7 +658,8 @@ class LeRobotV3Dataset(EpisodeIndex):
         feats = self.info["features"]
         self.state_dim = int(feats[STATE_KEY]["shape"][0])
         self.action_dim = int(feats[ACTION_KEY]["shape"][0])
-        self.env_state_dim = int(feats[ENV_STATE_KEY]["shape"][0]) if ENV_STATE_KEY in feats else 0
+        self.env_state_key = next((k for k in ENV_STATE_KEYS if k in feats), None)
+        self.env_state_dim = int(feats[self.env_state_key]["shape"][0]) if self.env_state_key else 0
         self.camera_keys = self._select_cameras(cameras)
         self.cameras = [k.removeprefix(IMAGE_PREFIX) for k in self.camera_keys]
         self.tasks = self._load_tasks()
@@ -690,7 +705,7 @@ class LeRobotV3Dataset(EpisodeIndex):
         fps = info["fps"]
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
             raise DataError(f"{path}: fps is {fps!r}, expected a positive number")
-        for key in (STATE_KEY, ACTION_KEY, ENV_STATE_KEY):
+        for key in (STATE_KEY, ACTION_KEY, *ENV_STATE_KEYS):
             if key in feats and not _shape_ok(feats[key], 1):
                 raise DataError(f"{path}: features[{key!r}] needs a shape [positive int], got {feats[key]!r:.80}")
         videos = [k for k, f in feats.items() if isinstance(f, dict) and f.get("dtype") == "video"]
@@ -717,8 +732,8 @@ class LeRobotV3Dataset(EpisodeIndex):
             return videos
         keys = []
         for cam in cameras:
-            key = cam if cam in feats else IMAGE_PREFIX + cam
-            if key not in feats:
+            key = next((k for k in (cam, IMAGE_PREFIX + cam, IMAGE_PREFIX + camera_key(cam)) if k in feats), None)
+            if key is None:
                 raise DataError(f"{self.root / INFO_PATH}: no camera {cam!r}; have {videos}")
             if key not in videos:
                 raise DataError(f"{self.root / INFO_PATH}: camera {key!r} has dtype "
@@ -811,7 +826,7 @@ class LeRobotV3Dataset(EpisodeIndex):
             if reason is None:
                 try:
                     columns = ["episode_index", "frame_index", "task_index", STATE_KEY, ACTION_KEY]
-                    columns += [ENV_STATE_KEY] if self.env_state_dim else []
+                    columns += [self.env_state_key] if self.env_state_dim else []
                     table = pq.read_table(path, columns=columns)
                     cols = self._columns(table)
                 except (OSError, pa.ArrowException, KeyError, TypeError, ValueError, IndexError) as err:
@@ -840,7 +855,7 @@ class LeRobotV3Dataset(EpisodeIndex):
         cols["state"], cols["state_len"] = _matrix(table.column(STATE_KEY), self.state_dim)
         cols["action"], cols["action_len"] = _matrix(table.column(ACTION_KEY), self.action_dim)
         if self.env_state_dim:
-            cols["env_state"], cols["env_state_len"] = _matrix(table.column(ENV_STATE_KEY), self.env_state_dim)
+            cols["env_state"], cols["env_state_len"] = _matrix(table.column(self.env_state_key), self.env_state_dim)
         return cols
 
     def _episode(self, row: dict, path: Path, cols: dict[str, np.ndarray]) -> _Episode | None:
@@ -855,7 +870,7 @@ class LeRobotV3Dataset(EpisodeIndex):
             self._bad(ep, path, "frame_index is not 0..length-1")
             return None
         checks = [(STATE_KEY, self.state_dim, "state"), (ACTION_KEY, self.action_dim, "action")]
-        checks += [(ENV_STATE_KEY, self.env_state_dim, "env_state")] if self.env_state_dim else []
+        checks += [(self.env_state_key, self.env_state_dim, "env_state")] if self.env_state_dim else []
         for name, dim, key in checks:
             lengths = cols[f"{key}_len"][rows]
             if (lengths != dim).any():
@@ -912,10 +927,10 @@ class LeRobotV3Dataset(EpisodeIndex):
         return ep.state[frame].copy(), ep.actions[idx], valid
 
     def env_state(self, i: int) -> np.ndarray:
-        """observation.environment_state of sample i (datasets that record it), without touching video."""
+        """The environment state of sample i (datasets that record it), without touching video."""
         ep, frame = self._locate(int(i))
         if ep.env_state is None:
-            raise DataError(f"{self.root}: no {ENV_STATE_KEY} in this dataset")
+            raise DataError(f"{self.root}: no {ENV_STATE_KEY} (or {ENV_STATE_KEYS[1]}) in this dataset")
         return ep.env_state[frame].copy()
 
     def __getitem__(self, i: int) -> dict:

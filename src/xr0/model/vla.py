@@ -246,7 +246,7 @@ class XR0Model(ActionExpert):
         out = flow_loss(v, target, active, weight, opts.freq_weight)
         if opts.env_state_head is not None:
             if "env_state" not in batch:
-                raise ValueError("the env-state loss needs samples with env_state (observation.environment_state)")
+                raise ValueError("the env-state loss needs samples with env_state (supervision.environment_state)")
             images = batch["mm_token_type_ids"].to(dev).bool()
             tokens = last_values.transpose(1, 2).flatten(2)[images].unflatten(0, (images.shape[0], -1))  # (B, N, C)
             terms = opts.env_state_head.loss(tokens, hidden[:, SINK], batch["env_state"], r)

@@ -23,7 +23,7 @@ def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 
     `placements` (xr0.sim.metaworld.PLACEMENTS): "mt1" draws from MetaWorld's 50 placements per seed (40 episodes
     see about 27 distinct ones), "fresh" gives every episode a new placement.
 
-    Each frame also records `observation.environment_state` (ENV_STATE_NAMES: object and goal positions), which
+    Each frame also records `supervision.environment_state` (ENV_STATE_NAMES: object and goal positions), which
     the policy never sees; `xr0 train --env-state-loss` may use it as a training-only target.
 
     Besides the LeRobot tree it writes meta/xr0_metaworld.json: how the observations were made (cameras, image

@@ -95,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--max-prefix", dest="r_max_prefix", type=int, default=None, metavar="N",
                    help=f"post-async: longest action prefix (default {_recipe_default('max_prefix')})")
     a.add_argument("--env-state-loss", dest="r_env_state_weight", type=float, default=None, metavar="W",
-                   help="training-only: also predict the dataset's observation.environment_state (object and goal "
+                   help="training-only: also predict the dataset's supervision.environment_state (object and goal "
                         "positions) from the image tokens, weight W (default "
                         f"{_recipe_default('env_state_weight'):g}: off; xr0.train.env_state)")
 

@@ -4,7 +4,7 @@ the VLM's image tokens and from the action expert (`xr0 train --env-state-loss W
 The policy never sees the environment state: it acts from images, its own state and the instruction. A policy
 trained from random weights on a few hundred demonstrations learns slowly, from the action loss alone, where a
 small target is in the image; this head asks the image tokens' values, and the expert's sink token that reads
-them, to encode the recorded object and goal positions (LeRobot's `observation.environment_state`), a dense and direct
+them, to encode the recorded object and goal positions (`supervision.environment_state` in xr0's datasets; LeRobot's `observation.environment_state` in older ones), a dense and direct
 signal for the same skill. The head is saved next to the training checkpoint (`env_state_head.safetensors`) for resuming, never in the policy's weights,
 so exported checkpoints keep the official layout.
 """
@@ -57,7 +57,7 @@ class EnvStateHead(nn.Module):
         """Sized for `model` (XR0Model) and `dataset`'s environment state, normalised by its statistics."""
         dim = int(getattr(dataset, "env_state_dim", 0) or 0)
         if not dim:
-            raise ValueError("--env-state-loss needs a dataset with observation.environment_state "
+            raise ValueError("--env-state-loss needs a dataset with supervision.environment_state "
                              "(`xr0 data metaworld` records it)")
         text, cfg = model.config.text, model.config
         head = cls(text["num_key_value_heads"] * text["head_dim"], tokens_per_image(cfg.image_size) * len(cfg.cameras),

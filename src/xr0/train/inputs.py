@@ -71,10 +71,13 @@ def dataset_cameras(ds) -> list[str]:
 
 
 def view_title(camera: str) -> str:
-    """Official-format camera names -> the view titles of the released prompt ("ego" -> "Ego View")."""
+    """A dataset camera name -> the view title of the prompt: the official names by the released table ("ego" ->
+    "Ego View"), LeRobot-style snake_case keys word by word ("base_view" -> "Base View"), others unchanged."""
     from ..data.official_json import VIEW_TITLES
 
-    return VIEW_TITLES.get(camera, camera)
+    if camera in VIEW_TITLES:
+        return VIEW_TITLES[camera]
+    return " ".join(w.capitalize() for w in camera.split("_")) if "_" in camera else camera
 
 
 def camera_map(data_cams: list[str], model_cams: tuple[str, ...], explicit: bool) -> dict[str, str]:
