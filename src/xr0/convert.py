@@ -7,12 +7,15 @@ import pathlib
 import sys
 
 import torch
+from safetensors import safe_open
 
+from .checkpoints import WEIGHTS
 from .config import add_runtime_arguments, runtime_settings
 from .official import ASSUMPTIONS, CONFIG, OfficialFormatError, find_deepspeed, read_april, read_release
 from .policy import XR0Policy
 
 DTYPES = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+STORED_DTYPES = {"BF16": str(torch.bfloat16), "F16": str(torch.float16), "F32": str(torch.float32)}  # safetensors codes
 
 
 def convert(official: str | pathlib.Path, out: str | pathlib.Path, dtype: torch.dtype | None = None,
@@ -29,13 +32,15 @@ def convert(official: str | pathlib.Path, out: str | pathlib.Path, dtype: torch.
         parts = read_release(official, stats_file, **settings)
     policy = XR0Policy.from_state(*parts)
     policy.save_pretrained(out, dtype=dtype)
-    state, _ = policy.model.state_to_save(dtype)
+    with safe_open(str(out / WEIGHTS), "pt") as f:  # what was written, without a second copy of the weights
+        names = list(f.keys())
+        stored = STORED_DTYPES.get(f.get_slice(names[0]).get_dtype(), "unknown")
     c = policy.config
-    return {"official": str(official), "out": str(out), "tensors": len(state), "robot_types": sorted(policy.robots),
+    return {"official": str(official), "out": str(out), "tensors": len(names), "robot_types": sorted(policy.robots),
             "chunk_len": c.chunk_len, "cameras": list(c.cameras), "image_size": list(c.image_size),
             "expert": {"layers": c.expert.num_layers, "hidden": c.expert.hidden_size},
             "source": "deepspeed" if deepspeed is not None else "release", "runtime": c.runtime(),
-            "dtype": str(next(iter(state.values())).dtype)}
+            "dtype": stored}
 
 
 def add_arguments(p) -> None:

@@ -191,11 +191,11 @@ class XR0Policy:
         proc = self.processor
         vlm = proc.collate([proc.prompt_ids(s["instruction"]) for s in samples], [proc.images(s["images"]) for s in samples])
         state = np.stack([robot.normalize_state(checks.vector(s["state"], "state", robot.state_dim)) for s in samples])
-        actions = np.stack([np.asarray(s["actions"], np.float32) for s in samples])
-        if actions.shape[1:] != (T, robot.action_dim):
-            raise ValueError(f"actions must have shape (T={T}, {robot.action_dim}), got {actions.shape[1:]}")
-        if not np.isfinite(actions).all():
-            raise ValueError("actions contain NaN or inf")
+        actions = [checks.numeric(s["actions"], "actions") for s in samples]
+        bad = next((a.shape for a in actions if a.shape != (T, robot.action_dim)), None)
+        if bad is not None:
+            raise checks.FieldError("actions", f"expected shape (T={T}, {robot.action_dim}), got {bad}")
+        actions = np.stack(actions)
         if all("env_state" in s for s in samples):  # training-only supervision (xr0.train.env_state)
             vlm["env_state"] = torch.from_numpy(np.stack([np.asarray(s["env_state"], np.float32) for s in samples]))
         valid = np.stack([np.asarray(s.get("action_valid", np.ones(T, bool)), bool) for s in samples])

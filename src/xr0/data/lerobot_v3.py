@@ -303,6 +303,17 @@ def camera_key(name: str) -> str:
     return key
 
 
+def view_title(camera: str) -> str:
+    """A dataset camera name -> the view title of the prompt, camera_key's way back: the official names by the
+    released table ("ego" -> "Ego View"), snake_case keys word by word ("base_view" -> "Base View"), others as they
+    are."""
+    from .official_json import VIEW_TITLES
+
+    if camera in VIEW_TITLES:
+        return VIEW_TITLES[camera]
+    return " ".join(w.capitalize() for w in camera.split("_")) if "_" in camera else camera
+
+
 def feature_stats(values: np.ndarray, image: bool = False) -> dict[str, np.ndarray]:
     """One episode's statistics of a feature, as LeRobot 0.6 stores them: per channel min, max, mean, std, count and
     the quantiles q01 ... q99 (exact here; LeRobot estimates them from a histogram). `values`: (n, ...) for a vector
@@ -381,7 +392,7 @@ class LeRobotV3Writer:
     @staticmethod
     def video_key(camera: str) -> str:
         """observation.images.<snake_case name>, as LeRobot names cameras ("Base View" -> base_view); xr0 turns
-        such a name back into the view title of the prompt (xr0.train.inputs.view_title)."""
+        such a name back into the view title of the prompt (view_title)."""
         return IMAGE_PREFIX + camera_key(camera)
 
     def add_episode(self, images: dict[str, np.ndarray], states: np.ndarray, actions: np.ndarray,

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import PADDED_DIM, PolicyConfig
+from ..data.lerobot_v3 import view_title
 from ..processing import RobotSpec
 
 
@@ -68,16 +69,6 @@ def open_dataset(path: str | Path, chunk_len: int, cameras=None, skip_bad: bool 
 def dataset_cameras(ds) -> list[str]:
     cams = getattr(ds, "cameras", None)
     return list(cams) if cams else list(ds[0]["images"])
-
-
-def view_title(camera: str) -> str:
-    """A dataset camera name -> the view title of the prompt: the official names by the released table ("ego" ->
-    "Ego View"), LeRobot-style snake_case keys word by word ("base_view" -> "Base View"), others unchanged."""
-    from ..data.official_json import VIEW_TITLES
-
-    if camera in VIEW_TITLES:
-        return VIEW_TITLES[camera]
-    return " ".join(w.capitalize() for w in camera.split("_")) if "_" in camera else camera
 
 
 def camera_map(data_cams: list[str], model_cams: tuple[str, ...], explicit: bool) -> dict[str, str]:
