@@ -11,10 +11,12 @@ pytest.importorskip("metaworld")
 
 from xr0.data.lerobot_v3 import LeRobotV3Dataset
 from xr0.train.inputs import view_title  # noqa: E402
-from xr0.sim.metaworld_data import generate  # noqa: E402
-from xr0.sim.evaluate import _env, checkpoint_setup, evaluate, load_policy, reactivity  # noqa: E402
+from xr0.sim.metaworld_data import episode_counts, generate  # noqa: E402
+from xr0.sim.evaluate import checkpoint_setup, evaluate, load_policy, make_env  # noqa: E402
+from xr0.sim.reactivity import copying_index, expert_chunk, reactivity  # noqa: E402
 from xr0.sim.export import export  # noqa: E402
-from xr0.sim.metaworld import CAMERAS, DEFAULT_ORIENTATION, MetaWorldEnv  # noqa: E402
+from xr0.sim.metaworld import (CAMERAS, DEFAULT_GOAL_MARKER_RADIUS, DEFAULT_ORIENTATION,  # noqa: E402
+                               STOCK_GOAL_MARKER_RADIUS, MetaWorldEnv)
 
 TASKS = ["reach-v3", "handle-press-v3"]
 
@@ -80,12 +82,20 @@ def test_train_then_evaluate_sync_vs_async(dataset, tmp_path):
     # renders that way
     export(str(tmp_path / "run"), str(data), dest=tmp_path / "shipped")
     setup = checkpoint_setup(str(tmp_path / "shipped"))
-    assert setup == {"tasks": TASKS, "cameras": CAMERAS, "orientation": DEFAULT_ORIENTATION, "image_size": (64, 64)}
-    env = _env(policy, "reach-v3", 0, setup["orientation"], setup["cameras"], setup["image_size"])
+    assert setup == {"tasks": TASKS, "cameras": CAMERAS, "orientation": DEFAULT_ORIENTATION, "image_size": (64, 64),
+                     "goal_marker_radius": DEFAULT_GOAL_MARKER_RADIUS}
+    env = make_env(policy, "reach-v3", 0, setup["orientation"], setup["cameras"], setup["image_size"],
+               setup["goal_marker_radius"])
     try:
         assert env.observe()["images"]["Top View"].shape == (64, 64, 3)
+        assert env.sim.model.site("goal").size[0] == DEFAULT_GOAL_MARKER_RADIUS
     finally:
         env.close()
+    # a checkpoint shipped before the marker was enlarged is evaluated with MetaWorld's own marker
+    saved = json.loads((tmp_path / "shipped" / "metaworld.json").read_text())
+    del saved["goal_marker_radius"]
+    (tmp_path / "shipped" / "metaworld.json").write_text(json.dumps(saved))
+    assert checkpoint_setup(str(tmp_path / "shipped"))["goal_marker_radius"] == STOCK_GOAL_MARKER_RADIUS
     (tmp_path / "shipped" / "metaworld.json").write_text("{")
     with pytest.raises(ValueError, match="metaworld.json"):
         checkpoint_setup(str(tmp_path / "shipped"))
@@ -176,6 +186,40 @@ def test_bad_camera_orientation_and_horizon_are_named():
         generate(["reach-v3"], episodes=1, out="/nonexistent/never-written", max_ticks=10_000)
 
 
+def test_goal_marker_is_drawn_larger_and_only_drawn():
+    """The enlarged marker covers about 4x the pixels of MetaWorld's 2-cm sphere (the radius doubles) and changes
+    nothing the simulator computes: the same actions give the same states."""
+    def red_pixels(img):
+        img = img.astype(int)
+        return int(((img[..., 0] > 150) & (img[..., 1] < 60) & (img[..., 2] < 60)).sum())
+
+    counts, states = {}, {}
+    for radius in (STOCK_GOAL_MARKER_RADIUS, DEFAULT_GOAL_MARKER_RADIUS):
+        env = MetaWorldEnv("reach-v3", seed=0, image_size=(128, 128), goal_marker_radius=radius)
+        try:
+            counts[radius] = red_pixels(env.render("topview")[:48])  # the goal's strip of the table, no arm
+            for _ in range(5):
+                env.act(np.array([0.5, 0.5, 0.0, 0.0]))
+            states[radius] = env.state()
+        finally:
+            env.close()
+    assert counts[STOCK_GOAL_MARKER_RADIUS] >= 4
+    assert 2.5 < counts[DEFAULT_GOAL_MARKER_RADIUS] / counts[STOCK_GOAL_MARKER_RADIUS] < 6, counts
+    np.testing.assert_array_equal(states[STOCK_GOAL_MARKER_RADIUS], states[DEFAULT_GOAL_MARKER_RADIUS])
+    with pytest.raises(ValueError, match="goal_marker_radius"):
+        MetaWorldEnv("reach-v3", goal_marker_radius=0.0)
+
+
+def test_episode_counts_per_task():
+    tasks = ["reach-v3", "drawer-open-v3"]
+    assert episode_counts(40, tasks) == {"reach-v3": 40, "drawer-open-v3": 40}
+    assert episode_counts("40,reach-v3=100", tasks) == {"reach-v3": 100, "drawer-open-v3": 40}
+    for bad, message in [("reach-v3=3", "no count for .'drawer-open-v3'"), ("x", "not N or TASK=N"),
+                         ("40,push-v3=2", "'push-v3' is not one of the tasks"), ("0", "must be >= 1")]:
+        with pytest.raises(ValueError, match=message):
+            episode_counts(bad, tasks)
+
+
 def test_evaluation_placements_are_unseen():
     """MT1 draws each reset from 50 placements fixed by the seed; eval (seed 1000) shares none with data (seed 0)."""
     def placements(seed, n):
@@ -244,8 +288,42 @@ def test_reactivity_oracle_times_the_executor():
         assert r["reacted"] == 2 and r["success_after_move"] == 1.0, r
     assert sync["reaction_ticks_mean"] == 15.5  # moves at ticks 12 and 13: 28 - 12 and 28 - 13
     assert asy["reaction_ticks_mean"] < sync["reaction_ticks_mean"]
+    # the oracle's own chunks follow the new target exactly: copying index 0 wherever the old plan differs
+    for r in (sync, asy):
+        assert r["copying_measured"] + r["copying_skipped"] == 2 and r["copying_measured"] >= 1, r
+        assert abs(r["copying_index"]) < 1e-6, r
+    button = reactivity(policy, "async", 100.0, episodes=2, chunker="expert", task="button-press-topdown-v3")
+    assert button["reacted"] == 2 and button["success_after_move"] == 1.0, button
     with pytest.raises(ValueError, match="chunker"):
         reactivity(policy, chunker="oracle")
+    with pytest.raises(ValueError, match="movable"):
+        reactivity(policy, chunker="expert", task="drawer-open-v3")
+
+
+def test_copying_index_reads_copy_versus_follow():
+    old, oracle = np.zeros((4, 4)), np.ones((4, 4))
+    assert copying_index(old, old, oracle) == (1.0, 1.0)  # the new chunk is the old plan
+    assert copying_index(old, oracle, oracle) == (0.0, 1.0)  # it is what the target-reading expert does
+    assert copying_index(old, 0.25 * oracle, oracle)[0] == pytest.approx(0.75)
+
+
+def test_move_target_moves_button_and_goal_and_restarts_success():
+    for task in ("reach-v3", "button-press-topdown-v3"):
+        env = MetaWorldEnv(task, seed=0, image_size=(32, 32))
+        try:
+            before = env.target()
+            env.success = True
+            after = env.move_target()
+            assert not env.success and abs(after[0] - before[0]) >= 0.1 - 1e-9, (task, before, after)
+            np.testing.assert_allclose(after[1:], before[1:], atol=1e-3)  # sideways only
+            env.act(np.zeros(4))  # the expert's observation follows: its chunk heads for the new target
+            chunk = expert_chunk(env, 10)
+            to_target = after - env.state()[:3]
+            assert chunk[0, :3] @ to_target > 0, task
+        finally:
+            env.close()
+    with pytest.raises(ValueError, match="movable"):
+        MetaWorldEnv("drawer-open-v3", seed=0, image_size=(32, 32)).target()
 
 
 def test_cli_data_and_random_policy_eval(tmp_path, capsys):
@@ -258,6 +336,7 @@ def test_cli_data_and_random_policy_eval(tmp_path, capsys):
     assert summary["tasks"]["reach-v3"]["kept"] == 1 and summary["orientation"] == "upright"
     sidecar = json.loads((out / "meta" / "xr0_metaworld.json").read_text())
     assert sidecar["orientation"] == "upright" and sidecar["cameras"] == CAMERAS and sidecar["control_hz"] == 40.0
+    assert sidecar["episodes"] == {"reach-v3": 1} and sidecar["goal_marker_radius"] == DEFAULT_GOAL_MARKER_RADIUS
     assert LeRobotV3Dataset(out, chunk_len=4).state_dim == 4
 
     videos = tmp_path / "v"

@@ -538,6 +538,12 @@ class _ChunkExecutor:
             self.clock.cancel()
         return self.trace
 
+    @property
+    def next_index(self) -> int:
+        """Index in the current chunk of the next action to execute (at a trigger: where the new chunk's index 0,
+        and its prefix, start in the old one)."""
+        return self._index
+
     def _call_policy(self, obs: dict, prefix: np.ndarray | None, weights: np.ndarray | None) -> Any:
         if weights is None:
             return self.policy(obs, prefix)

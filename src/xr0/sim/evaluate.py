@@ -42,14 +42,16 @@ SETUP_FILE = "metaworld.json"  # in a checkpoint: the tasks, cameras and image o
 
 
 def checkpoint_setup(checkpoint: str | None) -> dict:
-    """{"tasks", "cameras", "orientation", "image_size"} a MetaWorld checkpoint was trained with (`SETUP_FILE`,
-    written by `python -m xr0.sim.export` from the dataset's meta/xr0_metaworld.json); the current defaults otherwise.
-    "image_size" is the size the data were rendered at (the model may resize them, e.g. 128 -> 256); None (older
-    checkpoints) means the model's own image size."""
-    from .metaworld import CAMERAS, DEFAULT_ORIENTATION, DEFAULT_TASKS
+    """{"tasks", "cameras", "orientation", "image_size", "goal_marker_radius"} a MetaWorld checkpoint was trained
+    with (`SETUP_FILE`, written by `python -m xr0.sim.export` from the dataset's meta/xr0_metaworld.json); the current
+    defaults otherwise. "image_size" is the size the data were rendered at (the model may resize them, e.g. 128 ->
+    256); None (older checkpoints) means the model's own image size. A setup file without "goal_marker_radius" was
+    written before the marker was enlarged: MetaWorld's own radius."""
+    from .metaworld import (CAMERAS, DEFAULT_GOAL_MARKER_RADIUS, DEFAULT_ORIENTATION, DEFAULT_TASKS,
+                            STOCK_GOAL_MARKER_RADIUS)
 
     setup = {"tasks": list(DEFAULT_TASKS), "cameras": dict(CAMERAS), "orientation": DEFAULT_ORIENTATION,
-             "image_size": None}
+             "image_size": None, "goal_marker_radius": DEFAULT_GOAL_MARKER_RADIUS}
     if checkpoint:
         file = resolve_checkpoint(checkpoint) / SETUP_FILE
         if file.is_file():
@@ -62,13 +64,14 @@ def checkpoint_setup(checkpoint: str | None) -> dict:
             setup.update(tasks=list(saved["tasks"]), cameras=dict(saved["cameras"]), orientation=saved["orientation"])
             if saved.get("image_size") is not None:
                 setup["image_size"] = tuple(saved["image_size"])
+            setup["goal_marker_radius"] = float(saved.get("goal_marker_radius", STOCK_GOAL_MARKER_RADIUS))
     return setup
 
 
 def render_view(setup: dict) -> dict:
-    """The `orientation`, `cameras` and `image_size` of a `checkpoint_setup`: how `evaluate` and `reactivity` must
-    render for that checkpoint (pass as keyword arguments)."""
-    return {k: setup[k] for k in ("orientation", "cameras", "image_size")}
+    """The `orientation`, `cameras`, `image_size` and `goal_marker_radius` of a `checkpoint_setup`: how `evaluate`
+    and `reactivity` must render for that checkpoint (pass as keyword arguments)."""
+    return {k: setup[k] for k in ("orientation", "cameras", "image_size", "goal_marker_radius")}
 
 
 def _metaworld_identity_robot(T: int):
@@ -81,12 +84,13 @@ def _metaworld_identity_robot(T: int):
 def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency_ms: float = 100.0,
              seed: int = 1000, k: int | None = None, max_ticks: int = 100, video_dir=None,
              steps: int | None = None, progress: bool = True, orientation: str | None = None,
-             cameras: dict[str, str] | None = None, image_size: tuple[int, int] | None = None) -> dict:
+             cameras: dict[str, str] | None = None, image_size: tuple[int, int] | None = None,
+             goal_marker_radius: float | None = None) -> dict:
     """Success rate, simulated time to success, idle fraction, boundary discontinuity, real inference latency.
 
     With `video_dir`, each episode also gets an MP4 and a PNG of its executed actions with chunk switches marked.
-    `cameras` (policy camera -> MetaWorld camera), `orientation` and `image_size` (the render size; default the
-    policy's) must be those the policy's training data were rendered with: `checkpoint_setup(checkpoint)` gives them.
+    `cameras` (policy camera -> MetaWorld camera), `orientation`, `image_size` (the render size; default the
+    policy's) and `goal_marker_radius` must be those the policy's training data were rendered with: `checkpoint_setup(checkpoint)` gives them.
     """
     from .metaworld import ACTION_NAMES, MAX_TICKS, check_tasks
     from .plot import plot_actions
@@ -105,13 +109,13 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
     rows, traces = [], {}
     bar = tqdm(total=len(tasks) * episodes, desc=f"eval {executor} {latency_ms:g} ms", unit="ep", disable=not progress)
     for task in tasks:
-        env = _env(policy, task, seed, orientation, cameras, image_size)
+        env = make_env(policy, task, seed, orientation, cameras, image_size, goal_marker_radius)
         for ep in range(episodes):
             env.reset()
             infer = ChunkPolicy(policy, None, act_dims, seed_of_call=lambda call, _ep=ep: seed * 100_003 + _ep * 1009
                                 + call, steps=steps, wall_ms=wall_ms)
             recorder = _VideoRecorder(env) if video_dir else None
-            runner = _runner(policy, executor, recorder or env, infer, latency_ms, k)
+            runner = make_runner(policy, executor, recorder or env, infer, latency_ms, k)
             try:
                 trace = runner.run(max_ticks, stop=lambda: env.success)
                 error = ""
@@ -136,17 +140,19 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
     return summarize(rows, tasks, executor, latency_ms, wall_ms, hz), traces
 
 
-def _env(policy, task: str, seed: int, orientation: str | None, cameras: dict[str, str] | None,
-         image_size: tuple[int, int] | None = None):
-    """The MetaWorld task rendered the way the policy's training data were (cameras, orientation, image size)."""
-    from .metaworld import DEFAULT_ORIENTATION, MetaWorldEnv
+def make_env(policy, task: str, seed: int, orientation: str | None, cameras: dict[str, str] | None,
+         image_size: tuple[int, int] | None = None, goal_marker_radius: float | None = None):
+    """The MetaWorld task rendered the way the policy's training data were (cameras, orientation, image size,
+    goal marker)."""
+    from .metaworld import DEFAULT_GOAL_MARKER_RADIUS, DEFAULT_ORIENTATION, MetaWorldEnv
 
     return MetaWorldEnv(task, seed=seed, image_size=tuple(image_size or policy.config.image_size),
                         cameras=_camera_map(policy.config.cameras, cameras),
-                        orientation=orientation or DEFAULT_ORIENTATION)
+                        orientation=orientation or DEFAULT_ORIENTATION,
+                        goal_marker_radius=goal_marker_radius or DEFAULT_GOAL_MARKER_RADIUS)
 
 
-def _runner(policy, executor: str, env, infer, latency_ms: float, k: int | None = None):
+def make_runner(policy, executor: str, env, infer, latency_ms: float, k: int | None = None):
     """The named executor on a simulated clock at the policy's control rate; k defaults to T/2."""
     policy.config.check_executor(executor)
     clock = SimClock(1.0 / policy.config.control_hz, latency_s=latency_ms / 1000.0)
@@ -154,78 +160,6 @@ def _runner(policy, executor: str, env, infer, latency_ms: float, k: int | None 
     if executor == "async":  # the trained prefix; rtc's guided prefix is not capped by it
         kwargs["max_prefix"] = policy.config.max_prefix
     return EXECUTORS[executor](env, infer, clock, **kwargs)
-
-
-def _reach_oracle_chunk(env, T: int) -> np.ndarray:
-    """reach-v3's scripted expert (xyz action = clip(5 · (goal − hand))) rolled out for T ticks on a kinematic model
-    of the hand (a tick moves it by action · action_scale · ACTION_REPEAT), from the true goal at call time."""
-    from .metaworld import ACTION_DIM, ACTION_REPEAT
-
-    hand, goal, step = env.state()[:3].astype(np.float64), env.goal(), env.sim.action_scale * ACTION_REPEAT
-    chunk = np.zeros((T, ACTION_DIM), dtype=np.float32)
-    for i in range(T):
-        chunk[i, :3] = np.clip(5.0 * (goal - hand), -1.0, 1.0)
-        hand = hand + chunk[i, :3] * step
-    return chunk
-
-
-class _GoalMover:
-    """Wraps a reach env: at tick `at` the goal jumps; records the first tick the commanded motion points at it."""
-
-    def __init__(self, env, at: int, cos_threshold: float = 0.8):
-        self.env, self.at, self.cos_threshold = env, at, cos_threshold
-        self.reaction_ticks, self.moved = None, False
-
-    def observe(self):
-        return self.env.observe()
-
-    def act(self, action):
-        if self.env.ticks == self.at:
-            goal = self.env.goal()
-            goal[0] = -goal[0] if abs(goal[0]) > 0.05 else goal[0] + 0.15  # the mirrored side of the table
-            self.env.move_goal(goal)
-            self.moved = True
-        if self.env.ticks >= self.at and self.reaction_ticks is None:
-            to_goal = self.env.goal() - self.env.state()[:3]
-            move = np.asarray(action[:3], dtype=np.float64)
-            cos = move @ to_goal / (np.linalg.norm(move) * np.linalg.norm(to_goal) + 1e-9)
-            if cos >= self.cos_threshold:
-                self.reaction_ticks = self.env.ticks - self.at
-        self.env.act(action)
-
-
-def reactivity(policy, executor: str = "async", latency_ms: float = 100.0, episodes: int = 5, seed: int = 4000,
-               move_at: int = 12, max_ticks: int = 150, orientation: str | None = None,
-               cameras: dict[str, str] | None = None, k: int | None = None, chunker: str = "policy",
-               image_size: tuple[int, int] | None = None) -> dict:
-    """reach-v3 with the goal moved at tick `move_at` + episode: ticks until the arm heads for the new goal (cos >= 0.8).
-
-    chunker "policy" asks `policy` for each chunk; "expert" is an oracle that sees the true goal (`_reach_oracle_chunk`;
-    `policy` then only sets T and the control rate). The oracle separates what the execution scheme costs in
-    reaction time from what the learned policy costs.
-    """
-    if chunker not in ("policy", "expert"):
-        raise ValueError(f"chunker must be 'policy' or 'expert', got {chunker!r}")
-    env = _env(policy, "reach-v3", seed, orientation, cameras, image_size)
-    hz, T = policy.config.control_hz, policy.config.chunk_len
-    ticks, successes = [], []
-    for ep in range(episodes):
-        env.reset()
-        mover = _GoalMover(env, move_at + ep)  # every phase of the execution cycle over the episodes
-        if chunker == "expert":
-            infer = lambda obs, prefix, prefix_weights=None: _reach_oracle_chunk(env, T)  # noqa: E731
-        else:
-            infer = ChunkPolicy(policy, None, policy.robot(None).action_dim, seed_of_call=lambda call, _ep=ep: seed + _ep)
-        _runner(policy, executor, mover, infer, latency_ms, k).run(
-            max_ticks, stop=lambda: mover.moved and env.success)  # reaching the old goal first does not end it
-        ticks.append(mover.reaction_ticks)
-        successes.append(env.success)
-    env.close()
-    reacted = [t for t in ticks if t is not None]
-    return {"executor": executor, "chunker": chunker, "latency_ms": latency_ms, "episodes": episodes,
-            "reacted": len(reacted), "reaction_ticks_mean": float(np.mean(reacted)) if reacted else None,
-            "reaction_s_mean": float(np.mean(reacted)) / hz if reacted else None,
-            "success_after_move": float(np.mean(successes))}
 
 
 def summarize(rows: list[dict], tasks: list[str], executor: str, latency_ms: float, wall_ms: list[float],

@@ -1,5 +1,5 @@
 """Ship a trained MetaWorld run as the embedded checkpoint: bf16 weights, the frozen token embedding left out
-(regenerated from its seed at load time), plus metaworld.json (the tasks, cameras, image orientation and render size of
+(regenerated from its seed at load time), plus metaworld.json (the tasks, cameras, image orientation, render size and goal marker radius of
 its training data, from DATA_DIR/meta/xr0_metaworld.json). Usage: python -m xr0.sim.export RUN_DIR DATA_DIR"""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from ..assets import HERE
 from ..checkpoints import resolve_checkpoint
 from .evaluate import SETUP_FILE
-from .metaworld import check_tasks
+from .metaworld import STOCK_GOAL_MARKER_RADIUS, check_tasks
 
 
 def export(run: str, data: str, dest=HERE / "metaworld") -> int:
@@ -22,7 +22,8 @@ def export(run: str, data: str, dest=HERE / "metaworld") -> int:
 
     sidecar = json.loads((pathlib.Path(data) / "meta" / "xr0_metaworld.json").read_text())
     setup = {"tasks": check_tasks(list(sidecar["tasks"])), "cameras": sidecar["cameras"],
-             "orientation": sidecar["orientation"], "image_size": sidecar.get("image_size")}
+             "orientation": sidecar["orientation"], "image_size": sidecar.get("image_size"),
+             "goal_marker_radius": sidecar.get("goal_marker_radius", STOCK_GOAL_MARKER_RADIUS)}
     policy = XR0Policy.from_pretrained(resolve_checkpoint(run))
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -30,6 +30,12 @@ CAMERAS = {"Base View": "corner3", "Top View": "topview"}
 MAX_TICKS = 500 // ACTION_REPEAT  # MetaWorld's horizon is 500 steps (SawyerXYZEnv.max_path_length)
 ORIENTATIONS = ("flipud", "upright")
 DEFAULT_ORIENTATION = "upright"
+# Radius (m) of the goal marker as rendered (reach's red sphere, the drawers' and window's green one); a site is
+# drawn only, never touched, so the task is unchanged. MetaWorld draws 2 cm, about 3 pixels at 128x128: too small
+# for the policy's 32-pixel image tokens to place (docs/metaworld.md). Data and evaluation must use the same value
+# (meta/xr0_metaworld.json records it; checkpoints without it were trained on MetaWorld's own).
+STOCK_GOAL_MARKER_RADIUS = 0.02
+DEFAULT_GOAL_MARKER_RADIUS = 0.04
 
 INSTRUCTIONS = {
     "reach-v3": "reach the red target",
@@ -45,6 +51,8 @@ INSTRUCTIONS = {
     "faucet-open-v3": "turn the faucet on",
     "pick-place-v3": "pick up the puck and place it at the goal",
 }
+# Tasks whose target `MetaWorldEnv.move_target` can move mid-episode (the reactivity probe, xr0.sim.reactivity).
+MOVABLE_TARGETS = ("reach-v3", "button-press-topdown-v3")
 # Tasks whose goal is visible in the cameras (push's goal marker is a few pixels at 128x128).
 DEFAULT_TASKS = ("reach-v3", "drawer-open-v3", "drawer-close-v3", "button-press-topdown-v3", "window-open-v3",
                  "handle-press-v3")
@@ -80,7 +88,7 @@ class MetaWorldEnv:
 
     def __init__(self, task: str, seed: int = 0, image_size: tuple[int, int] = (128, 128),
                  cameras: dict[str, str] | None = None, orientation: str = DEFAULT_ORIENTATION,
-                 placements: str = "mt1"):
+                 placements: str = "mt1", goal_marker_radius: float = DEFAULT_GOAL_MARKER_RADIUS):
         gym, mujoco = require_metaworld()
         check_tasks([task])
         if orientation not in ORIENTATIONS:
@@ -101,6 +109,10 @@ class MetaWorldEnv:
             self.sim.set_task(wrapper.tasks[0])  # the task's fixed settings; its placement is then unfrozen
             self.sim._freeze_rand_vec, self.sim.seeded_rand_vec = False, True
             self.sim.np_random = np.random.default_rng([seed, 0x9A7])
+        if not 0.0 < goal_marker_radius <= 0.1:
+            raise ValueError(f"goal_marker_radius must be in (0, 0.1] m, got {goal_marker_radius}")
+        if "goal" in [self.sim.model.site(i).name for i in range(self.sim.model.nsite)]:
+            self.sim.model.site("goal").size[0] = goal_marker_radius
         self.cameras = dict(cameras or CAMERAS)
         names = [self.sim.model.camera(i).name for i in range(self.sim.model.ncam)]
         unknown = sorted(set(self.cameras.values()) - set(names))
@@ -165,11 +177,35 @@ class MetaWorldEnv:
         if info.get("success") and not self.success:
             self.success, self.success_tick = True, self.ticks
 
-    def move_goal(self, position) -> None:
-        """Move the task's goal (and its visible marker) mid-episode: a reactivity probe. Success starts over."""
-        self.sim._target_pos = np.asarray(position, dtype=np.float64)
-        self.sim.model.site("goal").pos = self.sim._target_pos
+    def target(self) -> np.ndarray:
+        """Where the hand has to go (MOVABLE_TARGETS): reach-v3's goal, the top of button-press's button."""
+        if self.task == "reach-v3":
+            return self.goal()
+        if self.task == "button-press-topdown-v3":
+            return np.asarray(self.sim._get_pos_objects(), dtype=np.float64).copy()
+        raise ValueError(f"{self.task} has no movable target; tasks with one: {MOVABLE_TARGETS}")
+
+    def move_target(self) -> np.ndarray:
+        """A reactivity probe: mid-episode, move the target across the table (x -> -x, or 10 cm toward the other side
+        when it is within 5 cm of the middle: at least 10 cm, and inside the task's range, where the observation
+        is not clipped); what the cameras show moves with it and success starts over. reach-v3 moves its goal and
+        marker, button-press-topdown-v3 its button box (unpressed). Returns the new `target()`."""
+        _, mujoco = require_metaworld()
+        x = self.target()[0]
+        shift = np.array([-2.0 * x if abs(x) > 0.05 else (0.1 if x < 0 else -0.1), 0.0, 0.0])
+        if self.task == "reach-v3":
+            self.sim._target_pos = self.goal() + shift
+            self.sim.model.site("goal").pos = self.sim._target_pos
+        elif self.task == "button-press-topdown-v3":
+            box = self.sim.model.body("box")
+            box.pos = box.pos + shift
+            self.sim._set_obj_xyz(0.0)  # the button back up
+            mujoco.mj_forward(self.sim.model, self.sim.data)
+            self.sim._target_pos = self.sim._get_site_pos("hole")
+        else:
+            self.target()  # raises: no movable target
         self.success, self.success_tick = False, None
+        return self.target()
 
     def goal(self) -> np.ndarray:
         return np.asarray(self.sim._target_pos, dtype=np.float64).copy()

@@ -12,13 +12,42 @@ from tqdm import tqdm
 AFTER_SUCCESS = 8  # ticks recorded after success, so the policy also learns to stay put
 
 
-def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 120, seed: int = 0,
-             orientation: str | None = None, action_noise: float = 0.0, placements: str = "mt1") -> dict:
+def episode_counts(spec, tasks) -> dict[str, int]:
+    """Successful episodes per task from `--episodes`: an int for every task, or "40,reach-v3=100" (a default,
+    then per-task counts; a task not named and no default is an error)."""
+    if isinstance(spec, int):
+        spec = str(spec)
+    default, counts = None, {}
+    for item in (i.strip() for i in str(spec).split(",") if i.strip()):
+        name, _, value = item.rpartition("=")
+        try:
+            n = int(value)
+        except ValueError:
+            raise ValueError(f"--episodes: {item!r} is not N or TASK=N") from None
+        if n < 1:
+            raise ValueError(f"--episodes: {item!r} must be >= 1")
+        if not name:
+            default = n
+        elif name not in tasks:
+            raise ValueError(f"--episodes: {name!r} is not one of the tasks {list(tasks)}")
+        else:
+            counts[name] = n
+    missing = [t for t in tasks if t not in counts and default is None]
+    if missing:
+        raise ValueError(f"--episodes gives no count for {missing}; add a default, e.g. --episodes 40,{spec}")
+    return {t: counts.get(t, default) for t in tasks}
+
+
+def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, seed: int = 0,
+             orientation: str | None = None, action_noise: float = 0.0, placements: str = "mt1",
+             goal_marker_radius: float | None = None) -> dict:
     """Roll out MetaWorld's experts and keep the successful episodes. Returns a summary (printed as JSON).
 
     `action_noise` > 0 (DART-style): the arm executes the expert's xyz action plus Gaussian noise of that standard
     deviation (actions live in [-1, 1]) while the dataset records the expert's clean action, so the data also show
     how the closed-loop expert recovers from states off its own path.
+
+    `episodes`: successful episodes per task, an int or a spec for `episode_counts`.
 
     `placements` (xr0.sim.metaworld.PLACEMENTS): "mt1" draws from MetaWorld's 50 placements per seed (40 episodes
     see about 27 distinct ones), "fresh" gives every episode a new placement.
@@ -29,13 +58,13 @@ def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 
     Besides the LeRobot tree it writes meta/xr0_metaworld.json: how the observations were made (cameras, image
     orientation, control rate), which evaluation has to reproduce.
     """
-    from .metaworld import (ACTION_DIM, ACTION_REPEAT, CAMERAS, CONTROL_HZ, DEFAULT_ORIENTATION, ENV_STATE_NAMES,
-                                 INSTRUCTIONS, MAX_TICKS, STATE_DIM, MetaWorldEnv, check_tasks)
+    from .metaworld import (ACTION_DIM, ACTION_REPEAT, CAMERAS, CONTROL_HZ, DEFAULT_GOAL_MARKER_RADIUS,
+                            DEFAULT_ORIENTATION, ENV_STATE_NAMES, INSTRUCTIONS, MAX_TICKS, STATE_DIM, MetaWorldEnv,
+                            check_tasks)
     from ..data.lerobot_v3 import LeRobotV3Writer
 
     tasks = check_tasks(tasks)
-    if episodes < 1:
-        raise ValueError(f"--episodes must be >= 1, got {episodes}")
+    counts = episode_counts(episodes, tasks)
     if image_size < 32 or image_size % 2:
         raise ValueError(f"--image-size must be an even number >= 32, got {image_size}")
     if not 0.0 <= action_noise <= 1.0:
@@ -43,16 +72,19 @@ def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 
     if not 1 <= max_ticks <= MAX_TICKS:
         raise ValueError(f"--max-steps must be in 1..{MAX_TICKS} (MetaWorld's horizon), got {max_ticks}")
     orientation = orientation or DEFAULT_ORIENTATION
+    radius = DEFAULT_GOAL_MARKER_RADIUS if goal_marker_radius is None else goal_marker_radius
     size = (image_size, image_size)
     writer = LeRobotV3Writer(out, fps=int(CONTROL_HZ), cameras={c: size for c in CAMERAS}, state_dim=STATE_DIM,
                              action_dim=ACTION_DIM, robot_type="metaworld_sawyer", env_state_names=list(ENV_STATE_NAMES))
     summary = {"tasks": {}, "frames": 0, "renders": 0}
     start = time.perf_counter()
-    bar = tqdm(total=len(tasks) * episodes, desc="metaworld demos", unit="ep")
+    bar = tqdm(total=sum(counts.values()), desc="metaworld demos", unit="ep")
     noise = np.random.default_rng([seed, 0xDA27])
     for task in tasks:
-        env = MetaWorldEnv(task, seed=seed, image_size=size, orientation=orientation, placements=placements)
+        env = MetaWorldEnv(task, seed=seed, image_size=size, orientation=orientation, placements=placements,
+                           goal_marker_radius=radius)
         kept = failed = 0
+        episodes = counts[task]
         task_start = time.perf_counter()
         while kept < episodes:
             obs = env.reset()
@@ -94,12 +126,14 @@ def generate(tasks, episodes: int, out, image_size: int = 128, max_ticks: int = 
                "image_size": [image_size, image_size], "control_hz": CONTROL_HZ, "action_repeat": ACTION_REPEAT,
                "state": ["hand_x", "hand_y", "hand_z", "gripper_opening"],
                "action": ["dx", "dy", "dz", "gripper_effort"], "seed": seed, "after_success_ticks": AFTER_SUCCESS,
-               "max_ticks": max_ticks, "action_noise": action_noise, "placements": placements}
+               "max_ticks": max_ticks, "action_noise": action_noise, "placements": placements,
+               "episodes": counts, "goal_marker_radius": radius}
     (pathlib.Path(out) / "meta" / "xr0_metaworld.json").write_text(json.dumps(sidecar, indent=2))
     size_mb = sum(f.stat().st_size for f in pathlib.Path(out).rglob("*") if f.is_file()) / 2**20
-    summary.update(seconds=round(elapsed, 1), seconds_per_episode=round(elapsed / (len(tasks) * episodes), 2),
+    summary.update(seconds=round(elapsed, 1), seconds_per_episode=round(elapsed / sum(counts.values()), 2),
                    renders_per_s=round(summary["renders"] / elapsed, 1), size_mb=round(size_mb, 2),
-                   control_hz=CONTROL_HZ, image_size=image_size, orientation=orientation, out=str(out))
+                   control_hz=CONTROL_HZ, image_size=image_size, orientation=orientation, goal_marker_radius=radius,
+                   out=str(out))
     return summary
 
 
@@ -107,7 +141,8 @@ def add_arguments(p) -> None:
     from .metaworld import ORIENTATIONS, PLACEMENTS
 
     p.add_argument("--tasks", default=None, help="comma-separated MetaWorld v3 task names (default: the demo's 6)")
-    p.add_argument("--episodes", type=int, default=20, help="successful episodes per task")
+    p.add_argument("--episodes", default="20",
+                   help="successful episodes per task: N, or a default and per-task counts (40,reach-v3=100)")
     p.add_argument("--out", required=True, help="output dataset folder (must not exist)")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--max-steps", "--max-ticks", dest="max_ticks", type=int, default=120,
@@ -119,12 +154,15 @@ def add_arguments(p) -> None:
                    help="DART-style: execute expert xyz + N(0, s^2), record the clean expert action")
     p.add_argument("--placements", choices=PLACEMENTS, default="mt1",
                    help="mt1: MetaWorld's 50 placements per seed, drawn with repeats; fresh: a new one every episode")
+    p.add_argument("--goal-marker-radius", type=float, default=None,
+                   help="rendered radius of the goal marker in m (default 0.04; MetaWorld's own is 0.02)")
 
 
 def run(args) -> int:
     from .metaworld import DEFAULT_TASKS
 
     summary = generate(args.tasks or ",".join(DEFAULT_TASKS), args.episodes, args.out, args.image_size,
-                       args.max_ticks, args.seed, args.orientation, args.action_noise, args.placements)
+                       args.max_ticks, args.seed, args.orientation, args.action_noise, args.placements,
+                       args.goal_marker_radius)
     print(json.dumps(summary))
     return 0
