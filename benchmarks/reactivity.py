@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="embedded")
     ap.add_argument("--episodes", type=int, default=40, help="moved episodes per cell")
     ap.add_argument("--latency-ms", type=float, default=100.0)
-    ap.add_argument("--k", type=int, default=None, help="actions left when the next inference starts (default T/2)")
+    ap.add_argument("--k", type=int, default=None, help="actions left when the next inference starts (default 10, at most T/2)")
     ap.add_argument("--move-at", type=int, default=None,
                     help="tick of the first episode's target move (default per task: xr0.sim.reactivity.MOVE_AT)")
     ap.add_argument("--seed", type=int, default=3001)

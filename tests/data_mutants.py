@@ -38,7 +38,8 @@ import pyarrow.parquet as pq
 from xr0.data import DataError
 from xr0.data.integrity import INTEGRITY_KEY  # what xr0's writers add; stripped for the "plain" copies
 from xr0.data.lerobot_v3 import LeRobotV3Dataset, LeRobotV3Writer
-from xr0.data.official_json import OfficialJsonDataset, axis_angle_to_rotm, write_official_episode
+from xr0.data.official_json import OfficialJsonDataset, write_official_episode
+from xr0.rotations import axis_angle_to_matrix
 
 CHUNK_LEN = 4
 FPS = 10
@@ -86,7 +87,7 @@ def official_arms(rng: np.random.Generator, n: int) -> tuple[dict, dict]:
     for arm in ("left", "right"):
         for d in (prop, act):
             d[f"{arm}_ee_pos"] = rng.normal(size=(n, 3))
-            d[f"{arm}_ee_rotm"] = axis_angle_to_rotm(rng.normal(size=(n, 3))).reshape(n, 9)
+            d[f"{arm}_ee_rotm"] = axis_angle_to_matrix(rng.normal(size=(n, 3))).reshape(n, 9)
             d[f"{arm}_arm_joint"] = rng.normal(size=(n, 6))
             d[f"{arm}_gripper_pos"] = rng.uniform(size=(n, 1))
     return prop, act

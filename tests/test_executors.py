@@ -129,7 +129,7 @@ def test_async_tables_for_other_chunk_lengths(T, k, d):
     ex = AsyncExecutor(Env(2), TablePolicy(T), SimClock(1 / HZ, ticks(d)), k=k)  # adaptive Δt_c
     trace = ex.run(60)
     assert trace.table() == expected_async_table(T, ex.k, d, 60)
-    assert ex.k == (T // 3 if k is None else k)
+    assert ex.k == (min(10, T // 2) if k is None else k)
     assert trace.metrics()["holds"] == 0
 
 

@@ -1,8 +1,8 @@
 """Where checkpoints live: a training run's folder layout, and resolving what a user names to one checkpoint folder.
 
 A run folder holds checkpoints/step_NNNNNN/ (the policy files plus the trainer state) and checkpoints/latest naming
-the newest complete one. `resolve_checkpoint` takes a checkpoint folder, a run folder or "embedded" (the shipped
-MetaWorld policy). No xr0 imports at module level: every layer may use it.
+the newest complete one. `resolve_checkpoint` takes a checkpoint folder, a run folder (xr0's, or lerobot-train's with the xr0 plugin) or
+"embedded" (the shipped MetaWorld policy). No xr0 imports at module level: every layer may use it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,10 @@ import uuid
 from pathlib import Path
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"  # a checkpoint folder's policy files (XR0Policy.save_pretrained)
+# A policy folder saved by the LeRobot plugin (integrations/lerobot): config.json is LeRobot's, xr0's config sits
+# beside it under this name; the weights and statistics are xr0's own files.
+LEROBOT_XR0_CONFIG = "xr0_config.json"
+LEROBOT_LAST = ("checkpoints", "last", "pretrained_model")  # lerobot-train's newest checkpoint in a run folder
 CKPT_DIR, LATEST, STEP_FMT = "checkpoints", "latest", "step_{:06d}"
 STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
 
@@ -83,6 +87,12 @@ def hub_snapshot(repo_id: str) -> Path:
                                 f"`hf download {repo_id} --local-dir DIR` and pass DIR)") from e
 
 
+def policy_config_file(folder: Path) -> Path:
+    """xr0's config of a checkpoint folder: config.json, or LEROBOT_XR0_CONFIG in a LeRobot plugin's folder."""
+    alt = Path(folder) / LEROBOT_XR0_CONFIG
+    return alt if alt.is_file() else Path(folder) / CONFIG
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """"embedded", a checkpoint folder (config.json), a run folder whose latest checkpoint is taken, or a Hugging
     Face repo id ("XiaomiRobotics/Xiaomi-Robotics-0-LIBERO") found in the local cache."""
@@ -95,6 +105,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
         p = hub_snapshot(str(path))
     if (p / CONFIG).is_file():
         return p
+    if (p.joinpath(*LEROBOT_LAST) / LEROBOT_XR0_CONFIG).is_file():  # a lerobot-train run of the xr0 plugin
+        return p.joinpath(*LEROBOT_LAST)
     latest = find_latest(p)
     if latest is None:
         raise FileNotFoundError(f"{p}: neither a checkpoint folder ({CONFIG}) nor a run with complete checkpoints")

@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import official
-from .checkpoints import CONFIG, WEIGHTS, atomic_write, file_sha256, resolve_checkpoint, verify_manifest
+from .checkpoints import (CONFIG, WEIGHTS, atomic_write, file_sha256, policy_config_file, resolve_checkpoint,
+                          verify_manifest)
 from .config import MAX_STEPS, PolicyConfig, get_preset
 from .model.vla import EMBED, XR0Model, check_noise, seeded_embedding
 from .processing import Processor, RobotSpec, checks, stats_hash
@@ -81,9 +82,9 @@ class XR0Policy:
         (config.py), e.g. local_window=4, rope_offset=10 to run a release folder as the April post-training code
         does; for an official folder also stats_file=."""
         path = resolve_checkpoint(path)
-        cfg_file = path / CONFIG
-        if official.is_official(cfg_file):
+        if official.is_official(path / CONFIG):
             return cls.from_state(*official.read_release(path, **settings), device, dtype)
+        cfg_file = policy_config_file(path)
         try:
             meta = json.loads(cfg_file.read_text())
             config = PolicyConfig.from_dict(meta["policy"])
@@ -100,11 +101,12 @@ class XR0Policy:
         return cls.from_state(config, robots, state, device, dtype)
 
     def save_pretrained(self, path: str | pathlib.Path, dtype: torch.dtype | None = None,
-                        store_embedding: bool = True) -> None:
+                        store_embedding: bool = True, config_name: str = CONFIG) -> None:
         """Write model.safetensors (tied lm_head omitted), normalization.safetensors, then config.json with the
         SHA-256 of both (`sha256`; from_pretrained verifies it).
 
         store_embedding=False omits the token embedding when it still equals its seeded initial value.
+        config_name: checkpoints.LEROBOT_XR0_CONFIG where config.json is LeRobot's (the LeRobot plugin).
         """
         path = pathlib.Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -117,7 +119,7 @@ class XR0Policy:
                 "robots": {n: {"action_dim": s.action_dim, "state_dim": s.state_dim} for n, s in self.robots.items()},
                 "norm_stats_hash": stats_hash(self.robots), **extra,
                 "sha256": {name: file_sha256(path / name) for name in (WEIGHTS, NORMS)}}
-        atomic_write(path / CONFIG, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(meta, indent=2)))
+        atomic_write(path / config_name, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(meta, indent=2)))
 
     def to(self, *args, **kwargs) -> "XR0Policy":
         """Move or cast the model (torch.nn.Module.to); returns the policy."""

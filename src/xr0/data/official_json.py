@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from xr0.config import PADDED_DIM
+from xr0.rotations import matrix_to_axis_angle
 from xr0.data import DataError, EpisodeIndex, Skipped, chunk_window
 from xr0.data.integrity import Digests, seal
 from xr0.data.lerobot_v3 import FrameCache, VideoEncoder, cached_frame, check_video_range, probe_video
@@ -60,49 +61,8 @@ TRAJECTORY_TYPES = ("success", "ongoing", "invalid")
 
 
 # --------------------------------------------------------------------------------------------
-# Rotations and chunk-anchored relative actions
+# Chunk-anchored relative actions (rotations: xr0.rotations)
 # --------------------------------------------------------------------------------------------
-
-
-def rotm_to_axis_angle(rotm: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) rotation matrices -> (..., 3) axis-angle, angle in [0, π].
-
-    Goes through the quaternion (Shepperd's branch choice), which stays accurate near 0 and π where
-    the trace/skew formula loses precision.
-    """
-    m = np.asarray(rotm, dtype=np.float64)
-    m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
-    m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
-    m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
-    sq = np.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
-    branch = np.argmax(sq, axis=-1)
-    r = 0.5 * np.sqrt(np.maximum(np.take_along_axis(sq, branch[..., None], -1)[..., 0], 1e-300))
-    inv = 0.25 / r
-    cands = np.stack([
-        np.stack([r, (m21 - m12) * inv, (m02 - m20) * inv, (m10 - m01) * inv], -1),
-        np.stack([(m21 - m12) * inv, r, (m01 + m10) * inv, (m02 + m20) * inv], -1),
-        np.stack([(m02 - m20) * inv, (m01 + m10) * inv, r, (m12 + m21) * inv], -1),
-        np.stack([(m10 - m01) * inv, (m02 + m20) * inv, (m12 + m21) * inv, r], -1),
-    ], -2)
-    q = np.take_along_axis(cands, branch[..., None, None], -2)[..., 0, :]
-    q = np.where(q[..., :1] < 0, -q, q)  # w >= 0 keeps the angle in [0, π]
-    w, v = q[..., 0], q[..., 1:]
-    s = np.linalg.norm(v, axis=-1)
-    angle = 2.0 * np.arctan2(s, w)
-    scale = np.where(s > 1e-12, angle / np.maximum(s, 1e-300), 2.0 / np.maximum(w, 1e-300))
-    return v * scale[..., None]
-
-
-def axis_angle_to_rotm(aa: np.ndarray) -> np.ndarray:
-    """(..., 3) axis-angle -> (..., 3, 3) rotation matrices (Rodrigues)."""
-    aa = np.asarray(aa, dtype=np.float64)
-    angle = np.linalg.norm(aa, axis=-1)[..., None, None]
-    axis = aa / np.maximum(np.linalg.norm(aa, axis=-1, keepdims=True), 1e-300)
-    x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
-    zero = np.zeros_like(x)
-    k = np.stack([np.stack([zero, -z, y], -1), np.stack([z, zero, -x], -1), np.stack([-y, x, zero], -1)], -2)
-    eye = np.broadcast_to(np.eye(3), k.shape)
-    return eye + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
 
 
 def relative_chunk(proprios: dict[str, np.ndarray], actions: dict[str, np.ndarray], anchor: int,
@@ -115,7 +75,7 @@ def relative_chunk(proprios: dict[str, np.ndarray], actions: dict[str, np.ndarra
         t_pos = np.asarray(actions[f"{arm}_ee_pos"][targets], np.float64)
         t_rot = np.asarray(actions[f"{arm}_ee_rotm"][targets], np.float64).reshape(-1, 3, 3)
         out[:, ACTION_LAYOUT[f"{arm}_ee_pos"]] = (t_pos - pos) @ rot  # row form of R_tᵀ (p − p_t)
-        out[:, ACTION_LAYOUT[f"{arm}_ee_aa"]] = rotm_to_axis_angle(rot.T @ t_rot)
+        out[:, ACTION_LAYOUT[f"{arm}_ee_aa"]] = matrix_to_axis_angle(rot.T @ t_rot)
         for name, key in (("gripper", "gripper_pos"), ("joint", "arm_joint")):
             cur = np.asarray(proprios[f"{arm}_{key}"][anchor], np.float64)
             out[:, ACTION_LAYOUT[f"{arm}_{name}"]] = np.asarray(actions[f"{arm}_{key}"][targets], np.float64) - cur

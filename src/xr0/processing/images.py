@@ -19,10 +19,11 @@ def as_image(img, field: str) -> np.ndarray:
     return checks.image(img, field)
 
 
-def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize(img: np.ndarray, size: tuple[int, int], resample=Image.BILINEAR) -> np.ndarray:
+    """(H, W, 3) uint8 -> size (H, W) with PIL's `resample` filter; unchanged when it already has that size."""
     if img.shape[:2] == tuple(size):
         return img
-    return np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((size[1], size[0]), resample))
 
 
 def patchify(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

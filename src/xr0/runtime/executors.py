@@ -28,7 +28,15 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from ..config import MAX_PREFIX
+from ..rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from .clock import Clock
+
+K_OFFICIAL = 10  # the official README: start the next inference when 10 unexecuted actions remain (T = 30)
+
+
+def default_k(chunk_len: int) -> int:
+    """Actions left when the next inference starts unless told otherwise: the official 10, at most half the chunk."""
+    return min(K_OFFICIAL, chunk_len // 2)
 
 __all__ = [
     "Environment",
@@ -126,46 +134,6 @@ class IdentityActions(ActionSpace):
         held = np.array(last_action, dtype=np.float64)
         held[self.zero_on_hold] = 0.0
         return held
-
-
-def _skew(v: np.ndarray) -> np.ndarray:
-    out = np.zeros(v.shape[:-1] + (3, 3))
-    out[..., 0, 1], out[..., 0, 2], out[..., 1, 2] = -v[..., 2], v[..., 1], -v[..., 0]
-    out[..., 1, 0], out[..., 2, 0], out[..., 2, 1] = v[..., 2], -v[..., 1], v[..., 0]
-    return out
-
-
-def axis_angle_to_matrix(v: np.ndarray) -> np.ndarray:
-    """Rodrigues: (..., 3) axis-angle -> (..., 3, 3), with a series expansion near zero."""
-    v = np.asarray(v, dtype=np.float64)
-    theta = np.linalg.norm(v, axis=-1)[..., None, None]
-    small = theta < 1e-6
-    safe = np.where(small, 1.0, theta)
-    a = np.where(small, 1 - theta**2 / 6, np.sin(safe) / safe)
-    b = np.where(small, 0.5 - theta**2 / 24, (1 - np.cos(safe)) / safe**2)
-    k = _skew(v)
-    return np.eye(3) + a * k + b * (k @ k)
-
-
-def matrix_to_axis_angle(r: np.ndarray) -> np.ndarray:
-    """(..., 3, 3) rotation -> (..., 3) axis-angle with angle in [0, π]; handles angles near 0 and π."""
-    r = np.asarray(r, dtype=np.float64)
-    cos = np.clip((np.trace(r, axis1=-2, axis2=-1) - 1) / 2, -1.0, 1.0)
-    w = 0.5 * np.stack([r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]], -1)
-    sin = np.linalg.norm(w, axis=-1)  # w = sin θ · axis
-    theta = np.arctan2(sin, cos)  # well conditioned at both ends, unlike arccos
-    scale = np.where(theta < 1e-6, 1 + theta**2 / 6, theta / np.where(sin > 1e-12, sin, 1.0))
-    out = w * scale[..., None]
-    near_pi = theta > np.pi - 1e-3
-    if np.any(near_pi):  # sin θ ≈ 0 loses the axis; read a·aᵀ = (sym(R) − cos θ·I) / (1 − cos θ) instead
-        c = cos[near_pi][:, None, None]
-        aat = ((r[near_pi] + np.swapaxes(r[near_pi], -1, -2)) / 2 - c * np.eye(3)) / (1 - c)
-        i = np.argmax(np.diagonal(aat, axis1=-2, axis2=-1), axis=-1)
-        col = np.take_along_axis(aat, i[:, None, None].repeat(3, axis=1), axis=2)[..., 0]
-        axis = col / np.linalg.norm(col, axis=-1, keepdims=True)
-        sign = np.where(np.sum(axis * w[near_pi], -1) < 0, -1.0, 1.0)  # keep the sign w still carries
-        out[near_pi] = axis * (sign * theta[near_pi])[:, None]
-    return out
 
 
 def _dims(name: str, value: Sequence[int] | None, n: int | None = 3) -> np.ndarray | None:
@@ -486,7 +454,7 @@ class _ChunkExecutor:
             raise ValueError(f"max_failures must be >= 1, got {max_failures}")
         self.env, self.policy, self.clock = env, policy, clock
         self.k_arg = k
-        self.k = k  # resolved against the chunk length T by the first chunk (default T // 3)
+        self.k = k  # resolved against the chunk length T by the first chunk (default_k(T))
         self.action_space = action_space or IdentityActions()
         self.limits = limits
         self.max_failures = max_failures
@@ -644,7 +612,7 @@ class _ChunkExecutor:
             return False
         if self._T is None:
             self._T, self._D = chunk.shape
-            self.k = self._T // 3 if self.k_arg is None else self.k_arg
+            self.k = default_k(self._T) if self.k_arg is None else self.k_arg
             if self.k >= self._T:
                 raise ValueError(f"k={self.k} must be < the chunk length T={self._T}")
         chunk = self.action_space.to_absolute(chunk, anchor)

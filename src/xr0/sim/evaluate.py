@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from ..checkpoints import resolve_checkpoint
 from ..runtime import (AsyncExecutor, IdentityActions, InferenceFailed, NaiveAsyncExecutor, RTCExecutor, SimClock,
-                       SyncExecutor)
+                       SyncExecutor, default_k)
 from .protocol import ChunkPolicy
 
 # rtc: inference-time RTC (guided soft prefix over all remaining actions), for checkpoints not trained async.
@@ -153,10 +153,10 @@ def make_env(policy, task: str, seed: int, orientation: str | None, cameras: dic
 
 
 def make_runner(policy, executor: str, env, infer, latency_ms: float, k: int | None = None):
-    """The named executor on a simulated clock at the policy's control rate; k defaults to T/2."""
+    """The named executor on a simulated clock at the policy's control rate; k defaults to runtime.default_k."""
     policy.config.check_executor(executor)
     clock = SimClock(1.0 / policy.config.control_hz, latency_s=latency_ms / 1000.0)
-    kwargs = dict(k=policy.config.chunk_len // 2 if k is None else k, action_space=HOLD_STILL)
+    kwargs = dict(k=default_k(policy.config.chunk_len) if k is None else k, action_space=HOLD_STILL)
     if executor == "async":  # the trained prefix; rtc's guided prefix is not capped by it
         kwargs["max_prefix"] = policy.config.max_prefix
     return EXECUTORS[executor](env, infer, clock, **kwargs)

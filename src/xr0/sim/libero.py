@@ -154,7 +154,7 @@ class LiberoTaskEnv:
 def make_executor(kind: str, env, chunk_policy, chunk_len: int, replan: int | None, latency_ms: float | None):
     """sync: the official protocol (execute `replan` actions, then infer while the robot waits; zero sim latency).
     async: spec §7.2 with a clean prefix and a simulated inference latency (ticks of 1/20 s)."""
-    from ..runtime import AsyncExecutor, IdentityActions, SimClock, SyncExecutor
+    from ..runtime import AsyncExecutor, IdentityActions, SimClock, SyncExecutor, default_k
 
     hold = IdentityActions(zero_on_hold=range(6))  # per-tick deltas: holding = no motion, gripper kept
     if kind == "sync":
@@ -164,7 +164,7 @@ def make_executor(kind: str, env, chunk_policy, chunk_len: int, replan: int | No
         clock = SimClock(1 / CONTROL_HZ, 0.0 if latency_ms is None else latency_ms / 1000)
         return SyncExecutor(env, chunk_policy, clock, k=chunk_len - replan, action_space=hold)
     if kind == "async":
-        replan = chunk_len - chunk_len // 3 if replan is None else replan
+        replan = chunk_len - default_k(chunk_len) if replan is None else replan
         if not 1 <= replan < chunk_len:
             raise ValueError(f"async --replan must be in 1..{chunk_len - 1}, got {replan}")
         clock = SimClock(1 / CONTROL_HZ, (ASYNC_LATENCY_MS if latency_ms is None else latency_ms) / 1000)

@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", choices=("sync", "async"), default="sync",
                    help="sync = the official protocol; async = spec §7.2 with a simulated latency")
     p.add_argument("--replan", type=int, default=None,
-                   help="actions executed per chunk (default: the whole chunk = 10 for sync, T - T//3 for async)")
+                   help="actions executed per chunk (default: the whole chunk = 10 for sync, T - 10 for async)")
     p.add_argument("--latency-ms", type=float, default=None,
                    help=f"simulated inference latency (default 0 for sync, {ASYNC_LATENCY_MS:g} for async)")
     p.add_argument("--wait-steps", type=int, default=WAIT_STEPS, help="no-op steps after each reset")

@@ -20,7 +20,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from ..runtime.executors import axis_angle_to_matrix, matrix_to_axis_angle
+from ..processing.images import resize as _resize_filtered
+from ..rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
 __all__ = ["quat_to_matrix", "matrix_to_quat", "euler_to_matrix", "matrix_to_euler", "euler_to_axis_angle",
            "axis_angle_to_euler", "quat_to_axis_angle", "axis_angle_to_matrix", "matrix_to_axis_angle",
@@ -102,10 +103,7 @@ def quat_to_axis_angle(q_xyzw) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- images
 def resize(img: np.ndarray, size_hw: tuple[int, int], resample=Image.BICUBIC) -> np.ndarray:
     """(H, W, 3) uint8 -> size (H, W); bicubic by default, as Qwen's (slow) image processor resamples."""
-    h, w = size_hw
-    if img.shape[:2] == (h, w):
-        return np.ascontiguousarray(img)
-    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((w, h), resample))
+    return np.ascontiguousarray(_resize_filtered(img, size_hw, resample))
 
 
 def center_crop_resize(img: np.ndarray, ratio: float = 0.95) -> np.ndarray:

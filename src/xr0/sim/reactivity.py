@@ -66,10 +66,6 @@ class _TargetMover:
         self.env, self.at = env, at
         self.reaction_ticks, self.moved = None, False
 
-    @property
-    def ticks(self) -> int:
-        return self.env.ticks
-
     def observe(self):
         return self.env.observe()
 

@@ -1,0 +1,115 @@
+"""make test-lerobot, part 2: xr0 as a LeRobot policy plugin (integrations/lerobot), with the real LeRobot 0.6.1.
+
+    .venv-lerobot/bin/python tests/lerobot/plugin_check.py create DIR        # a dataset written by LeRobot itself
+    .venv-lerobot/bin/python tests/lerobot/plugin_check.py train DATA OUT [INIT]  # 3 lerobot-train --policy.type=xr0
+                                                                      # steps (fresh tiny preset, or from INIT)
+    .venv-lerobot/bin/python tests/lerobot/plugin_check.py act CKPT DATA     # select_action, RTC == xr0's sample()
+
+Each step prints one JSON line and exits non-zero on a failed check. `xr0 eval metaworld --checkpoint OUT` (main
+venv) then evaluates what lerobot-train saved.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+EPISODES, FRAMES, SIZE = 2, 30, 64
+
+
+def create(root: str) -> dict:
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    shutil.rmtree(root, ignore_errors=True)
+    image = {"dtype": "video", "shape": (SIZE, SIZE, 3), "names": ["height", "width", "channels"]}
+    features = {"observation.images.base_view": image, "observation.images.top_view": image,
+                "observation.state": {"dtype": "float32", "shape": (4,), "names": ["x", "y", "z", "grip"]},
+                "action": {"dtype": "float32", "shape": (4,), "names": ["dx", "dy", "dz", "grip"]}}
+    ds = LeRobotDataset.create("local/lerobot-written", fps=40, root=root, robot_type="metaworld", features=features)
+    rng = np.random.default_rng(0)
+    for ep in range(EPISODES):
+        for _ in range(FRAMES):
+            ds.add_frame({"observation.images.base_view": rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8),
+                          "observation.images.top_view": rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8),
+                          "observation.state": rng.normal(size=4).astype(np.float32),
+                          "action": rng.uniform(-1, 1, size=4).astype(np.float32), "task": f"task {ep}"})
+        ds.save_episode()
+    ds.finalize()
+    info = json.loads((Path(root) / "meta" / "info.json").read_text())
+    codec = info["features"]["observation.images.base_view"].get("info", {}).get("video.codec")
+    return {"created": root, "episodes": EPISODES, "frames": EPISODES * FRAMES, "video_codec": codec}
+
+
+def train(data: str, out: str, init_from: str | None = None) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    start = [f"--policy.init_from={init_from}"] if init_from else ["--policy.preset=tiny"]
+    cmd = [str(Path(sys.executable).with_name("lerobot-train")), "--policy.type=xr0", *start,
+           "--policy.device=cpu", "--policy.push_to_hub=false", f"--dataset.repo_id=local/{Path(data).name}",
+           f"--dataset.root={data}", f"--output_dir={out}", "--steps=3", "--batch_size=2", "--save_freq=3",
+           "--log_freq=1", "--num_workers=0", "--wandb.enable=false"]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode:
+        sys.exit(f"lerobot-train failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}")
+    folder = Path(out) / "checkpoints" / "last" / "pretrained_model"
+    files = sorted(p.name for p in folder.iterdir())
+    for name in ("config.json", "xr0_config.json", "model.safetensors", "normalization.safetensors"):
+        assert name in files, (name, files)
+    assert json.loads((folder / "config.json").read_text())["type"] == "xr0"
+    losses = [line for line in (run.stdout + run.stderr).splitlines() if "loss:" in line]
+    return {"trained": out, "data": data, "init_from": init_from, "steps": 3, "files": files,
+            "last_log": losses[-1].strip() if losses else None}
+
+
+def act(ckpt: str, data: str) -> dict:
+    import torch
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot_policy_xr0.modeling_xr0 import XR0Policy
+
+    from xr0.checkpoints import resolve_checkpoint
+
+    folder = resolve_checkpoint(ckpt)  # a lerobot-train run -> checkpoints/last/pretrained_model
+    policy = XR0Policy.from_pretrained(folder)
+    pre, post = make_pre_post_processors(policy.config, pretrained_path=str(folder))
+    frame = LeRobotDataset(f"local/{Path(data).name}", root=data)[5]
+    obs = {k: v for k, v in frame.items() if k.startswith("observation.")}
+    obs["task"] = frame["task"]
+    batch = pre(obs)
+    inner, T = policy.inner, policy.config.chunk_len
+    images = {cam: (batch[key][0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+              for key, cam in policy.cameras.items()}
+    state = batch["observation.state"][0].numpy()
+    noise = torch.randn(1, T, inner.config.action_dim, generator=torch.Generator().manual_seed(3))
+
+    def xr0_sample(**kw):
+        return inner.sample(images, frame["task"], state, noise=noise[0], robot_type=policy.robot_type, **kw)
+
+    chunk = policy.predict_action_chunk(batch, noise=noise)[0].numpy()
+    same_plain = float(np.abs(chunk - xr0_sample()).max())
+    # lerobot-rollout's RTC call: 3 actions run during inference -> XR-0's trained clean prefix
+    left = torch.from_numpy(chunk[T // 2:])
+    rtc = policy.predict_action_chunk(batch, noise=noise, inference_delay=3, prev_chunk_left_over=left)[0].numpy()
+    same_prefix = float(np.abs(rtc - xr0_sample(prefix=chunk[T // 2:T // 2 + 3])).max())
+    assert np.array_equal(rtc[:3], chunk[T // 2:T // 2 + 3]), "the committed actions must come back first"
+    # a delay beyond the trained prefix: inference-time RTC guidance toward the whole left-over
+    d = inner.config.max_prefix + 1
+    from xr0.runtime import rtc_prefix_weights
+    guided = policy.predict_action_chunk(batch, noise=noise, inference_delay=d, prev_chunk_left_over=left)[0].numpy()
+    same_guided = float(np.abs(guided - xr0_sample(prefix=chunk[T // 2:],
+                                                   prefix_weights=rtc_prefix_weights(T - T // 2, d))).max())
+    policy.reset()
+    first = [post(policy.select_action(batch)) for _ in range(policy.config.actions_per_chunk + 1)]
+    assert all(tuple(a.shape) == (1, 4) for a in first)
+    for name, diff in (("plain", same_plain), ("prefix", same_prefix), ("guided", same_guided)):
+        assert diff == 0.0, (name, diff)
+    return {"loaded": ckpt, "chunk": list(chunk.shape), "max_abs_diff_vs_xr0_sample": same_plain,
+            "rtc_prefix_diff": same_prefix, "rtc_guided_diff": same_guided, "select_action_calls": len(first),
+            "max_prefix": inner.config.max_prefix}
+
+
+if __name__ == "__main__":
+    step, *args = sys.argv[1:]
+    print(json.dumps({"step": step, **{"create": create, "train": train, "act": act}[step](*args)}))
