@@ -57,6 +57,9 @@ test-lerobot: $(STAMP) lerobot
 	rm -rf runs/lerobot-mw && MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/xr0 data metaworld --tasks reach-v3 --episodes 2 \
 		--image-size 64 --max-steps 40 --out runs/lerobot-mw
 	$(LEROBOT_VENV)/bin/python tests/lerobot/plugin_check.py create runs/lerobot-written
+	$(LEROBOT_VENV)/bin/python tests/lerobot/plugin_check.py create runs/lerobot-written-png image
+	$(BIN)/python tests/lerobot/plugin_check.py read runs/lerobot-written
+	$(BIN)/python tests/lerobot/plugin_check.py read runs/lerobot-written-png
 	$(LEROBOT_VENV)/bin/python tests/lerobot/plugin_check.py train runs/lerobot-mw runs/lerobot-train-mw
 	$(LEROBOT_VENV)/bin/python tests/lerobot/plugin_check.py train runs/lerobot-written runs/lerobot-train-lw \
 		runs/lerobot-train-mw

@@ -155,6 +155,65 @@ def test_keep_decoded_decodes_each_episode_once(lerobot, monkeypatch):
     assert not LeRobotV3Dataset(root, chunk_len=T).keep_decoded
 
 
+def _as_image_dtype(src, dst, episodes, damage_frame=None):
+    """The dataset at `src` as LeRobot writes it with use_videos=False: the front camera as PNG bytes in the data
+    parquet (struct {bytes, path}), no MP4s; the wrist camera dropped; no xr0 digests."""
+    import io
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    shutil.copytree(src / "meta", dst / "meta")
+    shutil.copytree(src / "data", dst / "data")
+    info = json.loads((dst / "meta" / "info.json").read_text())
+    info.pop("xr0_integrity", None)
+    info["features"]["observation.images.front"]["dtype"] = "image"
+    del info["features"]["observation.images.wrist"]
+    (dst / "meta" / "info.json").write_text(json.dumps(info))
+    for path in sorted((dst / "meta" / "episodes").rglob("*.parquet")):
+        table = pq.read_table(path)
+        pq.write_table(table.select([c for c in table.column_names if not c.startswith("videos/")]), path)
+    for path in sorted((dst / "data").rglob("*.parquet")):
+        table = pq.read_table(path)
+        blobs = []
+        for e, f in zip(table.column("episode_index").to_pylist(), table.column("frame_index").to_pylist()):
+            buf = io.BytesIO()
+            Image.fromarray(episodes[e][0]["front"][f]).save(buf, format="PNG")
+            blobs.append(b"not a png" if (e, f) == damage_frame else buf.getvalue())
+        column = pa.StructArray.from_arrays([pa.array(blobs, pa.binary()), pa.array([None] * len(blobs), pa.string())],
+                                            names=["bytes", "path"])
+        pq.write_table(table.append_column("observation.images.front", column), path)
+
+
+def test_image_dtype_cameras_are_read(tmp_path, lerobot):
+    """LeRobot's dtype "image" cameras (PNG in the data parquet) read exactly, beside no video; a damaged image is a
+    DataError naming the camera and frame."""
+    src, episodes = lerobot
+    _as_image_dtype(src, tmp_path / "img", episodes)
+    ds = LeRobotV3Dataset(tmp_path / "img", chunk_len=T)
+    assert ds.cameras == ["front"] and len(ds) == sum(LENGTHS)
+    for i in (0, 21, len(ds) - 1):
+        s = ds[i]
+        assert np.array_equal(s["images"]["front"], episodes[s["episode"]][0]["front"][s["frame"]])  # lossless
+    _as_image_dtype(src, tmp_path / "bad", episodes, damage_frame=(1, 4))
+    bad = LeRobotV3Dataset(tmp_path / "bad", chunk_len=T)
+    with pytest.raises(DataError, match=r"observation.images.front does not decode"):
+        bad[LENGTHS[0] + 4]
+
+
+def test_v2_dataset_error_names_the_conversion_command(tmp_path, lerobot):
+    import shutil
+
+    shutil.copytree(lerobot[0], tmp_path / "old")
+    info = json.loads((tmp_path / "old" / "meta" / "info.json").read_text())
+    info.pop("xr0_integrity", None)
+    (tmp_path / "old" / "meta" / "info.json").write_text(json.dumps({**info, "codebase_version": "v2.1"}))
+    with pytest.raises(DataError, match=r"lerobot.scripts.convert_dataset_v21_to_v30 --repo-id=local/old --root="):
+        LeRobotV3Dataset(tmp_path / "old", chunk_len=T)
+
+
 def test_lerobot_multiple_files_yuv444(tmp_path):
     episodes = write_dataset(tmp_path, frames_per_file=1, pix_fmt="yuv444p")
     assert (tmp_path / "data/chunk-000/file-002.parquet").is_file()

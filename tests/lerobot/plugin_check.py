@@ -1,6 +1,7 @@
 """make test-lerobot, part 2: xr0 as a LeRobot policy plugin (integrations/lerobot), with the real LeRobot 0.6.1.
 
-    .venv-lerobot/bin/python tests/lerobot/plugin_check.py create DIR        # a dataset written by LeRobot itself
+    .venv-lerobot/bin/python tests/lerobot/plugin_check.py create DIR [image] # a dataset written by LeRobot itself
+    .venv/bin/python tests/lerobot/plugin_check.py read DIR                   # read by xr0 (image dtype: exactly)
     .venv-lerobot/bin/python tests/lerobot/plugin_check.py train DATA OUT [INIT]  # 3 lerobot-train --policy.type=xr0
                                                                       # steps (fresh tiny preset, or from INIT)
     .venv-lerobot/bin/python tests/lerobot/plugin_check.py act CKPT DATA     # select_action, RTC == xr0's sample()
@@ -20,27 +21,52 @@ import numpy as np
 EPISODES, FRAMES, SIZE = 2, 30, 64
 
 
-def create(root: str) -> dict:
+def _pixels(ep: int, frame: int, camera: int) -> np.ndarray:
+    return np.random.default_rng([ep, frame, camera]).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def create(root: str, dtype: str = "video") -> dict:
+    """A dataset written by LeRobot itself; dtype "image" stores the cameras as PNG in the data parquet."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     shutil.rmtree(root, ignore_errors=True)
-    image = {"dtype": "video", "shape": (SIZE, SIZE, 3), "names": ["height", "width", "channels"]}
+    image = {"dtype": dtype, "shape": (SIZE, SIZE, 3), "names": ["height", "width", "channels"]}
     features = {"observation.images.base_view": image, "observation.images.top_view": image,
                 "observation.state": {"dtype": "float32", "shape": (4,), "names": ["x", "y", "z", "grip"]},
                 "action": {"dtype": "float32", "shape": (4,), "names": ["dx", "dy", "dz", "grip"]}}
-    ds = LeRobotDataset.create("local/lerobot-written", fps=40, root=root, robot_type="metaworld", features=features)
+    ds = LeRobotDataset.create("local/lerobot-written", fps=40, root=root, robot_type="metaworld", features=features,
+                               use_videos=dtype == "video")
     rng = np.random.default_rng(0)
     for ep in range(EPISODES):
-        for _ in range(FRAMES):
-            ds.add_frame({"observation.images.base_view": rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8),
-                          "observation.images.top_view": rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8),
+        for f in range(FRAMES):
+            ds.add_frame({"observation.images.base_view": _pixels(ep, f, 0),
+                          "observation.images.top_view": _pixels(ep, f, 1),
                           "observation.state": rng.normal(size=4).astype(np.float32),
                           "action": rng.uniform(-1, 1, size=4).astype(np.float32), "task": f"task {ep}"})
         ds.save_episode()
     ds.finalize()
     info = json.loads((Path(root) / "meta" / "info.json").read_text())
-    codec = info["features"]["observation.images.base_view"].get("info", {}).get("video.codec")
-    return {"created": root, "episodes": EPISODES, "frames": EPISODES * FRAMES, "video_codec": codec}
+    codec = (info["features"]["observation.images.base_view"].get("info") or {}).get("video.codec")
+    return {"created": root, "dtype": dtype, "episodes": EPISODES, "frames": EPISODES * FRAMES, "video_codec": codec}
+
+
+def read(root: str) -> dict:
+    """xr0's reader (main venv) on a LeRobot-written dataset: every sample; image-dtype pixels exactly."""
+    from xr0.data.lerobot_v3 import LeRobotV3Dataset
+
+    ds = LeRobotV3Dataset(root, 4)
+    assert len(ds) == EPISODES * FRAMES and ds.cameras == ["base_view", "top_view"], (len(ds), ds.cameras)
+    exact = ds.info["features"]["observation.images.base_view"]["dtype"] == "image"
+    diffs = []
+    for i in range(len(ds)):
+        s = ds[i]
+        for c, cam in enumerate(ds.cameras):
+            diffs.append(np.abs(s["images"][cam].astype(float) - _pixels(s["episode"], s["frame"], c)))
+    worst, mean = float(max(d.max() for d in diffs)), float(np.mean([d.mean() for d in diffs]))
+    if exact:
+        assert worst == 0.0, worst  # PNG: lossless
+    return {"read": root, "samples": len(ds), "image_dtype": exact, "max_abs_pixel_diff": worst,
+            "mean_abs_pixel_diff": round(mean, 2)}  # video: lossy AV1 of random pixels
 
 
 def train(data: str, out: str, init_from: str | None = None) -> dict:
@@ -112,4 +138,4 @@ def act(ckpt: str, data: str) -> dict:
 
 if __name__ == "__main__":
     step, *args = sys.argv[1:]
-    print(json.dumps({"step": step, **{"create": create, "train": train, "act": act}[step](*args)}))
+    print(json.dumps({"step": step, **{"create": create, "read": read, "train": train, "act": act}[step](*args)}))

@@ -18,6 +18,7 @@ ignores); the reader checks each file against it the first time it reads the fil
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -618,7 +619,26 @@ class _Episode:
     actions: np.ndarray  # (N, Da) float32
     task_index: np.ndarray  # (N,) int64
     videos: dict[str, tuple[Path, float]] = field(default_factory=dict)  # key -> (mp4, from_timestamp)
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # image-dtype camera -> (N,) encoded bytes
     env_state: np.ndarray | None = None  # (N, De) float32, when the dataset has ENV_STATE_KEY
+
+
+def _image_keys(feats: dict) -> list[str]:
+    """Cameras stored as images in the data parquet (LeRobot's dtype "image")."""
+    return [k for k, f in feats.items() if k.startswith(IMAGE_PREFIX) and isinstance(f, dict)
+            and f.get("dtype") == "image"]
+
+
+def _image_bytes(column: pa.ChunkedArray, key: str) -> np.ndarray:
+    """An image column (struct {bytes, path}, as LeRobot writes it, or plain binary) -> (N,) object array of bytes."""
+    arr = column.combine_chunks()
+    if pa.types.is_struct(arr.type):
+        if arr.type.get_field_index("bytes") < 0:
+            raise ValueError(f"column {key} is a struct without a 'bytes' field: {arr.type}")
+        arr = arr.field("bytes")
+    if not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
+        raise ValueError(f"column {key} has type {arr.type}, expected image bytes")
+    return np.array(arr.to_pylist(), dtype=object)
 
 
 def _shape_ok(feature, ndim: int) -> bool:
@@ -703,7 +723,10 @@ class LeRobotV3Dataset(EpisodeIndex):
             raise DataError(f"{path}: {err} (all episodes)") from err
         version = str(info.get("codebase_version", ""))
         if not version.startswith("v3"):
-            raise DataError(f"{path}: codebase_version {version!r} is not v3.x (convert v2.1 datasets first)")
+            raise DataError(f"{path}: codebase_version {version!r} is not v3.x; convert a v2.1 dataset in place with "
+                            f"LeRobot's own script (in its environment, e.g. .venv-lerobot): python -m "
+                            f"lerobot.scripts.convert_dataset_v21_to_v30 --repo-id=local/{self.root.name} "
+                            f"--root={self.root} --push-to-hub=false")
         for key in ("fps", "features", "data_path"):
             if key not in info:
                 raise DataError(f"{path}: missing field {key!r}")
@@ -720,7 +743,7 @@ class LeRobotV3Dataset(EpisodeIndex):
             if key in feats and not _shape_ok(feats[key], 1):
                 raise DataError(f"{path}: features[{key!r}] needs a shape [positive int], got {feats[key]!r:.80}")
         videos = [k for k, f in feats.items() if isinstance(f, dict) and f.get("dtype") == "video"]
-        for key in videos:
+        for key in videos + _image_keys(feats):
             if not _shape_ok(feats[key], 3) or feats[key]["shape"][2] != 3:
                 raise DataError(f"{path}: features[{key!r}] needs a shape [height, width, 3], "
                                 f"got {feats[key].get('shape')!r:.80}")
@@ -737,21 +760,27 @@ class LeRobotV3Dataset(EpisodeIndex):
         return self.digests.check(path) if self.digests is not None else None
 
     def _select_cameras(self, cameras: list[str] | None) -> list[str]:
+        """Camera feature keys: MP4 streams (dtype "video") and images stored in the data parquet (dtype "image",
+        what LeRobot writes with use_videos=False)."""
         feats = self.info["features"]
-        videos = [k for k, f in feats.items() if isinstance(f, dict) and f.get("dtype") == "video"]
+        have = [k for k, f in feats.items() if isinstance(f, dict) and f.get("dtype") == "video"] + _image_keys(feats)
         if cameras is None:
-            return videos
+            return have
         keys = []
         for cam in cameras:
             key = next((k for k in (cam, IMAGE_PREFIX + cam, IMAGE_PREFIX + camera_key(cam)) if k in feats), None)
             if key is None:
-                raise DataError(f"{self.root / INFO_PATH}: no camera {cam!r}; have {videos}")
-            if key not in videos:
+                raise DataError(f"{self.root / INFO_PATH}: no camera {cam!r}; have {have}")
+            if key not in have:
                 raise DataError(f"{self.root / INFO_PATH}: camera {key!r} has dtype "
                                 f"{feats[key].get('dtype') if isinstance(feats[key], dict) else None!r}; "
-                                "only video cameras are supported")
+                                "cameras are video or image features")
             keys.append(key)
         return keys
+
+    @property
+    def _image_cameras(self) -> list[str]:
+        return [k for k in self.camera_keys if self.info["features"][k].get("dtype") == "image"]
 
     def _load_tasks(self) -> dict[int, str]:
         path = self.root / TASKS_PATH
@@ -781,7 +810,7 @@ class LeRobotV3Dataset(EpisodeIndex):
         videos = {k for k, f in feats.items() if isinstance(f, dict) and f.get("dtype") == "video"}
         ints = ["episode_index", "length", "data/chunk_index", "data/file_index"]
         floats = []
-        for key in self.camera_keys:
+        for key in (k for k in self.camera_keys if k in videos):
             ints += [f"videos/{key}/chunk_index", f"videos/{key}/file_index"]
             floats.append(f"videos/{key}/from_timestamp")
         rows, seen = [], {}
@@ -838,6 +867,7 @@ class LeRobotV3Dataset(EpisodeIndex):
                 try:
                     columns = ["episode_index", "frame_index", "task_index", STATE_KEY, ACTION_KEY]
                     columns += [self.env_state_key] if self.env_state_dim else []
+                    columns += self._image_cameras
                     table = pq.read_table(path, columns=columns)
                     cols = self._columns(table)
                 except (OSError, pa.ArrowException, KeyError, TypeError, ValueError, IndexError) as err:
@@ -867,6 +897,8 @@ class LeRobotV3Dataset(EpisodeIndex):
         cols["action"], cols["action_len"] = _matrix(table.column(ACTION_KEY), self.action_dim)
         if self.env_state_dim:
             cols["env_state"], cols["env_state_len"] = _matrix(table.column(self.env_state_key), self.env_state_dim)
+        for key in self._image_cameras:
+            cols[key] = _image_bytes(table.column(key), key)
         return cols
 
     def _episode(self, row: dict, path: Path, cols: dict[str, np.ndarray]) -> _Episode | None:
@@ -901,11 +933,20 @@ class LeRobotV3Dataset(EpisodeIndex):
                 self._bad(ep, path, f"missing task string for task_index {int(t)} in {self.root / TASKS_PATH}")
                 return None
         env_state = cols["env_state"][rows] if self.env_state_dim else None
-        return _Episode(ep, n, cols["state"][rows], cols["action"][rows], task_index, env_state=env_state)
+        images = {key: cols[key][rows] for key in self._image_cameras}
+        for key, blobs in images.items():
+            missing = [i for i, b in enumerate(blobs) if not b]
+            if missing:
+                self._bad(ep, path, f"{key} has no image bytes at frame {missing[0]}")
+                return None
+        return _Episode(ep, n, cols["state"][rows], cols["action"][rows], task_index, env_state=env_state,
+                        images=images)
 
     def _videos_ok(self, ep: _Episode, row: dict, probes: dict) -> bool:
         source = f"{INFO_PATH} with {row['_meta']}"
         for key in self.camera_keys:
+            if key in ep.images:
+                continue  # stored in the data parquet, decoded on access
             path = self.root / self.info["video_path"].format(
                 video_key=key, chunk_index=row[f"videos/{key}/chunk_index"], file_index=row[f"videos/{key}/file_index"])
             if path not in probes:
@@ -956,9 +997,24 @@ class LeRobotV3Dataset(EpisodeIndex):
         return sample
 
     def _frame(self, ep: _Episode, key: str, frame: int) -> np.ndarray:
+        if key in ep.images:
+            return self._image(ep, key, frame)
         path, start = ep.videos[key]
         reason = self._verified(path)  # hashed on the first frame read from the file, a dict lookup after that
         if reason:
             raise DataError(f"{path}: episode {ep.index}: {reason}")
         return cached_frame(self._cache, path, (key, ep.index), start, ep.length, self.fps, frame,
                             self.readahead, ep.index, whole=self.keep_decoded)
+
+    def _image(self, ep: _Episode, key: str, frame: int) -> np.ndarray:
+        from PIL import Image
+
+        h, w, _ = self.info["features"][key]["shape"]
+        try:
+            img = np.asarray(Image.open(io.BytesIO(ep.images[key][frame])).convert("RGB"))
+        except Exception as err:  # PIL raises several error types for damaged data
+            raise DataError(f"{self.root}: episode {ep.index} frame {frame}: {key} does not decode: {err}") from err
+        if img.shape != (h, w, 3):
+            raise DataError(f"{self.root}: episode {ep.index} frame {frame}: {key} is {img.shape[:2]}, "
+                            f"{INFO_PATH} says {(h, w)}")
+        return img
