@@ -35,6 +35,8 @@ def expert_chunk(env, T: int, prefix: np.ndarray | None = None) -> np.ndarray:
     """MetaWorld's scripted expert rolled out for T ticks on a kinematic model of the hand (a tick moves it by the
     clipped xyz action · action_scale · ACTION_REPEAT) from the simulator's true state at call time: an oracle
     that reads the target. The rows of `prefix` (the committed prefix) are executed first."""
+    import warnings
+
     from metaworld.policies import ENV_POLICY_MAP
 
     from .metaworld import ACTION_DIM, ACTION_REPEAT
@@ -46,7 +48,9 @@ def expert_chunk(env, T: int, prefix: np.ndarray | None = None) -> np.ndarray:
         if prefix is not None and i < len(prefix):
             chunk[i] = np.asarray(prefix[i])[:ACTION_DIM]
         else:
-            chunk[i] = np.clip(expert.get_action(obs), -1.0, 1.0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "Constant(s) may be too high": the clip below is intended
+                chunk[i] = np.clip(expert.get_action(obs), -1.0, 1.0)
         obs[:3] = obs[:3] + np.clip(chunk[i, :3], -1.0, 1.0) * step
     return chunk
 
