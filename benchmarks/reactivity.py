@@ -3,8 +3,8 @@
 "policy" chunks come from the checkpoint; "expert" chunks from an oracle that reads the true target (MetaWorld's
 scripted expert rolled out on a kinematic hand model), which isolates what the execution scheme itself costs in
 reaction time. The move tick steps through --move-at, --move-at + 1, ... (20 ticks, then again) over the episodes,
-so it falls at every phase of the execution cycle. Metrics: xr0.sim.reactivity. Prints one JSON line per cell and a last JSON line with
-all of them.
+so it falls at every phase of the execution cycle. Metrics: xr0.sim.reactivity. Prints one JSON line per cell and
+a last JSON line with all of them.
 Usage: python benchmarks/reactivity.py [--checkpoint embedded] [--episodes 40] [--latency-ms 100] [--k 10]
        [--tasks reach-v3,button-press-topdown-v3] [--executors sync,async,naive-async,rtc] [--chunkers expert,policy]
 """
@@ -27,7 +27,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="embedded")
     ap.add_argument("--episodes", type=int, default=40, help="moved episodes per cell")
     ap.add_argument("--latency-ms", type=float, default=100.0)
-    ap.add_argument("--k", type=int, default=None, help="actions left when the next inference starts (default 10, at most T/2)")
+    ap.add_argument("--k", type=int, default=None,
+                    help="actions left when the next inference starts (default 10, at most T/2)")
     ap.add_argument("--move-at", type=int, default=None,
                     help="tick of the first episode's target move (default per task: xr0.sim.reactivity.MOVE_AT)")
     ap.add_argument("--seed", type=int, default=3001)

@@ -1,8 +1,9 @@
 """Where checkpoints live: a training run's folder layout, and resolving what a user names to one checkpoint folder.
 
 A run folder holds checkpoints/step_NNNNNN/ (the policy files plus the trainer state) and checkpoints/latest naming
-the newest complete one. `resolve_checkpoint` takes a checkpoint folder, a run folder (xr0's, or lerobot-train's with the xr0 plugin) or
-"embedded" (the shipped MetaWorld policy). No xr0 imports at module level: every layer may use it.
+the newest complete one. `resolve_checkpoint` takes a checkpoint folder, a run folder (xr0's, or lerobot-train's
+with the xr0 plugin) or "embedded" (the shipped MetaWorld policy). No xr0 imports at module level: every layer may
+use it.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ def add_metaworld_arguments(p) -> None:
     p.add_argument("--executor", default="async", choices=["sync", "async", "naive-async", "rtc"],
                    help="rtc: inference-time RTC guidance, for checkpoints not trained async")
     p.add_argument("--latency-ms", type=float, default=100.0, help="simulated inference latency")
-    p.add_argument("--k", type=int, default=None, help="actions left when the next inference starts (default 10, at most T/2)")
+    p.add_argument("--k", type=int, default=None,
+                   help="actions left when the next inference starts (default 10, at most T/2)")
     p.add_argument("--max-ticks", type=int, default=100, help="control ticks per episode at most")
     p.add_argument("--seed", type=int, default=1000, help="placement seed (training data used seed 0)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's)")

@@ -90,7 +90,8 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
 
     With `video_dir`, each episode also gets an MP4 and a PNG of its executed actions with chunk switches marked.
     `cameras` (policy camera -> MetaWorld camera), `orientation`, `image_size` (the render size; default the
-    policy's) and `goal_marker_radius` must be those the policy's training data were rendered with: `checkpoint_setup(checkpoint)` gives them.
+    policy's) and `goal_marker_radius` must be those the policy's training data were rendered with:
+    `checkpoint_setup(checkpoint)` gives them.
     """
     from .metaworld import ACTION_NAMES, MAX_TICKS, check_tasks
     from .plot import plot_actions
@@ -141,7 +142,7 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
 
 
 def make_env(policy, task: str, seed: int, orientation: str | None, cameras: dict[str, str] | None,
-         image_size: tuple[int, int] | None = None, goal_marker_radius: float | None = None):
+             image_size: tuple[int, int] | None = None, goal_marker_radius: float | None = None):
     """The MetaWorld task rendered the way the policy's training data were (cameras, orientation, image size,
     goal marker)."""
     from .metaworld import DEFAULT_GOAL_MARKER_RADIUS, DEFAULT_ORIENTATION, MetaWorldEnv
