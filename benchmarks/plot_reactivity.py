@@ -1,7 +1,7 @@
 """Bars of benchmarks/reactivity.py results (one or more runs, e.g. one per checkpoint): per task, reaction time,
 success after the move and the copying index per executor, with ± one standard error. PIL only.
 Usage: python benchmarks/plot_reactivity.py RUN.json [RUN2.json ...] --out docs/reactivity.png [--labels a,b]
-(each RUN.json is a file whose last line is reactivity.py's summary line)."""
+(each RUN.json holds reactivity.py's output, one JSON line per cell)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ PANELS = [("reaction_ticks_mean", "reaction_ticks_se", "ticks until it turns to 
 
 
 def load(path: str, label: str) -> list[dict]:
-    lines = [line for line in open(path) if line.strip().startswith("{")]
-    rows = json.loads(lines[-1])["reactivity"]
+    """The per-cell lines of a reactivity.py output (its closing summary line repeats them)."""
+    rows = [json.loads(line) for line in open(path) if line.strip().startswith("{")]
+    rows = [r for r in rows if "task" in r]
     return [{**r, "series": "oracle" if r["chunker"] == "expert" else label} for r in rows]
 
 
