@@ -63,7 +63,7 @@ class XR0Policy(PreTrainedPolicy):
         self.inner = inner
         self.model = inner.model  # the parameters LeRobot trains, moves and saves
         self.cameras = _camera_map(keys, inner.config.cameras)
-        self.robot_type = self._robot_for(dataset_meta)
+        self.robot_type = config.robot_type = self._robot_for(dataset_meta)  # saved: a reload picks the same
         self.recipe = get_recipe(config.recipe, lambda_mask=config.lambda_mask, rope_offset=config.rope_offset)
         self._queue: deque[torch.Tensor] = deque()
         self._calls = 0
