@@ -202,22 +202,21 @@ class MetaWorldEnv:
             self.sim._set_obj_xyz(0.0)  # the button back up
             mujoco.mj_forward(self.sim.model, self.sim.data)
             self.sim._target_pos = self.sim._get_site_pos("hole")
-        else:
-            self.target()  # raises: no movable target
         self.success, self.success_tick = False, None
         return self.target()
 
     def goal(self) -> np.ndarray:
         return np.asarray(self.sim._target_pos, dtype=np.float64).copy()
 
-    def expert_action(self) -> np.ndarray:
-        """The scripted expert's action from the full simulator state (demonstrations only)."""
+    def expert_action(self, obs: np.ndarray | None = None) -> np.ndarray:
+        """The scripted expert's action from the full simulator state (demonstrations only), or from `obs`, a
+        MetaWorld observation vector (the reactivity oracle's kinematic roll-out)."""
         if self._expert is None:
             from metaworld.policies import ENV_POLICY_MAP
             self._expert = ENV_POLICY_MAP[self.task]()
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return np.clip(self._expert.get_action(self._obs), -1, 1).astype(np.float32)
+            warnings.simplefilter("ignore")  # "Constant(s) may be too high": the clip below is intended
+            return np.clip(self._expert.get_action(self._obs if obs is None else obs), -1, 1).astype(np.float32)
 
     def close(self) -> None:
         self._renderer.close()

@@ -35,22 +35,16 @@ def expert_chunk(env, T: int, prefix: np.ndarray | None = None) -> np.ndarray:
     """MetaWorld's scripted expert rolled out for T ticks on a kinematic model of the hand (a tick moves it by the
     clipped xyz action · action_scale · ACTION_REPEAT) from the simulator's true state at call time: an oracle
     that reads the target. The rows of `prefix` (the committed prefix) are executed first."""
-    import warnings
-
-    from metaworld.policies import ENV_POLICY_MAP
-
     from .metaworld import ACTION_DIM, ACTION_REPEAT
 
-    expert, obs = ENV_POLICY_MAP[env.task](), np.array(env._obs, dtype=np.float64)
+    obs = np.array(env._obs, dtype=np.float64)
     step = env.sim.action_scale * ACTION_REPEAT
     chunk = np.zeros((T, ACTION_DIM), dtype=np.float32)
     for i in range(T):
         if prefix is not None and i < len(prefix):
             chunk[i] = np.asarray(prefix[i])[:ACTION_DIM]
         else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "Constant(s) may be too high": the clip below is intended
-                chunk[i] = np.clip(expert.get_action(obs), -1.0, 1.0)
+            chunk[i] = env.expert_action(obs)
         obs[:3] = obs[:3] + np.clip(chunk[i, :3], -1.0, 1.0) * step
     return chunk
 
