@@ -188,26 +188,30 @@ class XR0Policy:
     # ------------------------------------------------------------------ training
     def make_batch(self, samples: list[dict], robot_type: str | None = None) -> dict[str, torch.Tensor]:
         """Dataset samples ({images, instruction, state, actions (T, action_dim), action_valid (T,)}) -> tensors."""
-        robot = self.robot(robot_type)
-        T, D = self.config.chunk_len, self.config.action_dim
-        proc = self.processor
-        vlm = proc.collate([proc.prompt_ids(s["instruction"]) for s in samples], [proc.images(s["images"]) for s in samples])
-        state = np.stack([robot.normalize_state(checks.vector(s["state"], "state", robot.state_dim)) for s in samples])
-        actions = [checks.numeric(s["actions"], "actions") for s in samples]
-        bad = next((a.shape for a in actions if a.shape != (T, robot.action_dim)), None)
-        if bad is not None:
-            raise checks.FieldError("actions", f"expected shape (T={T}, {robot.action_dim}), got {bad}")
-        actions = np.stack(actions)
-        if all("env_state" in s for s in samples):  # training-only supervision (xr0.train.env_state)
-            vlm["env_state"] = torch.from_numpy(np.stack([np.asarray(s["env_state"], np.float32) for s in samples]))
-        valid = np.stack([np.asarray(s.get("action_valid", np.ones(T, bool)), bool) for s in samples])
-        mask = robot.action_mask[None, None, :] * valid[:, :, None]
-        vlm.update(state=torch.from_numpy(state), actions=torch.from_numpy(robot.normalize_actions(actions)),
-                   action_mask=torch.from_numpy(mask.astype(np.float32)).expand(len(samples), T, D).contiguous())
-        return vlm
+        return batch_from_samples(samples, self.config, self.processor, self.robot(robot_type))
 
 
 # ---------------------------------------------------------------------- helpers
+def batch_from_samples(samples: list[dict], config: PolicyConfig, proc: Processor,
+                       robot: RobotSpec) -> dict[str, torch.Tensor]:
+    """XR0Policy.make_batch without the model (what the trainer's data workers run: xr0.train.loader)."""
+    T, D = config.chunk_len, config.action_dim
+    vlm = proc.collate([proc.prompt_ids(s["instruction"]) for s in samples], [proc.images(s["images"]) for s in samples])
+    state = np.stack([robot.normalize_state(checks.vector(s["state"], "state", robot.state_dim)) for s in samples])
+    actions = [checks.numeric(s["actions"], "actions") for s in samples]
+    bad = next((a.shape for a in actions if a.shape != (T, robot.action_dim)), None)
+    if bad is not None:
+        raise checks.FieldError("actions", f"expected shape (T={T}, {robot.action_dim}), got {bad}")
+    actions = np.stack(actions)
+    if all("env_state" in s for s in samples):  # training-only supervision (xr0.train.env_state)
+        vlm["env_state"] = torch.from_numpy(np.stack([np.asarray(s["env_state"], np.float32) for s in samples]))
+    valid = np.stack([np.asarray(s.get("action_valid", np.ones(T, bool)), bool) for s in samples])
+    mask = robot.action_mask[None, None, :] * valid[:, :, None]
+    vlm.update(state=torch.from_numpy(state), actions=torch.from_numpy(robot.normalize_actions(actions)),
+               action_mask=torch.from_numpy(mask.astype(np.float32)).expand(len(samples), T, D).contiguous())
+    return vlm
+
+
 def _guide_weights(weights: np.ndarray, action_mask: torch.Tensor) -> torch.Tensor:
     """RTC soft-mask weights (1, T, D) float32 from the prefix's row weights (p,) and the (1, T, D) action mask:
     0 past row p and on unused action dims."""

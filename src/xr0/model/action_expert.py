@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRotaryEmbedding, rotate_half
 
 from ..config import ExpertConfig
@@ -218,6 +219,7 @@ class ActionExpert(nn.Module):
         self.sink = nn.Embedding(1, h)
         # Qwen3-VL's own text rotary module: with all three M-RoPE axes equal it is plain 1-D RoPE (theta 5e6).
         self.rotary = Qwen3VLTextRotaryEmbedding(text_config)
+        self.checkpoint_layers = False  # activation checkpointing: recompute each DiT layer in backward
 
     def prepare(self, cache: VLMCache, state: torch.Tensor, action_mask: torch.Tensor, self_mask: torch.Tensor,
                 positions: torch.Tensor, prefix_len: int) -> ExpertContext:
@@ -258,8 +260,12 @@ class ActionExpert(nn.Module):
         B = x.shape[0]
         actions = self.action_projector((x * ctx.action_mask).to(dtype))
         h = torch.cat([self.sink.weight.expand(B, 1, -1), ctx.state_token, actions], dim=1)
+        recompute = self.checkpoint_layers and self.training and torch.is_grad_enabled()
         for layer, layer_mod, k, v in zip(self.dit.layers, mod, ctx.cache.keys, ctx.cache.values):
-            h = layer(h, layer_mod, k, v, ctx.cos, ctx.sin, ctx.mask)
+            if recompute:
+                h = checkpoint(layer, h, layer_mod, k, v, ctx.cos, ctx.sin, ctx.mask, use_reentrant=False)
+            else:
+                h = layer(h, layer_mod, k, v, ctx.cos, ctx.sin, ctx.mask)
         velocity = self.action_output_layer(h[:, FIRST_ACTION:]).to(x.dtype) * ctx.velocity_mask
         return (velocity, h) if return_hidden else velocity
 

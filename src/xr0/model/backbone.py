@@ -33,6 +33,29 @@ class MatmulPatchEmbed(Qwen3VLVisionPatchEmbed):
                         self.proj.bias)
 
 
+class EncodeCache(DynamicCache):
+    """The K/V of one VLM pass. A layer's update replaces what it holds instead of appending, so the replay of a
+    checkpointed layer in backward (activation checkpointing) recomputes the same K/V instead of doubling them; a
+    single pass is unchanged (each layer writes once)."""
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if layer_idx < len(self.layers) and self.layers[layer_idx].is_initialized:
+            self.layers[layer_idx].is_initialized = False  # start the layer over: lazy init, then the same concat
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+
+def set_activation_checkpointing(vlm: Qwen3VLForConditionalGeneration, on: bool) -> None:
+    """transformers' own switch (non-reentrant torch.utils.checkpoint on every text layer and vision block). The
+    text layers keep writing their K/V into the cache under it (`_can_checkpoint_with_cache`: EncodeCache makes the
+    replay harmless), because the expert reads them."""
+    if on:
+        vlm.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        vlm.activation_checkpointing_disable()
+    for layer in vlm.model.language_model.layers:
+        layer._can_checkpoint_with_cache = on
+
+
 def vlm_position_ids(vlm: Qwen3VLForConditionalGeneration, batch: dict) -> torch.Tensor:
     """The 3-axis M-RoPE position ids (3, B, L), computed explicitly (never via the model's stored rope_deltas)."""
     pos, _ = vlm.model.get_rope_index(batch["input_ids"], batch["mm_token_type_ids"],
@@ -49,7 +72,7 @@ def encode(vlm: Qwen3VLForConditionalGeneration, batch: dict, num_layers: int,
     Returns (VLMCache, last hidden states (B, L, H_vlm)). The K/V are post-RoPE and post k-norm, as cached by Qwen3-VL.
     """
     position_ids = vlm_position_ids(vlm, batch)
-    cache = DynamicCache(config=vlm.config.text_config)
+    cache = EncodeCache(config=vlm.config.text_config)
     out = vlm.model(
         input_ids=None if inputs_embeds is not None else batch["input_ids"],
         inputs_embeds=inputs_embeds,

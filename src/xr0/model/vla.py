@@ -16,7 +16,7 @@ from transformers import Qwen3VLConfig
 from ..config import PolicyConfig
 from . import rtc
 from .action_expert import ActionExpert, ExpertContext, StaticDenoiser, VLMCache
-from .backbone import build_vlm, encode
+from .backbone import build_vlm, encode, set_activation_checkpointing
 from .flow import euler_sample, euler_times, initial_noise, interpolate, sample_time
 from .loss import LossOptions, flow_loss
 from .masks import SINK, expert_mask, expert_positions
@@ -69,6 +69,13 @@ class XR0Model(ActionExpert):
         if tied:
             self.vlm.lm_head.weight = self.vlm.model.language_model.embed_tokens.weight
         self.reset_rope_buffers(device)
+
+    def set_activation_checkpointing(self, on: bool = True) -> "XR0Model":
+        """Training memory: recompute every VLM text layer and vision block (transformers' own switch) and every DiT
+        layer in backward instead of keeping their activations. Same gradients (tests/test_memory.py)."""
+        set_activation_checkpointing(self.vlm, on)
+        self.checkpoint_layers = on
+        return self
 
     def set_runtime(self, **settings) -> "XR0Model":
         """Override RUNTIME_FIELDS (config.py) of a built policy, rebuilding the rotary tables for rope_tables."""

@@ -10,7 +10,8 @@ import dataclasses
 import sys
 
 from .config import TrainConfig
-from .recipes import RECIPES, Recipe
+from .lora import DEFAULT_TARGETS
+from .recipes import FREEZE_PARTS, RECIPES, Recipe
 from .trainer import Trainer
 
 # flag -> (TrainConfig field, type, help)
@@ -34,9 +35,13 @@ _FIELDS = [
     ("--save-every", "save_every", int, "checkpoint every K steps (and at the end)"),
     ("--keep", "keep_checkpoints", int, "keep only the newest K checkpoints"),
     ("--log-every", "log_every", int, "write a metrics row every K steps"),
-    ("--init", "init", str, "start from this checkpoint (or run folder) with a fresh optimiser, "
-                            "e.g. stage2 -> post-async"),
+    ("--init", "init", str, "start from this checkpoint, run folder, official release folder or cached Hub id "
+                            "with a fresh optimiser (e.g. stage2 -> post-async); with --resume: only when --out "
+                            "has no checkpoint yet"),
     ("--stats-samples", "stats_samples", int, "read at most this many samples for the normalisation statistics"),
+    ("--num-workers", "num_workers", int, "data worker processes: reading, decoding, augmentation and batching "
+                                          "run there (the same batches as 0, which loads in process)"),
+    ("--prefetch", "prefetch", int, "micro-batches each data worker prepares ahead (with --num-workers)"),
     ("--stop-after", "stop_after", int, "stop after this many steps without changing the schedule"),
     ("--device", "device", str, "auto | cpu | cuda"),
     ("--tracker", "tracker", str, "also log to: none | auto | wandb | trackio (only if installed)"),
@@ -46,10 +51,15 @@ _FIELDS = [
     ("--start-frames", "start_frames", int, "draw the first N frames of every episode --start-repeat times per "
                                             "epoch (where a target's position decides the motion; 0: off)"),
     ("--start-repeat", "start_repeat", int, "how often each of the --start-frames frames is drawn per epoch"),
+    ("--lora-rank", "lora_rank", int, "fine-tune with LoRA adapters of this rank on the VLM text layers (merged "
+                                      "on save; the rest of the VLM frozen, the DiT trained; 0: off)"),
+    ("--lora-alpha", "lora_alpha", float, "LoRA scaling alpha (the update is alpha / rank * B A; default: rank)"),
 ]
 _SWITCHES = [
     ("--resume", "resume", True, "continue from the latest complete checkpoint in --out"),
     ("--fsdp", "fsdp", True, "shard with FSDP2 (torch.distributed.fsdp.fully_shard) instead of DDP"),
+    ("--grad-checkpointing", "grad_checkpointing", True, "activation checkpointing: recompute every VLM text "
+                                                         "layer, vision block and DiT layer in backward"),
     ("--skip-bad", "skip_bad", True, "skip bad episodes (reported at the end) instead of failing"),
     ("--no-augment", "augment", False, "turn off image augmentation"),
     ("--raw-state", "raw_state", True, "feed the state unnormalised (the released pipeline)"),
@@ -81,6 +91,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"{helptext} (default: {getattr(d, name)})")
     g.add_argument("--image-size", default=None, metavar="H[,W]",
                    help="fresh runs: resize camera images to H x W, multiples of 32 (default: the preset's)")
+    g.add_argument("--freeze", default=None, metavar="PART[,PART]",
+                   help="keep these parts fixed besides what the recipe freezes: " + ", ".join(FREEZE_PARTS))
+    g.add_argument("--lora-targets", default=None, metavar="NAME[,NAME]",
+                   help="linears of the VLM text layers that get LoRA adapters (default: "
+                        + ",".join(DEFAULT_TARGETS) + ")")
     g.add_argument("--cameras", default=None,
                    help="comma-separated dataset cameras, in the model's camera order (default: all, by name)")
     for flag, name, value, helptext in _SWITCHES:
@@ -108,6 +123,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             values[f.name] = v
     if getattr(args, "cameras", None):
         values["cameras"] = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
+    for name in ("freeze", "lora_targets"):
+        if getattr(args, name, None):
+            values[name] = tuple(c.strip() for c in getattr(args, name).split(",") if c.strip())
     if getattr(args, "image_size", None):
         values["image_size"] = parse_image_size(args.image_size)
     values["recipe_overrides"] = {k[2:]: v for k, v in vars(args).items() if k.startswith("r_") and v is not None}

@@ -33,8 +33,14 @@ class TrainConfig:
     keep_checkpoints: int | None = None  # keep only the newest K step_* folders
     log_every: int = 10
     resume: bool = False
-    init: str | None = None  # start from this checkpoint's weights (fresh optimiser, step 0)
+    init: str | None = None  # start from this checkpoint's weights (fresh optimiser, step 0); with resume: where a
+    # run with no checkpoint yet starts (one command for the first start and every requeue)
     fsdp: bool = False
+    grad_checkpointing: bool = False  # recompute VLM layers, vision blocks and DiT layers in backward
+    freeze: tuple[str, ...] = ()  # parts kept fixed on top of the recipe's: FREEZE_PARTS (recipes.py)
+    lora_rank: int = 0  # > 0: LoRA adapters of this rank on the VLM text layers (xr0.train.lora); the VLM is frozen
+    lora_alpha: float | None = None  # adapter scaling alpha / rank (default alpha = rank)
+    lora_targets: tuple[str, ...] | None = None  # linear names to adapt (default: lora.DEFAULT_TARGETS)
     skip_bad: bool = False
     augment: bool = True
     state_dropout: float = 0.0  # chance that a sample's state is replaced by the mean state (0 once normalised)
@@ -42,6 +48,8 @@ class TrainConfig:
     start_repeat: int = 3
     raw_state: bool = False  # feed the state unnormalised, as the released pipeline does
     stats_samples: int | None = None  # cap on samples read for normalisation statistics
+    num_workers: int = 0  # data worker processes (xr0.train.loader); 0: samples are made in the training process
+    prefetch: int = 2  # micro-batches each data worker prepares ahead (with num_workers > 0)
     overfit_batch: bool = False  # reuse the first batch and its t/noise every step (a sanity check of the loss)
     stop_after: int | None = None  # end after this many steps without changing the schedule (tests)
     device: str = "auto"
@@ -55,12 +63,16 @@ class TrainConfig:
                   (self.grad_accum >= 1, "grad_accum must be >= 1"), (self.lr > 0, "lr must be > 0"),
                   (self.warmup >= 0, "warmup must be >= 0"), (self.save_every >= 1, "save_every must be >= 1"),
                   (self.log_every >= 1, "log_every must be >= 1"),
+                  (self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}"),
+                  (self.prefetch >= 1, f"prefetch must be >= 1, got {self.prefetch}"),
                   (0.0 <= self.state_dropout <= 1.0, f"state_dropout must be in [0, 1], got {self.state_dropout}"),
                   (self.start_frames >= 0, f"start_frames must be >= 0, got {self.start_frames}"),
                   (self.start_repeat >= 1, f"start_repeat must be >= 1, got {self.start_repeat}"),
                   (self.dtype in ("auto", "bf16", "fp32"), f"dtype must be auto, bf16 or fp32, got {self.dtype!r}"),
                   (self.tracker in ("none", "auto", "wandb", "trackio"), f"unknown tracker {self.tracker!r}"),
-                  (not (self.resume and self.init), "use either resume or init, not both")]
+                  (self.lora_rank >= 0, f"lora_rank must be >= 0, got {self.lora_rank}"),
+                  (not (self.lora_rank and self.fsdp), "LoRA runs use DDP (--fsdp shards full fine-tuning; the "
+                                                       "adapters are small)")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"train config: {msg}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -60,7 +61,7 @@ class LossModule(nn.Module):
         return self.recipe.loss(self.model, batch, opts, self.heads, vl_batch)
 
 
-def shard(module: LossModule) -> nn.Module:
+def shard(module: LossModule, param_dtype: torch.dtype | None = None) -> nn.Module:
     """FSDP2: one unit per VLM decoder layer, vision block and DiT layer; the root holds the rest.
 
     The expert reads each VLM layer's K/V straight from the cache, a side output FSDP's pre-backward hook does not
@@ -68,8 +69,14 @@ def shard(module: LossModule) -> nn.Module:
     backward (ZeRO-2-like for them, as the released DeepSpeed run) instead of being re-gathered in backward.
     DiT layers are sharded by attention and MLP only: their adaLN tables are read outside the layer's forward
     (ActionExpert.modulation_table), so they stay with the root unit, gathered for the whole step.
+
+    `param_dtype` (bf16 under `--dtype bf16`): FSDP2's mixed-precision policy gathers parameters in that dtype for
+    compute and reduces gradients in fp32; the sharded master weights and optimiser state stay fp32.
     """
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
+    fully_shard = functools.partial(fully_shard, mp_policy=mp)
 
     model = module.model
     for layer in model.vlm.model.language_model.layers:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import MAX_PREFIX
+from ..config import MAX_PREFIX, ExpertConfig
 from ..model import choice
 from ..model.masks import sample_hidden_prefix
 from ..model.loss import LossOptions
@@ -21,6 +21,20 @@ from ..model.vla import XR0Model
 from .env_state import EnvStateHead
 
 EMBEDDINGS = "vlm.model.language_model.embed_tokens.weight"  # the input token embeddings (tied to lm_head)
+# `--freeze` parts: parameter-name prefixes (the whole name for the embeddings); "expert" is everything not "vlm."
+FREEZE_PARTS = {"vision": "vlm.model.visual.", "vlm": "vlm.", "embeddings": EMBEDDINGS, "expert": None}
+
+
+def freeze(model: XR0Model, parts) -> None:
+    """requires_grad off for the named FREEZE_PARTS (on top of a recipe's own freezing)."""
+    unknown = sorted(set(parts) - set(FREEZE_PARTS))
+    if unknown:
+        raise ValueError(f"--freeze: unknown part(s) {unknown}; choose from {sorted(FREEZE_PARTS)}")
+    for name, p in model.named_parameters():
+        for part in parts:
+            prefix = FREEZE_PARTS[part]
+            if (not name.startswith("vlm.")) if prefix is None else name.startswith(prefix):
+                p.requires_grad_(False)
 
 
 @dataclass
@@ -39,8 +53,8 @@ class Recipe:
     reweight: bool = False  # L1 re-weighting from a no-grad 5-step rollout (spec §6.3)
     freq_weight: float = 1.0  # c of the rFFT term; the released XR0.yaml sets enable_freq: true
     repeat: int = 4  # training_repeat: noise/time draws per VLM pass
-    lambda_mask: bool = True  # Λ / local-window band (w from the preset); False = plain causal attention
-    rope_offset: int | None = None  # None = keep the preset's (+10); 0 disables the offset
+    lambda_mask: bool = True  # Λ / local-window band (the model's w, or the architecture's 4); False: plain causal
+    rope_offset: int = ExpertConfig.rope_offset  # the architecture's +10 on noisy action tokens; 0 disables it
     stage: int = 2  # 1 = choice-policy pre-training (xr0.model.choice), 2 = flow matching
     env_state_weight: float = 0.0  # > 0: training-only env-state supervision (xr0.train.env_state)
 
@@ -56,17 +70,18 @@ class Recipe:
         if self.env_state_weight < 0 or (self.env_state_weight and self.stage == 1):
             raise ValueError(f"recipe {self.name}: env_state_weight must be >= 0 and needs stage 2, "
                              f"got {self.env_state_weight} (stage {self.stage})")
-        if self.rope_offset is not None and self.rope_offset < 0:
+        if self.rope_offset < 0:
             raise ValueError(f"recipe {self.name}: rope_offset must be >= 0, got {self.rope_offset}")
 
     # ------------------------------------------------------------------ once, before training
     def configure(self, model: XR0Model) -> None:
-        """Apply the ablation switches to the model config (saved with the checkpoint) and set requires_grad."""
+        """Apply the ablation switches to the model config (saved with the checkpoint) and set requires_grad.
+
+        The switches are set, not kept: a release folder (which runs causal, without offset, docs/official.md)
+        post-trains with the Λ band and the +10 offset, as the official post-training code does."""
         e = model.config.expert
-        if not self.lambda_mask:
-            e.local_window = None
-        if self.rope_offset is not None:
-            e.rope_offset = self.rope_offset
+        e.local_window = (e.local_window or ExpertConfig.local_window) if self.lambda_mask else None
+        e.rope_offset = self.rope_offset
         # A checkpoint records the longest prefix it was trained with: 0 refuses the async executor (xr0 eval).
         model.config.max_prefix = min(self.max_prefix, model.config.chunk_len) if self.async_prefix else 0
         for name, p in model.named_parameters():

@@ -34,8 +34,10 @@ from .config import TrainConfig
 from .distributed import LossModule, init_distributed, shard
 from .inputs import EpochSampler, camera_map, dataset_cameras, open_dataset, robot_spec_from_data, start_oversampled, \
     view_title
+from .loader import BatchJob, MicroBatches, read_samples
 from .optim import lr_at, param_groups, resolve_dtype
-from .recipes import get_recipe
+from .lora import ADAPTERS, DEFAULT_TARGETS, adapter_state, add_lora, load_adapters, lora_modules
+from .recipes import freeze, get_recipe
 from .state import flatten_optimizer, fsync_tree, rng_state, set_rng_state, unflatten_optimizer
 
 METRICS = "metrics.jsonl"
@@ -71,9 +73,12 @@ class TrainResult:
 
 
 class Trainer:
-    """Build everything from a TrainConfig (optionally with an in-memory dataset) and `run()`."""
+    """Build everything from a TrainConfig (optionally with an in-memory dataset, or a fresh run's in-memory policy,
+    e.g. one built directly in bf16) and `run()`."""
 
-    def __init__(self, cfg: TrainConfig, dataset=None):
+    _loader: MicroBatches | None = None  # the data workers while run() runs with --num-workers N
+
+    def __init__(self, cfg: TrainConfig, dataset=None, policy: XR0Policy | None = None):
         cfg.validate()
         self.cfg = cfg
         self.dist = init_distributed(cfg.device)
@@ -91,7 +96,11 @@ class Trainer:
         self.resume_from = resume_from
         source = resume_from or (resolve_checkpoint(cfg.init) if cfg.init else None)
         # A checkpoint fixes the architecture, cameras and chunk length; a preset gets the dataset's cameras.
-        policy = XR0Policy.from_pretrained(source) if source is not None else None
+        if policy is not None and source is not None:
+            raise ValueError("train config: an in-memory policy starts a fresh run (no --init or --resume)")
+        given = policy is not None
+        if source is not None:
+            policy = XR0Policy.from_pretrained(source)
         config = policy.config if policy is not None else get_preset(cfg.preset)
         if policy is None and cfg.chunk_len:
             config.chunk_len = cfg.chunk_len
@@ -105,7 +114,7 @@ class Trainer:
             dataset = open_dataset(cfg.data, config.chunk_len, cfg.cameras, cfg.skip_bad)
         self.dataset = dataset
         data_cams = list(cfg.cameras) if cfg.cameras else dataset_cameras(dataset)
-        if source is None:
+        if source is None and not given:
             config.cameras = tuple(view_title(c) for c in data_cams)
         self.cam_map = camera_map(data_cams, config.cameras, explicit=bool(cfg.cameras))
         self.sampler = EpochSampler(len(dataset), cfg.seed,
@@ -125,7 +134,18 @@ class Trainer:
             policy.robots = robots
         policy.robot(cfg.robot_type)  # clear error if a resumed checkpoint lacks this robot type
         self.recipe.configure(policy.model)
+        self._finetuning(policy.model)
+        for p in policy.model.parameters():  # master weights are fp32 (a policy may come in another dtype)
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
         policy.to(self.dist.device)
+        self.amp_dtype = resolve_dtype(cfg.dtype, self.dist.device)
+        # Memory modes: frozen weights are held in the autocast dtype, which every matmul casts them to anyway.
+        self.frozen_cast = bool(cfg.lora_rank or cfg.freeze) and self.amp_dtype is not None and not cfg.fsdp
+        if self.frozen_cast:
+            for p in policy.model.parameters():
+                if not p.requires_grad:
+                    p.data = p.data.to(self.amp_dtype)
         self.policy = policy
         self.heads = self.recipe.build_heads(policy.model, dataset)
         if self.heads is not None:
@@ -144,7 +164,7 @@ class Trainer:
         if cfg.fsdp:
             if self.dist.world == 1 and not dist.is_initialized():
                 raise ValueError("--fsdp needs a process group: launch with torchrun")
-            self.model = shard(core)
+            self.model = shard(core, self.amp_dtype)
         elif self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
@@ -162,13 +182,41 @@ class Trainer:
             raise ValueError(f"recipe {self.recipe.name}: no trainable parameters")
         self.optimizer = torch.optim.AdamW(self.groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                                            weight_decay=cfg.weight_decay)
-        self.amp_dtype = resolve_dtype(cfg.dtype, self.dist.device)
         self.step = 0
         self.data_position = 0
         if resume_from is not None:
             self._load_trainer_state(resume_from)
 
     # ------------------------------------------------------------------ helpers
+    def _finetuning(self, model) -> None:
+        """--freeze, --lora-rank (a resumed LoRA run gets its frozen base back from where the run started and its
+        adapters from the checkpoint) and --grad-checkpointing."""
+        cfg = self.cfg
+        freeze(model, cfg.freeze)
+        if cfg.lora_rank:
+            add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets or DEFAULT_TARGETS, seed=cfg.seed)
+            for name, p in model.named_parameters():  # the VLM trains through its adapters only
+                if name.startswith("vlm.") and not name.endswith((".lora_A", ".lora_B")):
+                    p.requires_grad_(False)
+            if self.resume_from is not None:
+                self._restore_lora(model)
+        if cfg.grad_checkpointing:
+            model.set_activation_checkpointing(True)
+
+    def _restore_lora(self, model) -> None:
+        """The checkpoint's weights are merged (W + BA): the adapted linears get W back from the run's start (its
+        --init, or the preset's seeded initialisation), the adapters come from the checkpoint."""
+        ckpt = self.resume_from
+        if not (ckpt / ADAPTERS).is_file():
+            raise ValueError(f"{ckpt} has no {ADAPTERS}: it is not from a LoRA run (drop --lora-rank to resume it)")
+        init = json.loads((ckpt / STATE_JSON).read_text()).get("config", {}).get("init")
+        base = XR0Policy.from_pretrained(init) if init else XR0Policy.from_preset(self.cfg.preset, seed=self.cfg.seed)
+        weights = base.model.state_dict()
+        with torch.no_grad():
+            for name, m in lora_modules(model).items():
+                m.weight.copy_(weights[f"{name}.weight"])
+        load_adapters(model, load_file(str(ckpt / ADAPTERS)))
+
     @staticmethod
     def _seed_everything(seed: int) -> None:
         random.seed(seed)
@@ -189,21 +237,29 @@ class Trainer:
         return random.Random(int(a)), gen(b), gen(c)
 
     def _samples(self, positions: list[int]) -> list[dict]:
-        from ..data.augment import ImageAugment
+        cfg = self.cfg
+        return read_samples(self.dataset, self.sampler, positions, self.cam_map, self.policy.robot(cfg.robot_type),
+                            cfg.seed, cfg.augment, cfg.state_dropout)
 
-        aug = ImageAugment(train=self.cfg.augment)
-        robot = self.policy.robot(self.cfg.robot_type)
-        out = []
-        for pos in positions:
-            s = self.dataset[self.sampler[pos]]
-            images = {self.cam_map[k]: v for k, v in s["images"].items() if k in self.cam_map}
-            images = aug(images, np.random.default_rng([self.cfg.seed, 0xA06, pos]))
-            s = {**s, "images": images}
-            p = self.cfg.state_dropout  # a hidden state says nothing: the actions must come from the images
-            if p and np.random.default_rng([self.cfg.seed, 0x57A7E, pos]).random() < p:
-                s["state"] = robot.state_mean[:robot.state_dim].copy()
-            out.append(s)
-        return out
+    @contextlib.contextmanager
+    def _data_workers(self, end: int):
+        """--num-workers N: the micro-batches of steps [self.step, end) made ahead in N processes (xr0.train.loader)
+        for the block; without workers, train_step makes each one in process when it needs it."""
+        cfg, d = self.cfg, self.dist
+        if not cfg.num_workers or self.step >= end:
+            yield
+            return
+        job = BatchJob(self.dataset, self.sampler, self.policy.config, self.policy.processor,
+                       self.policy.robot(cfg.robot_type), dict(self.cam_map), cfg.seed, cfg.augment, cfg.state_dropout)
+        with MicroBatches(job, start_position=self.data_position, steps=end - self.step, batch_size=cfg.batch_size,
+                          grad_accum=cfg.grad_accum, world=d.world, rank=d.rank, overfit=cfg.overfit_batch,
+                          num_workers=cfg.num_workers, prefetch=cfg.prefetch, pin_memory=d.device.type == "cuda",
+                          seed=cfg.seed, first_step=self.step) as loader:
+            self._loader = loader
+            try:
+                yield
+            finally:
+                self._loader = None
 
     def _vl_batch(self, step: int, micro: int) -> dict | None:
         if self.vl is None:
@@ -241,8 +297,11 @@ class Trainer:
             if cfg.fsdp and last and d.world > 1:
                 self.model.set_requires_gradient_sync(True)
             first = base + (m * d.world + d.rank) * cfg.batch_size
-            samples = self._samples(list(range(first, first + cfg.batch_size)))
-            batch = self.policy.make_batch(samples, cfg.robot_type)
+            if self._loader is not None:  # --num-workers: made ahead, in this order, by the data workers
+                batch = self._loader.next(first)
+            else:
+                samples = self._samples(list(range(first, first + cfg.batch_size)))
+                batch = self.policy.make_batch(samples, cfg.robot_type)
             rng, shared, own = self._streams(self.step, m)
             opts = self.recipe.options(self.policy.config.chunk_len, rng, own, shared)
             prefix.append(opts.prefix_len)
@@ -291,7 +350,7 @@ class Trainer:
         losses: dict[int, float] = {}
         last_ckpt = self.resume_from
         preempted = False
-        with _sigterm_flag() as sigterm:
+        with _sigterm_flag() as sigterm, self._data_workers(end):  # workers stop with the loop (SIGTERM included)
             while self.step < end and not preempted:
                 t0 = time.perf_counter()
                 values = self.train_step()
@@ -396,6 +455,8 @@ class Trainer:
             tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
             tmp.mkdir()
             self._write_policy(tmp, model_sd)
+            if self.cfg.lora_rank:
+                save_file(adapter_state(self.policy.model), str(tmp / ADAPTERS))
             if self.heads is not None:
                 heads = {k[len("heads."):]: v for k, v in (model_sd or {}).items() if k.startswith("heads.")} \
                     if model_sd is not None else self.heads.state_dict()
@@ -425,8 +486,8 @@ class Trainer:
         return final
 
     def _write_policy(self, folder: Path, model_sd: dict | None) -> None:
-        if model_sd is None:
-            self.policy.save_pretrained(folder)
+        if model_sd is None:  # (LoRA: the model's state dict holds the merged weights)
+            self.policy.save_pretrained(folder, dtype=torch.float32 if self.frozen_cast else None)
             return
         # FSDP: materialise a CPU copy from the gathered full state dict, then use the normal writer.
         state = {k[len("model."):]: v for k, v in model_sd.items() if k.startswith("model.")}
