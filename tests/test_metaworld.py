@@ -326,6 +326,30 @@ def test_move_target_moves_button_and_goal_and_restarts_success():
         MetaWorldEnv("drawer-open-v3", seed=0, image_size=(32, 32)).target()
 
 
+def test_demonstrations_with_moved_targets(tmp_path):
+    """--move-targets 1: every reach episode moves its goal once (MOVE_TICKS), the recorded goal jumps with it, the
+    expert turns and still succeeds; random_target stays in the task's range, >= 8 cm from the old target."""
+    env = MetaWorldEnv("reach-v3", seed=0, image_size=(32, 32))
+    try:
+        rng = np.random.default_rng(0)
+        for _ in range(5):
+            env.reset()
+            to = env.random_target(rng)
+            assert np.linalg.norm(to - env.target()) >= 0.08 and env.sim.goal_space.contains(to.astype(np.float64))
+            assert np.allclose(env.move_target(to=to), to) and np.allclose(env._obs[36:39], to)  # the expert sees it
+    finally:
+        env.close()
+    summary = generate(["reach-v3"], 2, tmp_path / "moved", image_size=32, max_ticks=120, move_targets=1.0)
+    assert summary["tasks"]["reach-v3"]["moved"] == 2 and summary["tasks"]["reach-v3"]["kept"] == 2
+    ds = LeRobotV3Dataset(tmp_path / "moved", chunk_len=4)
+    goals = np.stack([ds[i]["env_state"][3:] for i in range(len(ds))])
+    jumps = np.linalg.norm(np.diff(goals, axis=0), axis=1)
+    assert (jumps > 0.05).sum() == 3  # one move per episode, plus the change of episode
+    assert json.loads((tmp_path / "moved" / "meta" / "xr0_metaworld.json").read_text())["move_targets"] == 1.0
+    with pytest.raises(ValueError, match="move-targets"):
+        generate(["reach-v3"], 1, tmp_path / "bad", move_targets=1.5)
+
+
 def test_cli_data_and_random_policy_eval(tmp_path, capsys):
     from xr0.cli import main
 

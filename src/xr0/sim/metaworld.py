@@ -185,25 +185,50 @@ class MetaWorldEnv:
             return np.asarray(self.sim._get_pos_objects(), dtype=np.float64).copy()
         raise ValueError(f"{self.task} has no movable target; tasks with one: {MOVABLE_TARGETS}")
 
-    def move_target(self) -> np.ndarray:
-        """A reactivity probe: mid-episode, move the target across the table (x -> -x, or 10 cm toward the other side
-        when it is within 5 cm of the middle: at least 10 cm, and inside the task's range, where the observation
-        is not clipped); what the cameras show moves with it and success starts over. reach-v3 moves its goal and
+    def move_target(self, to: np.ndarray | None = None) -> np.ndarray:
+        """Move the target mid-episode (MOVABLE_TARGETS): to `to` (xyz; the button keeps its height), or by default
+        across the table (x -> -x, or 10 cm toward the other side when it is within 5 cm of the middle: at least
+        10 cm, and inside the task's range, where the observation is not clipped). What the cameras show moves with
+        it, the observation vector the expert reads is updated, and success starts over. reach-v3 moves its goal and
         marker, button-press-topdown-v3 its button box (unpressed). Returns the new `target()`."""
         _, mujoco = require_metaworld()
-        x = self.target()[0]
-        shift = np.array([-2.0 * x if abs(x) > 0.05 else (0.1 if x < 0 else -0.1), 0.0, 0.0])
+        now = self.target()
+        if to is None:
+            x = now[0]
+            shift = np.array([-2.0 * x if abs(x) > 0.05 else (0.1 if x < 0 else -0.1), 0.0, 0.0])
+        else:
+            shift = np.asarray(to, dtype=np.float64) - now
+        self._obs = np.array(self._obs, copy=True)
         if self.task == "reach-v3":
             self.sim._target_pos = self.goal() + shift
             self.sim.model.site("goal").pos = self.sim._target_pos
+            self._obs[36:39] = self.sim._target_pos
         elif self.task == "button-press-topdown-v3":
             box = self.sim.model.body("box")
-            box.pos = box.pos + shift
+            box.pos = box.pos + np.array([shift[0], shift[1], 0.0])
             self.sim._set_obj_xyz(0.0)  # the button back up
             mujoco.mj_forward(self.sim.model, self.sim.data)
             self.sim._target_pos = self.sim._get_site_pos("hole")
+            self._obs[4:7] = self.target()
         self.success, self.success_tick = False, None
         return self.target()
+
+    def random_target(self, rng: np.random.Generator, min_distance: float = 0.08) -> np.ndarray:
+        """A new target for `move_target(to=)`, uniform over the task's own placement range (reach-v3's goal range,
+        the button box's) and at least `min_distance` from the current target."""
+        now = self.target()
+        if self.task == "reach-v3":
+            space, origin = self.sim.goal_space, now
+        else:  # the range is the box's; the target (the button's top) moves with the box
+            space, origin = self.sim._random_reset_space, np.asarray(self.sim.model.body("box").pos, dtype=np.float64)
+        low, high = np.asarray(space.low, dtype=np.float64)[:3], np.asarray(space.high, dtype=np.float64)[:3]
+        for _ in range(1000):
+            to = now + rng.uniform(low, high) - origin
+            if self.task != "reach-v3":
+                to[2] = now[2]
+            if np.linalg.norm(to - now) >= min_distance:
+                return to
+        raise RuntimeError(f"{self.task}: no target {min_distance} m away from {now} in {low}..{high}")
 
     def goal(self) -> np.ndarray:
         return np.asarray(self.sim._target_pos, dtype=np.float64).copy()

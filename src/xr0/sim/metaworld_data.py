@@ -10,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 AFTER_SUCCESS = 8  # ticks recorded after success, so the policy also learns to stay put
+MOVE_TICKS = (2, 30)  # `move_targets`: the tick of the move, uniform over this range (inclusive)
 
 
 def episode_counts(spec, tasks) -> dict[str, int]:
@@ -40,7 +41,7 @@ def episode_counts(spec, tasks) -> dict[str, int]:
 
 def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, seed: int = 0,
              orientation: str | None = None, action_noise: float = 0.0, placements: str = "mt1",
-             goal_marker_radius: float | None = None) -> dict:
+             goal_marker_radius: float | None = None, move_targets: float = 0.0) -> dict:
     """Roll out MetaWorld's experts and keep the successful episodes. Returns a summary (printed as JSON).
 
     `action_noise` > 0 (DART-style): the arm executes the expert's xyz action plus Gaussian noise of that standard
@@ -48,6 +49,12 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
     how the closed-loop expert recovers from states off its own path.
 
     `episodes`: successful episodes per task, an int or a spec for `episode_counts`.
+
+    `move_targets` in [0, 1]: that fraction of the episodes of tasks with a movable target (MOVABLE_TARGETS) move
+    it once, to a random place in the task's range (`MetaWorldEnv.random_target`) at a tick uniform in MOVE_TICKS,
+    and the expert, which reads the target, turns toward it: demonstrations of reacting to a changed scene (the
+    reactivity probe's situation; without them the target only matters at the start of an episode). An episode
+    whose move is still pending keeps recording past its success, the hand held at the old target.
 
     `placements` (xr0.sim.metaworld.PLACEMENTS): "mt1" draws from MetaWorld's 50 placements per seed (40 episodes
     see about 27 distinct ones), "fresh" gives every episode a new placement.
@@ -59,8 +66,8 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
     orientation, control rate), which evaluation has to reproduce.
     """
     from .metaworld import (ACTION_DIM, ACTION_REPEAT, CAMERAS, CONTROL_HZ, DEFAULT_GOAL_MARKER_RADIUS,
-                            DEFAULT_ORIENTATION, ENV_STATE_NAMES, INSTRUCTIONS, MAX_TICKS, STATE_DIM, MetaWorldEnv,
-                            check_tasks)
+                            DEFAULT_ORIENTATION, ENV_STATE_NAMES, INSTRUCTIONS, MAX_TICKS, MOVABLE_TARGETS, STATE_DIM,
+                            MetaWorldEnv, check_tasks)
     from ..data.lerobot_v3 import LeRobotV3Writer
 
     tasks = check_tasks(tasks)
@@ -69,6 +76,8 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
         raise ValueError(f"--image-size must be an even number >= 32, got {image_size}")
     if not 0.0 <= action_noise <= 1.0:
         raise ValueError(f"--action-noise must be in [0, 1], got {action_noise}")
+    if not 0.0 <= move_targets <= 1.0:
+        raise ValueError(f"--move-targets must be a fraction in [0, 1], got {move_targets}")
     if not 1 <= max_ticks <= MAX_TICKS:
         raise ValueError(f"--max-steps must be in 1..{MAX_TICKS} (MetaWorld's horizon), got {max_ticks}")
     orientation = orientation or DEFAULT_ORIENTATION
@@ -80,17 +89,24 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
     start = time.perf_counter()
     bar = tqdm(total=sum(counts.values()), desc="metaworld demos", unit="ep")
     noise = np.random.default_rng([seed, 0xDA27])
+    mover = np.random.default_rng([seed, 0x40E])
     for task in tasks:
         env = MetaWorldEnv(task, seed=seed, image_size=size, orientation=orientation, placements=placements,
                            goal_marker_radius=radius)
-        kept = failed = 0
+        kept = failed = moved = 0
         episodes = counts[task]
         task_start = time.perf_counter()
         while kept < episodes:
             obs = env.reset()
+            move_at = None
+            if task in MOVABLE_TARGETS and mover.random() < move_targets:
+                move_at = int(mover.integers(MOVE_TICKS[0], MOVE_TICKS[1] + 1))
             frames = {c: [] for c in CAMERAS}
             states, actions, env_states = [], [], []
             while env.ticks < max_ticks:
+                if env.ticks == move_at:
+                    env.move_target(to=env.random_target(mover))
+                    obs = env.observe()
                 for c in CAMERAS:
                     frames[c].append(obs["images"][c])
                 action = env.expert_action()
@@ -101,7 +117,8 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
                     action = action.copy()
                     action[:3] = np.clip(action[:3] + noise.normal(0.0, action_noise, 3), -1.0, 1.0)
                 env.act(action)
-                if env.success and env.ticks - env.success_tick >= AFTER_SUCCESS:
+                pending = move_at is not None and env.ticks <= move_at
+                if env.success and env.ticks - env.success_tick >= AFTER_SUCCESS and not pending:
                     break
                 obs = env.observe()
             summary["renders"] += len(states) * len(CAMERAS)
@@ -113,10 +130,12 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
             writer.add_episode({c: np.stack(v) for c, v in frames.items()}, np.stack(states), np.stack(actions),
                                env.instruction, env_states=np.stack(env_states))
             kept += 1
+            moved += move_at is not None
             summary["frames"] += len(states)
             bar.update(1)
             bar.set_postfix(task=task, frames=summary["frames"])
-        summary["tasks"][task] = {"kept": kept, "failed": failed, "expert_success": kept / (kept + failed),
+        summary["tasks"][task] = {"kept": kept, "moved": moved, "failed": failed,
+                                  "expert_success": kept / (kept + failed),
                                   "seconds_per_episode": round((time.perf_counter() - task_start) / (kept + failed), 2)}
         env.close()
     bar.close()
@@ -127,7 +146,8 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
                "state": ["hand_x", "hand_y", "hand_z", "gripper_opening"],
                "action": ["dx", "dy", "dz", "gripper_effort"], "seed": seed, "after_success_ticks": AFTER_SUCCESS,
                "max_ticks": max_ticks, "action_noise": action_noise, "placements": placements,
-               "episodes": counts, "goal_marker_radius": radius}
+               "episodes": counts, "goal_marker_radius": radius, "move_targets": move_targets,
+               "move_ticks": list(MOVE_TICKS)}
     (pathlib.Path(out) / "meta" / "xr0_metaworld.json").write_text(json.dumps(sidecar, indent=2))
     size_mb = sum(f.stat().st_size for f in pathlib.Path(out).rglob("*") if f.is_file()) / 2**20
     summary.update(seconds=round(elapsed, 1), seconds_per_episode=round(elapsed / sum(counts.values()), 2),
@@ -156,6 +176,8 @@ def add_arguments(p) -> None:
                    help="mt1: MetaWorld's 50 placements per seed, drawn with repeats; fresh: a new one every episode")
     p.add_argument("--goal-marker-radius", type=float, default=None,
                    help="rendered radius of the goal marker in m (default 0.04; MetaWorld's own is 0.02)")
+    p.add_argument("--move-targets", type=float, default=0.0,
+                   help="fraction of reach/button episodes whose target moves once mid-episode (expert follows)")
 
 
 def run(args) -> int:
@@ -163,6 +185,6 @@ def run(args) -> int:
 
     summary = generate(args.tasks or ",".join(DEFAULT_TASKS), args.episodes, args.out, args.image_size,
                        args.max_ticks, args.seed, args.orientation, args.action_noise, args.placements,
-                       args.goal_marker_radius)
+                       args.goal_marker_radius, args.move_targets)
     print(json.dumps(summary))
     return 0
