@@ -53,6 +53,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tr.add_argument("--steps", type=int, default=10, help="timed optimiser steps (after warm-up)")
     tr.add_argument("--warmup", type=int, default=2)
     tr.add_argument("--freeze-vlm", action="store_true", help="train the expert only (pre-training stage 2)")
+    pl = tr.add_argument_group("memory plan (--plan: nothing is allocated or run; xr0.train.plan)")
+    pl.add_argument("--plan", action="store_true",
+                    help="print the planned peak memory per GPU of full / frozen-VLM / LoRA fine-tuning, with and "
+                         "without activation checkpointing, single GPU, DDP and FSDP2, at --batch-size per GPU "
+                         "(--dtype defaults to bf16 here)")
+    pl.add_argument("--gpus", default="1,8", help="comma list of GPU counts (default 1,8)")
+    pl.add_argument("--lora-rank", type=int, default=16)
+    pl.add_argument("--attn", default="gpu", choices=("gpu", "cpu", "math"),
+                    help="gpu: CUDA (flash/efficient SDPA, fp32 LayerNorm under autocast, foreach AdamW); cpu: this "
+                         "CPU's torch (its SDPA is a flash kernel too; per-tensor AdamW); math: SDPA's math fallback, "
+                         "which saves the L x L attention probabilities")
+    tr.set_defaults(dtype=None)  # --plan: bf16; the throughput benchmark: fp32
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -73,6 +85,14 @@ def run(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("xr0 bench: --device cuda but no CUDA device is visible", file=sys.stderr)
         return 2
+    if args.action == "train" and args.plan:
+        result = plan_memory(args)
+        print(result.pop("table"), file=sys.stderr if args.json else sys.stdout, flush=True)
+        if args.json:
+            print(json.dumps(result))
+        return 0
+    if args.action == "train" and args.dtype is None:
+        args.dtype = "fp32"
     result = latency(args) if args.action == "latency" else train(args)
     _log(_table(result))
     if args.json:
@@ -384,6 +404,52 @@ def train(args) -> dict:
                trainable_params=sum(p.numel() for p in params), loss_first=losses[0], loss_last=losses[-1])
     res.update(_environment(device, load_before))
     return res
+
+
+# ---------------------------------------------------------------------- memory plan
+def plan_workload(config, batch: int, instruction: str = INSTRUCTION, repeat: int = 4, padded: bool = True):
+    """The plan's Workload for a PolicyConfig: the prompt the processor builds for its cameras and image size (the
+    ~20-token INSTRUCTION), 16 x 16 patches per camera; padded: batches mix prompt lengths (a padding mask)."""
+    from .processing import Processor
+    from .processing.images import PATCH
+    from .train.plan import Workload
+
+    h, w = config.image_size
+    tokens = len(Processor(config).prompt_ids(instruction))
+    cams = len(config.cameras)
+    return Workload(batch=batch, vlm_tokens=tokens, patches=cams * (h // PATCH) * (w // PATCH), images=cams,
+                    repeat=repeat, padded=padded)
+
+
+def plan_memory(args) -> dict:
+    """`xr0 bench train --plan`: the table of xr0.train.plan for a preset, from its modules built on the meta device."""
+    from .config import get_preset
+    from .train import plan as P
+
+    dtype = args.dtype or "bf16"
+    if dtype == "auto":
+        dtype = "bf16" if args.attn != "cpu" else resolve_dtype("auto", "cpu")
+    config = get_preset(args.preset)
+    t0 = time.perf_counter()
+    counts = P.count_parts(P.meta_model(config))
+    dims = P.Dims.from_config(config)
+    work = plan_workload(config, args.batch_size)
+    gpus = tuple(int(g) for g in str(args.gpus).split(",") if g.strip())
+    if not gpus or min(gpus) < 1:
+        raise SystemExit(f"xr0 bench: --gpus must list GPU counts >= 1, got {args.gpus!r}")
+    rows = P.table(counts, dims, work, gpus, dtype, args.attn, args.lora_rank)
+    head = (f"xr0 bench train --plan: {args.preset}, {counts.total / 1e9:.3f} B parameters (vision "
+            f"{counts.vision / 1e6:.0f} M, VLM text layers {counts.text / 1e6:.0f} M, token embeddings "
+            f"{counts.embeddings / 1e6:.0f} M, DiT expert {counts.expert / 1e6:.0f} M), batch {work.batch} per GPU, "
+            f"{work.vlm_tokens} VLM tokens x {work.repeat} DiT repeats of {config.chunk_len + 2} tokens, "
+            f"{work.patches} vision patches per sample, {dtype}, attention {args.attn}. GiB per GPU at the peak "
+            f"(the columns add up to the total); fits = total x {P.SLACK:g} + {P.CONTEXT_GIB:g} GiB within the card.")
+    return dict(bench="train-plan", preset=args.preset, dtype=dtype, attn=args.attn, batch_size=work.batch,
+                lora_rank=args.lora_rank, gpus=list(gpus), counts=dict(vision=counts.vision, text=counts.text,
+                                                                       embeddings=counts.embeddings,
+                                                                       expert=counts.expert, total=counts.total),
+                workload=dataclasses.asdict(work), rows=[r.to_dict() for r in rows],
+                plan_s=round(time.perf_counter() - t0, 3), table=head + "\n\n" + P.format_table(rows))
 
 
 # ---------------------------------------------------------------------- reporting
