@@ -27,7 +27,8 @@ class XR0Config(PreTrainedConfig):
     n_action_steps: actions `select_action` executes per chunk before inferring the next (synchronous use;
         lerobot-rollout's RTC mode uses XR-0's committed prefix instead, see modeling_xr0).
     recipe: xr0 training recipe ("post-async": clean action prefix, prefix dropout, Λ mask, L1 re-weighting, as
-        released; "post-sync"; "stage2"); lambda_mask / rope_offset: its ablation switches (None = the model's).
+        released; "post-sync"; "stage2"); lambda_mask / rope_offset: its ablation switches (None = the recipe's: the
+        architecture's Λ band and +10 offset, also for a release folder that runs without them).
     robot_type: which of a checkpoint's normalisation statistics to use (None: the dataset's robot_type when the
         checkpoint has it, else the only one). Statistics are xr0's per-timestep (T x D) ones, computed from the
         dataset by this plugin, so LeRobot's normaliser steps stay identity.
