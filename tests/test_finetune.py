@@ -166,3 +166,15 @@ def test_cli_flags():
     cfg.fsdp = True
     with pytest.raises(ValueError, match="LoRA runs use DDP"):
         cfg.validate()
+
+
+def test_bf16_memory_mode_holds_frozen_weights_in_bf16(dataset, tmp_path):
+    tr = Trainer(config(dataset, tmp_path / "bf16", lora_rank=4, dtype="bf16", stop_after=3, steps=3))
+    dtypes = {n: p.dtype for n, p in tr.policy.model.named_parameters()}
+    assert all(dtypes[n] == (torch.float32 if p.requires_grad else torch.bfloat16)
+               for n, p in tr.policy.model.named_parameters())
+    assert dtypes["vlm.model.language_model.layers.0.self_attn.q_proj.weight"] == torch.bfloat16
+    assert dtypes["vlm.model.language_model.layers.0.self_attn.q_proj.lora_A"] == torch.float32
+    tr.run()
+    loaded = XR0Policy.from_pretrained(tmp_path / "bf16" / "checkpoints" / "step_000003")  # written in fp32
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}

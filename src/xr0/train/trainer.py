@@ -138,14 +138,15 @@ class Trainer:
         for p in policy.model.parameters():  # master weights are fp32 (a policy may come in another dtype)
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
-        policy.to(self.dist.device)
         self.amp_dtype = resolve_dtype(cfg.dtype, self.dist.device)
-        # Memory modes: frozen weights are held in the autocast dtype, which every matmul casts them to anyway.
+        # Memory modes: frozen weights are held in the autocast dtype, which every matmul casts them to anyway
+        # (cast before the move, so a 4B model never sits on the GPU in fp32).
         self.frozen_cast = bool(cfg.lora_rank or cfg.freeze) and self.amp_dtype is not None and not cfg.fsdp
         if self.frozen_cast:
             for p in policy.model.parameters():
                 if not p.requires_grad:
                     p.data = p.data.to(self.amp_dtype)
+        policy.to(self.dist.device)
         self.policy = policy
         self.heads = self.recipe.build_heads(policy.model, dataset)
         if self.heads is not None:
