@@ -34,7 +34,7 @@ from .config import TrainConfig
 from .distributed import LossModule, init_distributed, shard
 from .inputs import EpochSampler, camera_map, dataset_cameras, open_dataset, robot_spec_from_data, start_oversampled, \
     view_title
-from .loader import BatchJob, MicroBatches, read_samples
+from .loader import BatchJob, MicroBatches
 from .optim import lr_at, param_groups, resolve_dtype
 from .lora import ADAPTERS, DEFAULT_TARGETS, adapter_state, add_lora, load_adapters, lora_modules
 from .recipes import freeze, get_recipe
@@ -237,10 +237,14 @@ class Trainer:
         gen = lambda x: torch.Generator().manual_seed(int(x) & (2**63 - 1))  # noqa: E731
         return random.Random(int(a)), gen(b), gen(c)
 
-    def _samples(self, positions: list[int]) -> list[dict]:
+    def _batch_job(self) -> BatchJob:
+        """Sample positions -> a training batch: the one recipe the in-process path and the data workers share."""
         cfg = self.cfg
-        return read_samples(self.dataset, self.sampler, positions, self.cam_map, self.policy.robot(cfg.robot_type),
-                            cfg.seed, cfg.augment, cfg.state_dropout)
+        return BatchJob(self.dataset, self.sampler, self.policy.config, self.policy.processor,
+                        self.policy.robot(cfg.robot_type), dict(self.cam_map), cfg.seed, cfg.augment, cfg.state_dropout)
+
+    def _samples(self, positions) -> list[dict]:
+        return self._batch_job().samples(positions)
 
     @contextlib.contextmanager
     def _data_workers(self, end: int):
@@ -250,9 +254,7 @@ class Trainer:
         if not cfg.num_workers or self.step >= end:
             yield
             return
-        job = BatchJob(self.dataset, self.sampler, self.policy.config, self.policy.processor,
-                       self.policy.robot(cfg.robot_type), dict(self.cam_map), cfg.seed, cfg.augment, cfg.state_dropout)
-        with MicroBatches(job, start_position=self.data_position, steps=end - self.step, batch_size=cfg.batch_size,
+        with MicroBatches(self._batch_job(), start_position=self.data_position, steps=end - self.step, batch_size=cfg.batch_size,
                           grad_accum=cfg.grad_accum, world=d.world, rank=d.rank, overfit=cfg.overfit_batch,
                           num_workers=cfg.num_workers, prefetch=cfg.prefetch, pin_memory=d.device.type == "cuda",
                           seed=cfg.seed, first_step=self.step) as loader:
@@ -301,8 +303,8 @@ class Trainer:
             if self._loader is not None:  # --num-workers: made ahead, in this order, by the data workers
                 batch = self._loader.next(first)
             else:
-                samples = self._samples(list(range(first, first + cfg.batch_size)))
-                batch = self.policy.make_batch(samples, cfg.robot_type)
+                job = self._batch_job()
+                batch = job.collate(job.samples(range(first, first + cfg.batch_size)))
             rng, shared, own = self._streams(self.step, m)
             opts = self.recipe.options(self.policy.config.chunk_len, rng, own, shared)
             prefix.append(opts.prefix_len)
