@@ -43,7 +43,7 @@ def test_demos_keep_only_what_the_robot_knows(dataset):
     try:
         np.testing.assert_allclose(sample["state"], env.state(), atol=1e-5)
         assert sample["instruction"] == env.instruction
-        upright = env.render(CAMERAS["Base View"])  # corner3 is rolled: upright = the raw image turned by 180 degrees
+        upright = env.render(CAMERAS["Base View"])  # corner is rolled: upright = the raw image turned by 180 degrees
         assert np.array_equal(upright, env._renderer.render()[::-1, ::-1])
     finally:
         env.close()
@@ -153,15 +153,17 @@ def test_state_is_only_hand_position_and_gripper():
 def test_raw_render_is_top_down_and_upright_mode_puts_world_up_on_top():
     env = MetaWorldEnv("reach-v3", seed=0, image_size=(96, 96), orientation="upright")
     try:
-        for camera in ("corner3", "gripperPOV", "topview"):
+        for camera in ("corner", "corner3", "gripperPOV", "topview"):
             # mujoco.Renderer already returns rows top-down: the pad is where the pinhole model says.
-            body = {"corner3": "right_l4", "gripperPOV": "leftpad", "topview": "right_l4"}[camera]  # seen by each
+            body = {"corner": "right_l4", "corner3": "right_l4", "gripperPOV": "leftpad",
+                    "topview": "right_l4"}[camera]  # seen by each
             (col, row), centre = _geom_in_raw_render(env, camera, body)
             pcol, prow = _project(env, camera, centre, 96, 96)
             assert abs(col - pcol) < 8 and abs(row - prow) < 8, (camera, (col, row), (pcol, prow))
             # upright: for the corner camera a point 15 cm above the table shows above it; for the downward-looking
             # wrist and top cameras "up" is "farther ahead on the table"
-            pair = {"corner3": ([0, 0.7, 0.0], [0, 0.7, 0.15]), "gripperPOV": ([0, 0.7, 0.0], [0, 0.9, 0.0]),
+            pair = {"corner": ([0, 0.7, 0.0], [0, 0.7, 0.15]), "corner3": ([0, 0.7, 0.0], [0, 0.7, 0.15]),
+                    "gripperPOV": ([0, 0.7, 0.0], [0, 0.9, 0.0]),
                     "topview": ([0, 0.6, 0.0], [0, 0.8, 0.0])}[camera]
             rolled = env.camera_rolled(camera)
             rows = [_project(env, camera, p, 96, 96)[1] for p in pair]
@@ -172,7 +174,7 @@ def test_raw_render_is_top_down_and_upright_mode_puts_world_up_on_top():
             raw = env._renderer.render()
             turned = env.render(camera)
             np.testing.assert_array_equal(turned, raw[::-1, ::-1] if rolled else raw)  # a rotation, never a mirror
-        assert env.camera_rolled("corner3") and not env.camera_rolled("gripperPOV")
+        assert env.camera_rolled("corner") and env.camera_rolled("corner3") and not env.camera_rolled("gripperPOV")
     finally:
         env.close()
 
@@ -362,6 +364,18 @@ def test_cli_data_and_random_policy_eval(tmp_path, capsys):
     assert sidecar["orientation"] == "upright" and sidecar["cameras"] == CAMERAS and sidecar["control_hz"] == 40.0
     assert sidecar["episodes"] == {"reach-v3": 1} and sidecar["goal_marker_radius"] == DEFAULT_GOAL_MARKER_RADIUS
     assert LeRobotV3Dataset(out, chunk_len=4).state_dim == 4
+    # --cameras: another pair is rendered and recorded (so evaluation renders the same); bad ones are named, nothing
+    # is written
+    old = tmp_path / "old"
+    assert main(["data", "metaworld", "--tasks", "reach-v3", "--episodes", "1", "--out", str(old), "--image-size",
+                 "32", "--max-steps", "60", "--cameras", "corner3,topview"]) == 0
+    capsys.readouterr()
+    assert json.loads((old / "meta" / "xr0_metaworld.json").read_text())["cameras"] == {"Base View": "corner3",
+                                                                                         "Top View": "topview"}
+    for bad, named in (("corner", "needs 2"), ("cornr,topview", "cornr")):
+        assert main(["data", "metaworld", "--tasks", "reach-v3", "--episodes", "1", "--out", str(tmp_path / "x"),
+                     "--image-size", "32", "--cameras", bad]) == 2
+        assert named in capsys.readouterr().err and not (tmp_path / "x").exists()
 
     videos = tmp_path / "v"
     assert main(["eval", "metaworld", "--preset", "tiny", "--tasks", "reach-v3", "--episodes", "1",

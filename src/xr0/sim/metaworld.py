@@ -18,10 +18,12 @@ STATE_DIM, ACTION_DIM = 4, 4  # hand xyz + gripper opening; xyz delta + gripper 
 ACTION_NAMES = ("dx", "dy", "dz", "gripper")  # plot labels of the action dims
 # What the simulator knows and the policy does not (training-only supervision, `xr0 train --env-state-loss`).
 ENV_STATE_NAMES = ("object_x", "object_y", "object_z", "goal_x", "goal_y", "goal_z")
-# xr0 camera name -> MetaWorld camera: a corner view of the scene and the top view, in which an object's image
-# position maps almost linearly to its table position (the wrist camera "gripperPOV" sees mostly its own finger
-# at 128x128).
-CAMERAS = {"Base View": "corner3", "Top View": "topview"}
+# xr0 camera name -> MetaWorld camera: the top view, in which an object's image position maps almost linearly to
+# its table position, and the low corner view "corner", which sees heights: together they place a point on the
+# reach range to 0.8 / 0.9 / 1.2 cm per pixel in x / y / z at 128x128, where the steep "corner3" (the default
+# until the v4 checkpoint) left z at 2.2 cm per pixel, its height and depth almost along one image direction
+# (docs/metaworld.md). The wrist camera "gripperPOV" sees mostly its own finger at 128x128.
+CAMERAS = {"Base View": "corner", "Top View": "topview"}
 # How rendered images are turned (see `MetaWorldEnv.render`). mujoco.Renderer already returns rows top-down; what
 # looks upside-down are MetaWorld's fixed corner cameras, which are rolled (their image-up axis points below the
 # horizon). "upright" (the default) rotates those by 180 degrees and leaves the others alone: world-up is up and
@@ -68,6 +70,14 @@ def require_metaworld():
         raise ImportError(f"MetaWorld is not installed ({e}); run `make test` or "
                           "`.venv/bin/pip install -r requirements.txt`") from e
     return gym, mujoco
+
+
+def camera_map(spec: str) -> dict[str, str]:
+    """`--cameras corner,topview` -> {"Base View": "corner", "Top View": "topview"} (CAMERAS' xr0 names in order)."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if len(names) != len(CAMERAS):
+        raise ValueError(f"--cameras needs {len(CAMERAS)} MetaWorld camera names, for {list(CAMERAS)}; got {spec!r}")
+    return dict(zip(CAMERAS, names))
 
 
 def check_tasks(tasks) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 import time
 
 import numpy as np
@@ -41,7 +42,8 @@ def episode_counts(spec, tasks) -> dict[str, int]:
 
 def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, seed: int = 0,
              orientation: str | None = None, action_noise: float = 0.0, placements: str = "mt1",
-             goal_marker_radius: float | None = None, move_targets: float = 0.0) -> dict:
+             goal_marker_radius: float | None = None, move_targets: float = 0.0,
+             cameras: dict[str, str] | None = None) -> dict:
     """Roll out MetaWorld's experts and keep the successful episodes. Returns a summary (printed as JSON).
 
     `action_noise` > 0 (DART-style): the arm executes the expert's xyz action plus Gaussian noise of that standard
@@ -55,6 +57,8 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
     and the expert, which reads the target, turns toward it: demonstrations of reacting to a changed scene (the
     reactivity probe's situation; without them the target only matters at the start of an episode). An episode
     whose move is still pending keeps recording past its success, the hand held at the old target.
+
+    `cameras`: xr0 camera name -> MetaWorld camera (default xr0.sim.metaworld.CAMERAS).
 
     `placements` (xr0.sim.metaworld.PLACEMENTS): "mt1" draws from MetaWorld's 50 placements per seed (40 episodes
     see about 27 distinct ones), "fresh" gives every episode a new placement.
@@ -83,7 +87,8 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
     orientation = orientation or DEFAULT_ORIENTATION
     radius = DEFAULT_GOAL_MARKER_RADIUS if goal_marker_radius is None else goal_marker_radius
     size = (image_size, image_size)
-    writer = LeRobotV3Writer(out, fps=int(CONTROL_HZ), cameras={c: size for c in CAMERAS}, state_dim=STATE_DIM,
+    cameras = dict(cameras or CAMERAS)
+    writer = LeRobotV3Writer(out, fps=int(CONTROL_HZ), cameras={c: size for c in cameras}, state_dim=STATE_DIM,
                              action_dim=ACTION_DIM, robot_type="metaworld_sawyer", env_state_names=list(ENV_STATE_NAMES))
     summary = {"tasks": {}, "frames": 0, "renders": 0}
     start = time.perf_counter()
@@ -92,7 +97,7 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
     mover = np.random.default_rng([seed, 0x40E])
     for task in tasks:
         env = MetaWorldEnv(task, seed=seed, image_size=size, orientation=orientation, placements=placements,
-                           goal_marker_radius=radius)
+                           goal_marker_radius=radius, cameras=cameras)
         kept = failed = moved = 0
         episodes = counts[task]
         task_start = time.perf_counter()
@@ -101,13 +106,13 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
             move_at = None
             if task in MOVABLE_TARGETS and mover.random() < move_targets:
                 move_at = int(mover.integers(MOVE_TICKS[0], MOVE_TICKS[1] + 1))
-            frames = {c: [] for c in CAMERAS}
+            frames = {c: [] for c in cameras}
             states, actions, env_states = [], [], []
             while env.ticks < max_ticks:
                 if env.ticks == move_at:
                     env.move_target(to=env.random_target(mover))
                     obs = env.observe()
-                for c in CAMERAS:
+                for c in cameras:
                     frames[c].append(obs["images"][c])
                 action = env.expert_action()
                 states.append(obs["state"])
@@ -121,7 +126,7 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
                 if env.success and env.ticks - env.success_tick >= AFTER_SUCCESS and not pending:
                     break
                 obs = env.observe()
-            summary["renders"] += len(states) * len(CAMERAS)
+            summary["renders"] += len(states) * len(cameras)
             if not env.success:
                 failed += 1
                 if failed > 3 * episodes:
@@ -141,7 +146,7 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
     bar.close()
     writer.close()
     elapsed = time.perf_counter() - start
-    sidecar = {"tasks": {t: INSTRUCTIONS[t] for t in tasks}, "cameras": dict(CAMERAS), "orientation": orientation,
+    sidecar = {"tasks": {t: INSTRUCTIONS[t] for t in tasks}, "cameras": cameras, "orientation": orientation,
                "image_size": [image_size, image_size], "control_hz": CONTROL_HZ, "action_repeat": ACTION_REPEAT,
                "state": ["hand_x", "hand_y", "hand_z", "gripper_opening"],
                "action": ["dx", "dy", "dz", "gripper_effort"], "seed": seed, "after_success_ticks": AFTER_SUCCESS,
@@ -178,13 +183,21 @@ def add_arguments(p) -> None:
                    help="rendered radius of the goal marker in m (default 0.04; MetaWorld's own is 0.02)")
     p.add_argument("--move-targets", type=float, default=0.0,
                    help="fraction of reach/button episodes whose target moves once mid-episode (expert follows)")
+    p.add_argument("--cameras", default=None,
+                   help="MetaWorld cameras for Base View and Top View (default: corner,topview; before the v4 "
+                        "checkpoint: corner3,topview)")
 
 
 def run(args) -> int:
-    from .metaworld import DEFAULT_TASKS
+    from .metaworld import DEFAULT_TASKS, camera_map
 
-    summary = generate(args.tasks or ",".join(DEFAULT_TASKS), args.episodes, args.out, args.image_size,
-                       args.max_ticks, args.seed, args.orientation, args.action_noise, args.placements,
-                       args.goal_marker_radius, args.move_targets)
+    try:  # a bad flag is named before anything is written (the env checks camera names against the scene)
+        summary = generate(args.tasks or ",".join(DEFAULT_TASKS), args.episodes, args.out, args.image_size,
+                           args.max_ticks, args.seed, args.orientation, args.action_noise, args.placements,
+                           args.goal_marker_radius, args.move_targets,
+                           camera_map(args.cameras) if args.cameras else None)
+    except ValueError as e:
+        print(f"xr0 data metaworld: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(summary))
     return 0

@@ -1,0 +1,79 @@
+"""Where a checkpoint's reach-v3 episodes end relative to their goal: per episode the goal, the hand's closest
+approach and its error per axis at the end; then success by goal height (lower, middle, upper third of the range).
+Usage: python benchmarks/reach_errors.py [--checkpoint embedded] [--seeds 1000,2000] [--episodes 10]
+       [--executor async] [--latency-ms 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+import torch
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from xr0.sim.evaluate import checkpoint_setup, load_policy, make_env, make_runner, render_view  # noqa: E402
+from xr0.sim.protocol import ChunkPolicy  # noqa: E402
+
+
+class _HandLog:
+    """Wraps the env: the hand (tool centre) position after every tick."""
+
+    def __init__(self, env):
+        self.env, self.hands = env, []
+
+    def observe(self):
+        return self.env.observe()
+
+    def act(self, action):
+        out = self.env.act(action)
+        self.hands.append(self.env.sim.tcp_center.copy())
+        return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoint", default="embedded")
+    ap.add_argument("--seeds", default="1000,2000")
+    ap.add_argument("--episodes", type=int, default=10, help="per seed")
+    ap.add_argument("--executor", default="async")
+    ap.add_argument("--latency-ms", type=float, default=100.0)
+    ap.add_argument("--max-ticks", type=int, default=100)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    policy = load_policy(args.checkpoint, None)
+    view = render_view(checkpoint_setup(args.checkpoint))
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        env = make_env(policy, "reach-v3", seed, **view)
+        for ep in range(args.episodes):  # the same placements and sampling seeds as `xr0 eval metaworld`
+            env.reset()
+            goal = env.target().copy()
+            infer = ChunkPolicy(policy, None, policy.robot(None).action_dim,
+                                seed_of_call=lambda call, _ep=ep, _s=seed: _s * 100_003 + _ep * 1009 + call)
+            log = _HandLog(env)
+            make_runner(policy, args.executor, log, infer, args.latency_ms).run(args.max_ticks,
+                                                                              stop=lambda: env.success)
+            hands = np.array(log.hands)
+            row = {"seed": seed, "episode": ep, "success": bool(env.success), "goal": goal.round(3).tolist(),
+                   "end_error": (hands[-1] - goal).round(3).tolist(),
+                   "closest_m": round(float(np.linalg.norm(hands - goal, axis=1).min()), 3)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        env.close()
+    lo, hi = env.sim.goal_space.low[2], env.sim.goal_space.high[2]
+    third = np.minimum(((np.array([r["goal"][2] for r in rows]) - lo) / (hi - lo) * 3).astype(int), 2)
+    ok = np.array([r["success"] for r in rows])
+    failed = [r for r in rows if not r["success"]]
+    print(json.dumps({"episodes": len(rows), "success_rate": float(ok.mean()),
+                      "success_by_goal_height": {name: f"{int(ok[third == i].sum())}/{int((third == i).sum())}"
+                                                 for i, name in enumerate(("lower", "middle", "upper"))},
+                      "failed_mean_end_error_xyz": np.mean([r["end_error"] for r in failed], 0).round(3).tolist()
+                      if failed else None}))
+
+
+if __name__ == "__main__":
+    main()
