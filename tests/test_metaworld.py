@@ -314,9 +314,11 @@ def test_move_target_moves_button_and_goal_and_restarts_success():
         env = MetaWorldEnv(task, seed=0, image_size=(32, 32))
         try:
             before = env.target()
+            view = env.render("topview")
             env.success = True
             after = env.move_target()
             assert not env.success and abs(after[0] - before[0]) >= 0.1 - 1e-9, (task, before, after)
+            assert not np.array_equal(env.render("topview"), view), task  # drawn at once, before any step
             np.testing.assert_allclose(after[1:], before[1:], atol=1e-3)  # sideways only
             env.act(np.zeros(4))  # the expert's observation follows: its chunk heads for the new target
             chunk = expert_chunk(env, 10)

@@ -212,6 +212,7 @@ class MetaWorldEnv:
         if self.task == "reach-v3":
             self.sim._target_pos = self.goal() + shift
             self.sim.model.site("goal").pos = self.sim._target_pos
+            mujoco.mj_forward(self.sim.model, self.sim.data)  # the marker is drawn where it is now, not after a step
             self._obs[36:39] = self.sim._target_pos
         elif self.task == "button-press-topdown-v3":
             box = self.sim.model.body("box")
