@@ -51,7 +51,8 @@ def main() -> None:
                         (np.vstack([jacobian(ids[c], p) for c in pair]) for p in grid)])
         margin = min(args.size / 2 - np.abs(project(model, data, ids[c], p, args.size)).max()
                      for p in grid for c in pair)
-        rows.append({"cameras": list(pair), "cm_per_px_median": dict(zip("xyz", np.median(err, 0).round(2).tolist())),
+        median = np.median(err, 0).round(2).tolist()
+        rows.append({"cameras": list(pair), "cm_per_px_median": dict(zip("xyz", median)),
                      "cm_per_px_worst_z": round(float(err[:, 2].max()), 2), "border_margin_px": round(float(margin), 1)})
     env.close()
     for r in sorted(rows, key=lambda r: r["cm_per_px_median"]["z"]):

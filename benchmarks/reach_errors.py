@@ -1,5 +1,8 @@
 """Where a checkpoint's reach-v3 episodes end relative to their goal: per episode the goal, the hand's closest
-approach and its error per axis at the end; then success by goal height (lower, middle, upper third of the range).
+approach and its error per axis at the end; then success by goal height (lower, middle, upper third of the range);
+then how the first chunk at reset follows the goal's height: for goals at x = 0, y = 0.85 and z = 0.08 ... 0.29 m,
+the summed xyz motion of its first 10 actions (mean of 4 sampling seeds) against MetaWorld's scripted expert, and
+the least-squares slope of the policy's dz sum on the expert's (1 = follows the height in full, 0 = ignores it).
 Usage: python benchmarks/reach_errors.py [--checkpoint embedded] [--seeds 1000,2000] [--episodes 10]
        [--executor async] [--latency-ms 100]
 """
@@ -16,7 +19,28 @@ import torch
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from xr0.sim.evaluate import checkpoint_setup, load_policy, make_env, make_runner, render_view  # noqa: E402
-from xr0.sim.protocol import ChunkPolicy  # noqa: E402
+from xr0.sim.protocol import ChunkPolicy, pad_state  # noqa: E402
+from xr0.sim.reactivity import expert_chunk  # noqa: E402
+
+HEIGHTS = (0.08, 0.15, 0.22, 0.29)  # goal z (m) of the first-chunk probe, across reach-v3's 0.05-0.30 range
+
+
+def first_chunk_heights(policy, env, rows: int = 10) -> dict:
+    """Summed xyz motion of the first `rows` actions at reset, policy (4 sampling seeds) vs expert, per goal height."""
+    state_dim, T = policy.robot(None).state_dim, policy.config.chunk_len
+    out = {"goal_z": list(HEIGHTS), "policy_dxyz": [], "expert_dxyz": []}
+    for z in HEIGHTS:
+        env.reset()
+        env.move_target(to=np.array([0.0, 0.85, z]))
+        obs = env.observe()
+        sums = [np.asarray(policy.sample(obs["images"], obs["prompt"], pad_state(obs["state"], state_dim),
+                                         seed=s), dtype=np.float64)[:rows, :3].sum(0) for s in range(4)]
+        out["policy_dxyz"].append(np.mean(sums, 0).round(2).tolist())
+        expert = np.asarray(expert_chunk(env, T), dtype=np.float64)
+        out["expert_dxyz"].append(expert[:rows, :3].sum(0).round(2).tolist())
+    pz, ez = np.array(out["policy_dxyz"])[:, 2], np.array(out["expert_dxyz"])[:, 2]
+    out["dz_slope"] = round(float(np.polyfit(ez, pz, 1)[0]), 2)
+    return out
 
 
 class _HandLog:
@@ -63,6 +87,8 @@ def main() -> None:
                    "closest_m": round(float(np.linalg.norm(hands - goal, axis=1).min()), 3)}
             rows.append(row)
             print(json.dumps(row), flush=True)
+        if seed == int(args.seeds.split(",")[0]):
+            heights = first_chunk_heights(policy, env)
         env.close()
     lo, hi = env.sim.goal_space.low[2], env.sim.goal_space.high[2]
     third = np.minimum(((np.array([r["goal"][2] for r in rows]) - lo) / (hi - lo) * 3).astype(int), 2)
@@ -72,7 +98,7 @@ def main() -> None:
                       "success_by_goal_height": {name: f"{int(ok[third == i].sum())}/{int((third == i).sum())}"
                                                  for i, name in enumerate(("lower", "middle", "upper"))},
                       "failed_mean_end_error_xyz": np.mean([r["end_error"] for r in failed], 0).round(3).tolist()
-                      if failed else None}))
+                      if failed else None, "first_chunk_vs_goal_height": heights}))
 
 
 if __name__ == "__main__":
