@@ -18,7 +18,8 @@ import torch
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from xr0.sim.evaluate import checkpoint_setup, load_policy, make_env, make_runner, render_view  # noqa: E402
+from xr0.sim.evaluate import (checkpoint_setup, load_policy, make_env, make_runner, render_view,  # noqa: E402
+                              sampling_seeds)
 from xr0.sim.protocol import ChunkPolicy, pad_state  # noqa: E402
 from xr0.sim.reactivity import expert_chunk  # noqa: E402
 
@@ -70,14 +71,15 @@ def main() -> None:
     torch.set_num_threads(1)
     policy = load_policy(args.checkpoint, None)
     view = render_view(checkpoint_setup(args.checkpoint))
+    seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in seeds:
         env = make_env(policy, "reach-v3", seed, **view)
+        z_range = env.sim.goal_space.low[2], env.sim.goal_space.high[2]
         for ep in range(args.episodes):  # the same placements and sampling seeds as `xr0 eval metaworld`
             env.reset()
             goal = env.target().copy()
-            infer = ChunkPolicy(policy, None, policy.robot(None).action_dim,
-                                seed_of_call=lambda call, _ep=ep, _s=seed: _s * 100_003 + _ep * 1009 + call)
+            infer = ChunkPolicy(policy, None, policy.robot(None).action_dim, seed_of_call=sampling_seeds(seed, ep))
             log = _HandLog(env)
             make_runner(policy, args.executor, log, infer, args.latency_ms).run(args.max_ticks,
                                                                               stop=lambda: env.success)
@@ -87,10 +89,10 @@ def main() -> None:
                    "closest_m": round(float(np.linalg.norm(hands - goal, axis=1).min()), 3)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-        if seed == int(args.seeds.split(",")[0]):
+        if seed == seeds[0]:
             heights = first_chunk_heights(policy, env)
         env.close()
-    lo, hi = env.sim.goal_space.low[2], env.sim.goal_space.high[2]
+    lo, hi = z_range
     third = np.minimum(((np.array([r["goal"][2] for r in rows]) - lo) / (hi - lo) * 3).astype(int), 2)
     ok = np.array([r["success"] for r in rows])
     failed = [r for r in rows if not r["success"]]

@@ -113,8 +113,8 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
         env = make_env(policy, task, seed, orientation, cameras, image_size, goal_marker_radius)
         for ep in range(episodes):
             env.reset()
-            infer = ChunkPolicy(policy, None, act_dims, seed_of_call=lambda call, _ep=ep: seed * 100_003 + _ep * 1009
-                                + call, steps=steps, wall_ms=wall_ms)
+            infer = ChunkPolicy(policy, None, act_dims, seed_of_call=sampling_seeds(seed, ep), steps=steps,
+                                wall_ms=wall_ms)
             recorder = _VideoRecorder(env) if video_dir else None
             runner = make_runner(policy, executor, recorder or env, infer, latency_ms, k)
             try:
@@ -139,6 +139,12 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
         env.close()
     bar.close()
     return summarize(rows, tasks, executor, latency_ms, wall_ms, hz), traces
+
+
+def sampling_seeds(seed: int, episode: int):
+    """`ChunkPolicy(seed_of_call=...)` for one episode: the flow's noise seed of each inference call, the same in
+    `evaluate`, the reactivity probe and the benchmarks that replay its episodes."""
+    return lambda call: seed * 100_003 + episode * 1009 + call
 
 
 def make_env(policy, task: str, seed: int, orientation: str | None, cameras: dict[str, str] | None,

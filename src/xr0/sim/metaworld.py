@@ -72,7 +72,7 @@ def require_metaworld():
     return gym, mujoco
 
 
-def camera_map(spec: str) -> dict[str, str]:
+def parse_cameras(spec: str) -> dict[str, str]:
     """`--cameras corner,topview` -> {"Base View": "corner", "Top View": "topview"} (CAMERAS' xr0 names in order)."""
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if len(names) != len(CAMERAS):

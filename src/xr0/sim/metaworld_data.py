@@ -189,13 +189,13 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from .metaworld import DEFAULT_TASKS, camera_map
+    from .metaworld import DEFAULT_TASKS, parse_cameras
 
     try:  # a bad flag is named before anything is written (the env checks camera names against the scene)
         summary = generate(args.tasks or ",".join(DEFAULT_TASKS), args.episodes, args.out, args.image_size,
                            args.max_ticks, args.seed, args.orientation, args.action_noise, args.placements,
                            args.goal_marker_radius, args.move_targets,
-                           camera_map(args.cameras) if args.cameras else None)
+                           parse_cameras(args.cameras) if args.cameras else None)
     except ValueError as e:
         print(f"xr0 data metaworld: {e}", file=sys.stderr)
         return 2

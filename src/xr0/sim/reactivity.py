@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .evaluate import make_env, make_runner
+from .evaluate import make_env, make_runner, sampling_seeds
 from .protocol import ChunkPolicy
 
 COS_THRESHOLD = 0.8  # "turned toward the new target"
@@ -142,8 +142,7 @@ def reactivity(policy, executor: str = "async", latency_ms: float = 100.0, episo
             def infer(obs, prefix, prefix_weights=None):
                 return expert_chunk(env, T, prefix)
         else:
-            infer = ChunkPolicy(policy, None, policy.robot(None).action_dim,
-                                seed_of_call=lambda call, _ep=ep: seed * 100_003 + _ep * 1009 + call)
+            infer = ChunkPolicy(policy, None, policy.robot(None).action_dim, seed_of_call=sampling_seeds(seed, ep))
         log = _ChunkLog(infer, env, T)
         log.runner = make_runner(policy, executor, mover, log, latency_ms, k)
         log.runner.run(max_ticks, stop=lambda: mover.moved and env.success)  # success before the move goes on

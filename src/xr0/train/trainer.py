@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -237,14 +238,15 @@ class Trainer:
         gen = lambda x: torch.Generator().manual_seed(int(x) & (2**63 - 1))  # noqa: E731
         return random.Random(int(a)), gen(b), gen(c)
 
-    def _batch_job(self) -> BatchJob:
+    @functools.cached_property
+    def batch_job(self) -> BatchJob:
         """Sample positions -> a training batch: the one recipe the in-process path and the data workers share."""
         cfg = self.cfg
         return BatchJob(self.dataset, self.sampler, self.policy.config, self.policy.processor,
                         self.policy.robot(cfg.robot_type), dict(self.cam_map), cfg.seed, cfg.augment, cfg.state_dropout)
 
     def _samples(self, positions) -> list[dict]:
-        return self._batch_job().samples(positions)
+        return self.batch_job.samples(positions)
 
     @contextlib.contextmanager
     def _data_workers(self, end: int):
@@ -254,10 +256,10 @@ class Trainer:
         if not cfg.num_workers or self.step >= end:
             yield
             return
-        with MicroBatches(self._batch_job(), start_position=self.data_position, steps=end - self.step, batch_size=cfg.batch_size,
-                          grad_accum=cfg.grad_accum, world=d.world, rank=d.rank, overfit=cfg.overfit_batch,
-                          num_workers=cfg.num_workers, prefetch=cfg.prefetch, pin_memory=d.device.type == "cuda",
-                          seed=cfg.seed, first_step=self.step) as loader:
+        with MicroBatches(self.batch_job, start_position=self.data_position, steps=end - self.step,
+                          batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, world=d.world, rank=d.rank,
+                          overfit=cfg.overfit_batch, num_workers=cfg.num_workers, prefetch=cfg.prefetch,
+                          pin_memory=d.device.type == "cuda", seed=cfg.seed, first_step=self.step) as loader:
             self._loader = loader
             try:
                 yield
@@ -303,8 +305,7 @@ class Trainer:
             if self._loader is not None:  # --num-workers: made ahead, in this order, by the data workers
                 batch = self._loader.next(first)
             else:
-                job = self._batch_job()
-                batch = job.collate(job.samples(range(first, first + cfg.batch_size)))
+                batch = self.batch_job.collate(self.batch_job.samples(range(first, first + cfg.batch_size)))
             rng, shared, own = self._streams(self.step, m)
             opts = self.recipe.options(self.policy.config.chunk_len, rng, own, shared)
             prefix.append(opts.prefix_len)
