@@ -4,7 +4,7 @@ then how the first chunk at reset follows the goal's height: for goals at x = 0,
 the summed xyz motion of its first 10 actions (mean of 4 sampling seeds) against MetaWorld's scripted expert, and
 the least-squares slope of the policy's dz sum on the expert's (1 = follows the height in full, 0 = ignores it).
 Usage: python benchmarks/reach_errors.py [--checkpoint embedded] [--seeds 1000,2000] [--episodes 10]
-       [--executor async] [--latency-ms 100]
+       [--executor async] [--latency-ms 100] [--placements mt1|fresh]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+from xr0.sim.metaworld import PLACEMENTS  # noqa: E402
 from xr0.sim.evaluate import (checkpoint_setup, load_policy, make_env, make_runner, render_view,  # noqa: E402
                               sampling_seeds)
 from xr0.sim.protocol import ChunkPolicy, pad_state  # noqa: E402
@@ -67,6 +68,9 @@ def main() -> None:
     ap.add_argument("--executor", default="async")
     ap.add_argument("--latency-ms", type=float, default=100.0)
     ap.add_argument("--max-ticks", type=int, default=100)
+    ap.add_argument("--placements", choices=PLACEMENTS, default="mt1",
+                    help="mt1: as `xr0 eval metaworld`; fresh with --seeds 0: the training data's own reach placements "
+                         "(`xr0 data metaworld --placements fresh`, seed 0)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     policy = load_policy(args.checkpoint, None)
@@ -74,7 +78,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
     for seed in seeds:
-        env = make_env(policy, "reach-v3", seed, **view)
+        env = make_env(policy, "reach-v3", seed, **view, placements=args.placements)
         z_range = env.sim.goal_space.low[2], env.sim.goal_space.high[2]
         for ep in range(args.episodes):  # the same placements and sampling seeds as `xr0 eval metaworld`
             env.reset()

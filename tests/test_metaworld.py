@@ -212,6 +212,29 @@ def test_goal_marker_is_drawn_larger_and_only_drawn():
         MetaWorldEnv("reach-v3", goal_marker_radius=0.0)
 
 
+
+@pytest.mark.parametrize("placements", ["fresh", "mt1"])
+def test_first_frame_shows_the_new_placement(placements):
+    """The frame `reset()` returns is the scene of the new episode: recomputing the world poses changes no pixel and
+    the reach marker is drawn at the goal (MetaWorld's reset alone left drawers, windows and the marker where the
+    previous episode had them until the first step)."""
+    import mujoco
+
+    for task in ("reach-v3", "window-open-v3"):
+        env = MetaWorldEnv(task, seed=0, image_size=(64, 64), placements=placements)
+        try:
+            for _ in range(2):
+                shown = env.reset()["images"]
+                state = env.state().copy()
+                mujoco.mj_forward(env.sim.model, env.sim.data)
+                for view, img in env.observe()["images"].items():
+                    np.testing.assert_array_equal(shown[view], img, err_msg=f"{task} {placements} {view}")
+                np.testing.assert_array_equal(env.state(), state)
+                if task == "reach-v3":
+                    np.testing.assert_allclose(env.sim.data.site("goal").xpos, env.goal(), atol=1e-9)
+        finally:
+            env.close()
+
 def test_episode_counts_per_task():
     tasks = ["reach-v3", "drawer-open-v3"]
     assert episode_counts(40, tasks) == {"reach-v3": 40, "drawer-open-v3": 40}

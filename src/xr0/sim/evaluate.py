@@ -148,15 +148,16 @@ def sampling_seeds(seed: int, episode: int):
 
 
 def make_env(policy, task: str, seed: int, orientation: str | None, cameras: dict[str, str] | None,
-             image_size: tuple[int, int] | None = None, goal_marker_radius: float | None = None):
+             image_size: tuple[int, int] | None = None, goal_marker_radius: float | None = None,
+             placements: str = "mt1"):
     """The MetaWorld task rendered the way the policy's training data were (cameras, orientation, image size,
-    goal marker)."""
+    goal marker). `placements`: "mt1" (evaluation), or "fresh" with the data's seed to replay its placements."""
     from .metaworld import DEFAULT_GOAL_MARKER_RADIUS, DEFAULT_ORIENTATION, MetaWorldEnv
 
     return MetaWorldEnv(task, seed=seed, image_size=tuple(image_size or policy.config.image_size),
                         cameras=_camera_map(policy.config.cameras, cameras),
                         orientation=orientation or DEFAULT_ORIENTATION,
-                        goal_marker_radius=goal_marker_radius or DEFAULT_GOAL_MARKER_RADIUS)
+                        goal_marker_radius=goal_marker_radius or DEFAULT_GOAL_MARKER_RADIUS, placements=placements)
 
 
 def make_runner(policy, executor: str, env, infer, latency_ms: float, k: int | None = None):

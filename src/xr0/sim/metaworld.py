@@ -100,6 +100,7 @@ class MetaWorldEnv:
                  cameras: dict[str, str] | None = None, orientation: str = DEFAULT_ORIENTATION,
                  placements: str = "mt1", goal_marker_radius: float = DEFAULT_GOAL_MARKER_RADIUS):
         gym, mujoco = require_metaworld()
+        self._mujoco = mujoco
         check_tasks([task])
         if orientation not in ORIENTATIONS:
             raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
@@ -139,6 +140,10 @@ class MetaWorldEnv:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self._obs, _ = self.env.reset()
+        # MetaWorld's reset places the objects and the goal site without recomputing their world poses, so the
+        # first frame would show them where the previous episode left them (drawers, windows, the reach marker)
+        # until the first physics step; this only recomputes derived quantities, the state is unchanged.
+        self._mujoco.mj_forward(self.sim.model, self.sim.data)
         self.success, self.ticks, self.success_tick = False, 0, None
         return self.observe()
 
@@ -201,7 +206,7 @@ class MetaWorldEnv:
         10 cm, and inside the task's range, where the observation is not clipped). What the cameras show moves with
         it, the observation vector the expert reads is updated, and success starts over. reach-v3 moves its goal and
         marker, button-press-topdown-v3 its button box (unpressed). Returns the new `target()`."""
-        _, mujoco = require_metaworld()
+        mujoco = self._mujoco
         now = self.target()
         if to is None:
             x = now[0]
