@@ -18,9 +18,9 @@ import torch
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from xr0.sim.metaworld import PLACEMENTS  # noqa: E402
 from xr0.sim.evaluate import (checkpoint_setup, load_policy, make_env, make_runner, render_view,  # noqa: E402
                               sampling_seeds)
+from xr0.sim.metaworld import PLACEMENTS  # noqa: E402
 from xr0.sim.protocol import ChunkPolicy, pad_state  # noqa: E402
 from xr0.sim.reactivity import expert_chunk  # noqa: E402
 

@@ -212,7 +212,6 @@ def test_goal_marker_is_drawn_larger_and_only_drawn():
         MetaWorldEnv("reach-v3", goal_marker_radius=0.0)
 
 
-
 @pytest.mark.parametrize("placements", ["fresh", "mt1"])
 def test_first_frame_shows_the_new_placement(placements):
     """The frame `reset()` returns is the scene of the new episode: recomputing the world poses changes no pixel and
@@ -234,6 +233,7 @@ def test_first_frame_shows_the_new_placement(placements):
                     np.testing.assert_allclose(env.sim.data.site("goal").xpos, env.goal(), atol=1e-9)
         finally:
             env.close()
+
 
 def test_episode_counts_per_task():
     tasks = ["reach-v3", "drawer-open-v3"]
