@@ -80,7 +80,7 @@ def main() -> None:
     for seed in seeds:
         env = make_env(policy, "reach-v3", seed, **view, placements=args.placements)
         z_range = env.sim.goal_space.low[2], env.sim.goal_space.high[2]
-        for ep in range(args.episodes):  # the same placements and sampling seeds as `xr0 eval metaworld`
+        for ep in range(args.episodes):  # mt1: the same placements and sampling seeds as `xr0 eval metaworld`
             env.reset()
             goal = env.target().copy()
             infer = ChunkPolicy(policy, None, policy.robot(None).action_dim, seed_of_call=sampling_seeds(seed, ep))
