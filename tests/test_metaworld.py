@@ -16,7 +16,7 @@ from xr0.sim.evaluate import checkpoint_setup, evaluate, load_policy, make_env  
 from xr0.sim.reactivity import copying_index, expert_chunk, reactivity  # noqa: E402
 from xr0.sim.export import export  # noqa: E402
 from xr0.sim.metaworld import (CAMERAS, DEFAULT_GOAL_MARKER_RADIUS, DEFAULT_ORIENTATION,  # noqa: E402
-                               STOCK_GOAL_MARKER_RADIUS, MetaWorldEnv)
+                               HAND_START_RANGE, STOCK_GOAL_MARKER_RADIUS, MetaWorldEnv)
 
 TASKS = ["reach-v3", "handle-press-v3"]
 
@@ -375,6 +375,36 @@ def test_demonstrations_with_moved_targets(tmp_path):
     assert json.loads((tmp_path / "moved" / "meta" / "xr0_metaworld.json").read_text())["move_targets"] == 1.0
     with pytest.raises(ValueError, match="move-targets"):
         generate(["reach-v3"], 1, tmp_path / "bad", move_targets=1.5)
+
+
+def test_demonstrations_from_random_hand_starts(tmp_path):
+    """--hand-starts 1: every reach episode starts the hand inside HAND_START_RANGE, not at the task's own start
+    (the goal placement is drawn as usual), and the expert still succeeds; the own start is kept for later resets,
+    and a task whose expert assumes its own start refuses one."""
+    own = np.array([0.0, 0.6, 0.2])
+    env = MetaWorldEnv("reach-v3", seed=0, image_size=(32, 32))
+    try:
+        start = np.array([0.1, 0.9, 0.1])
+        assert np.linalg.norm(env.reset(hand_start=start)["state"][:3] - start) < 0.04  # MetaWorld's reset gets close
+        assert np.linalg.norm(env.reset()["state"][:3] - own) < 0.01
+    finally:
+        env.close()
+    summary = generate(["reach-v3"], 3, tmp_path / "starts", image_size=32, max_ticks=120, hand_starts=1.0)
+    assert summary["tasks"]["reach-v3"]["hand_starts"] == 3 and summary["tasks"]["reach-v3"]["kept"] == 3
+    ds = LeRobotV3Dataset(tmp_path / "starts", chunk_len=4)
+    firsts = np.stack([ds[i]["state"][:3] for i in range(len(ds)) if ds[i]["frame"] == 0])
+    low, high = (np.array(b) for b in HAND_START_RANGE)
+    assert len(firsts) == 3 and np.all(np.linalg.norm(firsts - own, axis=1) > 0.04)
+    assert np.all(firsts > low - 0.04) and np.all(firsts < high + 0.04)
+    assert json.loads((tmp_path / "starts" / "meta" / "xr0_metaworld.json").read_text())["hand_starts"] == 1.0
+    with pytest.raises(ValueError, match="hand-starts"):
+        generate(["reach-v3"], 1, tmp_path / "bad", hand_starts=-0.1)
+    env = MetaWorldEnv("drawer-open-v3", seed=0, image_size=(32, 32))
+    try:
+        with pytest.raises(ValueError, match="hand_start"):
+            env.reset(hand_start=own)
+    finally:
+        env.close()
 
 
 def test_cli_data_and_random_policy_eval(tmp_path, capsys):

@@ -55,6 +55,11 @@ INSTRUCTIONS = {
 }
 # Tasks whose target `MetaWorldEnv.move_target` can move mid-episode (the reactivity probe, xr0.sim.reactivity).
 MOVABLE_TARGETS = ("reach-v3", "button-press-topdown-v3")
+# Where `reset(hand_start=)` may start the hand (xyz, m; reach-v3 only, whose expert servos straight to the goal from
+# anywhere): around and beyond reach's goal range (x -0.1..0.1, y 0.8..0.9, z 0.05..0.3; the hand's own start is
+# 0, 0.6, 0.2), so demonstrations also show the way back from where a policy that overshoots ends up.
+HAND_START_TASKS = ("reach-v3",)
+HAND_START_RANGE = ((-0.15, 0.55, 0.08), (0.15, 0.95, 0.32))
 # Tasks whose goal is visible in the cameras (push's goal marker is a few pixels at 128x128).
 DEFAULT_TASKS = ("reach-v3", "drawer-open-v3", "drawer-close-v3", "button-press-topdown-v3", "window-open-v3",
                  "handle-press-v3")
@@ -136,10 +141,20 @@ class MetaWorldEnv:
         self.period = 1.0 / CONTROL_HZ
         self.reset()
 
-    def reset(self) -> dict:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self._obs, _ = self.env.reset()
+    def reset(self, hand_start: np.ndarray | None = None) -> dict:
+        """A new episode (the next placement). `hand_start` (xyz, HAND_START_TASKS only): the hand starts there
+        instead of at the task's own start; MetaWorld's reset moves it there before it places the goal."""
+        own = self.sim.hand_init_pos
+        if hand_start is not None:
+            if self.task not in HAND_START_TASKS:
+                raise ValueError(f"{self.task}: hand_start is for {HAND_START_TASKS} only")
+            self.sim.hand_init_pos = np.asarray(hand_start, dtype=np.float64)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._obs, _ = self.env.reset()
+        finally:
+            self.sim.hand_init_pos = own
         # MetaWorld's reset places the objects and the goal site without recomputing their world poses, so the
         # first frame would show them where the previous episode left them (drawers, windows, the reach marker)
         # until the first physics step; this only recomputes derived quantities, the state is unchanged.
@@ -245,6 +260,11 @@ class MetaWorldEnv:
             if np.linalg.norm(to - now) >= min_distance:
                 return to
         raise RuntimeError(f"{self.task}: no target {min_distance} m away from {now} in {low}..{high}")
+
+    @staticmethod
+    def random_hand_start(rng: np.random.Generator) -> np.ndarray:
+        """A hand start for `reset(hand_start=)`, uniform over HAND_START_RANGE."""
+        return rng.uniform(*HAND_START_RANGE)
 
     def goal(self) -> np.ndarray:
         return np.asarray(self.sim._target_pos, dtype=np.float64).copy()

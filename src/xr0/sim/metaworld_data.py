@@ -43,7 +43,7 @@ def episode_counts(spec, tasks) -> dict[str, int]:
 def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, seed: int = 0,
              orientation: str | None = None, action_noise: float = 0.0, placements: str = "mt1",
              goal_marker_radius: float | None = None, move_targets: float = 0.0,
-             cameras: dict[str, str] | None = None) -> dict:
+             cameras: dict[str, str] | None = None, hand_starts: float = 0.0) -> dict:
     """Roll out MetaWorld's experts and keep the successful episodes. Returns a summary (printed as JSON).
 
     `action_noise` > 0 (DART-style): the arm executes the expert's xyz action plus Gaussian noise of that standard
@@ -58,6 +58,11 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
     reactivity probe's situation; without them the target only matters at the start of an episode). An episode
     whose move is still pending keeps recording past its success, the hand held at the old target.
 
+    `hand_starts` in [0, 1]: that fraction of the episodes of HAND_START_TASKS (reach) start the hand at a random
+    point of HAND_START_RANGE, around and beyond the goals, instead of the task's own start (evaluation always uses
+    the own start): demonstrations of the way to the goal from where a policy that overshoots ends up, which the
+    demonstrations from the own start never show.
+
     `cameras`: xr0 camera name -> MetaWorld camera (default xr0.sim.metaworld.CAMERAS).
 
     `placements` (xr0.sim.metaworld.PLACEMENTS): "mt1" draws from MetaWorld's 50 placements per seed (40 episodes
@@ -70,7 +75,7 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
     orientation, control rate), which evaluation has to reproduce.
     """
     from .metaworld import (ACTION_DIM, ACTION_REPEAT, CAMERAS, CONTROL_HZ, DEFAULT_GOAL_MARKER_RADIUS,
-                            DEFAULT_ORIENTATION, ENV_STATE_NAMES, INSTRUCTIONS, MAX_TICKS, MOVABLE_TARGETS, STATE_DIM,
+                            DEFAULT_ORIENTATION, ENV_STATE_NAMES, HAND_START_TASKS, INSTRUCTIONS, MAX_TICKS, MOVABLE_TARGETS, STATE_DIM,
                             MetaWorldEnv, check_tasks)
     from ..data.lerobot_v3 import LeRobotV3Writer
 
@@ -82,6 +87,8 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
         raise ValueError(f"--action-noise must be in [0, 1], got {action_noise}")
     if not 0.0 <= move_targets <= 1.0:
         raise ValueError(f"--move-targets must be a fraction in [0, 1], got {move_targets}")
+    if not 0.0 <= hand_starts <= 1.0:
+        raise ValueError(f"--hand-starts must be a fraction in [0, 1], got {hand_starts}")
     if not 1 <= max_ticks <= MAX_TICKS:
         raise ValueError(f"--max-steps must be in 1..{MAX_TICKS} (MetaWorld's horizon), got {max_ticks}")
     orientation = orientation or DEFAULT_ORIENTATION
@@ -95,14 +102,18 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
     bar = tqdm(total=sum(counts.values()), desc="metaworld demos", unit="ep")
     noise = np.random.default_rng([seed, 0xDA27])
     mover = np.random.default_rng([seed, 0x40E])
+    starter = np.random.default_rng([seed, 0x5A27])
     for task in tasks:
         env = MetaWorldEnv(task, seed=seed, image_size=size, orientation=orientation, placements=placements,
                            goal_marker_radius=radius, cameras=cameras)
-        kept = failed = moved = 0
+        kept = failed = moved = started = 0
         episodes = counts[task]
         task_start = time.perf_counter()
         while kept < episodes:
-            obs = env.reset()
+            hand_start = None
+            if task in HAND_START_TASKS and starter.random() < hand_starts:
+                hand_start = env.random_hand_start(starter)
+            obs = env.reset(hand_start=hand_start)
             move_at = None
             if task in MOVABLE_TARGETS and mover.random() < move_targets:
                 move_at = int(mover.integers(MOVE_TICKS[0], MOVE_TICKS[1] + 1))
@@ -136,10 +147,11 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
                                env.instruction, env_states=np.stack(env_states))
             kept += 1
             moved += move_at is not None
+            started += hand_start is not None
             summary["frames"] += len(states)
             bar.update(1)
             bar.set_postfix(task=task, frames=summary["frames"])
-        summary["tasks"][task] = {"kept": kept, "moved": moved, "failed": failed,
+        summary["tasks"][task] = {"kept": kept, "moved": moved, "hand_starts": started, "failed": failed,
                                   "expert_success": kept / (kept + failed),
                                   "seconds_per_episode": round((time.perf_counter() - task_start) / (kept + failed), 2)}
         env.close()
@@ -152,7 +164,7 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
                "action": ["dx", "dy", "dz", "gripper_effort"], "seed": seed, "after_success_ticks": AFTER_SUCCESS,
                "max_ticks": max_ticks, "action_noise": action_noise, "placements": placements,
                "episodes": counts, "goal_marker_radius": radius, "move_targets": move_targets,
-               "move_ticks": list(MOVE_TICKS)}
+               "move_ticks": list(MOVE_TICKS), "hand_starts": hand_starts}
     (pathlib.Path(out) / "meta" / "xr0_metaworld.json").write_text(json.dumps(sidecar, indent=2))
     size_mb = sum(f.stat().st_size for f in pathlib.Path(out).rglob("*") if f.is_file()) / 2**20
     summary.update(seconds=round(elapsed, 1), seconds_per_episode=round(elapsed / sum(counts.values()), 2),
@@ -183,6 +195,9 @@ def add_arguments(p) -> None:
                    help="rendered radius of the goal marker in m (default 0.04; MetaWorld's own is 0.02)")
     p.add_argument("--move-targets", type=float, default=0.0,
                    help="fraction of reach/button episodes whose target moves once mid-episode (expert follows)")
+    p.add_argument("--hand-starts", type=float, default=0.0,
+                   help="fraction of reach episodes whose hand starts at a random point around and beyond the "
+                        "goals (HAND_START_RANGE) instead of its own start")
     p.add_argument("--cameras", default=None,
                    help="MetaWorld cameras for Base View and Top View (default: corner,topview; before the v4 "
                         "checkpoint: corner3,topview)")
@@ -195,7 +210,7 @@ def run(args) -> int:
         summary = generate(args.tasks or ",".join(DEFAULT_TASKS), args.episodes, args.out, args.image_size,
                            args.max_ticks, args.seed, args.orientation, args.action_noise, args.placements,
                            args.goal_marker_radius, args.move_targets,
-                           parse_cameras(args.cameras) if args.cameras else None)
+                           parse_cameras(args.cameras) if args.cameras else None, args.hand_starts)
     except ValueError as e:
         print(f"xr0 data metaworld: {e}", file=sys.stderr)
         return 2
