@@ -10,7 +10,8 @@ import json
 
 from PIL import Image, ImageDraw
 
-COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (127, 127, 127)]
+COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+          (227, 119, 194), (127, 127, 127)]
 PANELS = [("reaction_ticks_mean", "reaction_ticks_se", "ticks until it turns to the new target", 40.0),
           ("success_after_move", "success_after_move_se", "success after the move", 1.0),
           ("copying_index", "copying_index_se", "copying index (1 = copies the old plan)", 1.0)]
