@@ -75,8 +75,8 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
     orientation, control rate), which evaluation has to reproduce.
     """
     from .metaworld import (ACTION_DIM, ACTION_REPEAT, CAMERAS, CONTROL_HZ, DEFAULT_GOAL_MARKER_RADIUS,
-                            DEFAULT_ORIENTATION, ENV_STATE_NAMES, HAND_START_TASKS, INSTRUCTIONS, MAX_TICKS, MOVABLE_TARGETS, STATE_DIM,
-                            MetaWorldEnv, check_tasks)
+                            DEFAULT_ORIENTATION, ENV_STATE_NAMES, HAND_START_TASKS, INSTRUCTIONS, MAX_TICKS,
+                            MOVABLE_TARGETS, STATE_DIM, MetaWorldEnv, check_tasks)
     from ..data.lerobot_v3 import LeRobotV3Writer
 
     tasks = check_tasks(tasks)
