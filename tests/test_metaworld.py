@@ -381,8 +381,8 @@ def test_demonstrations_from_random_hand_starts(tmp_path):
     """--hand-starts 1: every reach episode starts the hand inside HAND_START_RANGE, not at the task's own start
     (the goal placement is drawn as usual), and the expert still succeeds; the own start is kept for later resets,
     and a task whose expert assumes its own start refuses one."""
-    own = np.array([0.0, 0.6, 0.2])
     env = MetaWorldEnv("reach-v3", seed=0, image_size=(32, 32))
+    own = env.sim.hand_init_pos.copy()  # MetaWorld's own start, (0, 0.6, 0.2)
     try:
         start = np.array([0.1, 0.9, 0.1])
         assert np.linalg.norm(env.reset(hand_start=start)["state"][:3] - start) < 0.04  # MetaWorld's reset gets close
