@@ -11,7 +11,7 @@ import json
 from PIL import Image, ImageDraw
 
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-          (227, 119, 194), (127, 127, 127)]
+          (227, 119, 194), (127, 127, 127), (188, 189, 34)]
 PANELS = [("reaction_ticks_mean", "reaction_ticks_se", "ticks until it turns to the new target", 40.0),
           ("success_after_move", "success_after_move_se", "success after the move", 1.0),
           ("copying_index", "copying_index_se", "copying index (1 = copies the old plan)", 1.0)]
@@ -33,8 +33,9 @@ def plot(rows: list[dict], out: str) -> None:
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
     for s, name in enumerate(series):
-        d.rectangle([left + 150 * s, 10, left + 150 * s + 12, 22], fill=COLORS[s % len(COLORS)])
-        d.text((left + 150 * s + 16, 10), name, fill="black")
+        lx, ly = left + 150 * (s % 8), 8 + 15 * (s // 8)  # eight to a legend row
+        d.rectangle([lx, ly, lx + 12, ly + 12], fill=COLORS[s % len(COLORS)])
+        d.text((lx + 16, ly), name, fill="black")
     for ti, task in enumerate(tasks):
         y0 = top + ti * (ph + 50)
         for pi, (key, se_key, title, top_value) in enumerate(PANELS):
