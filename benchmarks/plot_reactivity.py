@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
           (227, 119, 194), (127, 127, 127), (188, 189, 34)]
+LEGEND_PER_ROW = 8
 PANELS = [("reaction_ticks_mean", "reaction_ticks_se", "ticks until it turns to the new target", 40.0),
           ("success_after_move", "success_after_move_se", "success after the move", 1.0),
           ("copying_index", "copying_index_se", "copying index (1 = copies the old plan)", 1.0)]
@@ -28,12 +29,13 @@ def plot(rows: list[dict], out: str) -> None:
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     executors = list(dict.fromkeys(r["executor"] for r in rows))
     series = list(dict.fromkeys(r["series"] for r in rows))
-    pw, ph, left, top = 420, 230, 60, 40
+    legend_rows = -(-len(series) // LEGEND_PER_ROW)
+    pw, ph, left, top = 420, 230, 60, 25 + 15 * legend_rows
     w, h = left + pw * len(PANELS) + 20, top + (ph + 50) * len(tasks) + 40
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
     for s, name in enumerate(series):
-        lx, ly = left + 150 * (s % 8), 8 + 15 * (s // 8)  # eight to a legend row
+        lx, ly = left + 150 * (s % LEGEND_PER_ROW), 8 + 15 * (s // LEGEND_PER_ROW)
         d.rectangle([lx, ly, lx + 12, ly + 12], fill=COLORS[s % len(COLORS)])
         d.text((lx + 16, ly), name, fill="black")
     for ti, task in enumerate(tasks):
