@@ -71,7 +71,7 @@ test-lerobot: $(STAMP) lerobot
 MW_TASKS ?= reach-v3,drawer-open-v3,drawer-close-v3,button-press-topdown-v3,window-open-v3,handle-press-v3
 train-metaworld: $(STAMP)
 	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/xr0 data metaworld --tasks $(MW_TASKS) --episodes 40,reach-v3=150,window-open-v3=60 \
-		--placements fresh --hand-starts 0.33 --out runs/mw-data
+		--placements fresh --hand-starts 0.33 --goal-marker-color green --out runs/mw-data
 	$(BIN)/xr0 train --recipe post-async --preset small --chunk-len 20 --data runs/mw-data --robot-type metaworld \
 		--out runs/mw-train --steps 2400 --batch-size 16 --lr 3e-4 --warmup 100 --save-every 100 --keep 3 --dtype fp32 \
 		--env-state-loss 1.0 --start-frames 8 --start-repeat 3

@@ -12,7 +12,7 @@ pytest.importorskip("metaworld")
 from xr0.data.lerobot_v3 import LeRobotV3Dataset
 from xr0.train.inputs import view_title  # noqa: E402
 from xr0.sim.metaworld_data import episode_counts, generate  # noqa: E402
-from xr0.sim.evaluate import checkpoint_setup, evaluate, load_policy, make_env  # noqa: E402
+from xr0.sim.evaluate import checkpoint_setup, evaluate, load_policy, make_env, render_view  # noqa: E402
 from xr0.sim.reactivity import copying_index, expert_chunk, reactivity  # noqa: E402
 from xr0.sim.export import export  # noqa: E402
 from xr0.sim.metaworld import (CAMERAS, DEFAULT_GOAL_MARKER_RADIUS, DEFAULT_ORIENTATION,  # noqa: E402
@@ -83,9 +83,8 @@ def test_train_then_evaluate_sync_vs_async(dataset, tmp_path):
     export(str(tmp_path / "run"), str(data), dest=tmp_path / "shipped")
     setup = checkpoint_setup(str(tmp_path / "shipped"))
     assert setup == {"tasks": TASKS, "cameras": CAMERAS, "orientation": DEFAULT_ORIENTATION, "image_size": (64, 64),
-                     "goal_marker_radius": DEFAULT_GOAL_MARKER_RADIUS}
-    env = make_env(policy, "reach-v3", 0, setup["orientation"], setup["cameras"], setup["image_size"],
-               setup["goal_marker_radius"])
+                     "goal_marker_radius": DEFAULT_GOAL_MARKER_RADIUS, "goal_marker_color": None}
+    env = make_env(policy, "reach-v3", 0, **render_view(setup))
     try:
         assert env.observe()["images"]["Top View"].shape == (64, 64, 3)
         assert env.sim.model.site("goal").size[0] == DEFAULT_GOAL_MARKER_RADIUS
@@ -96,6 +95,10 @@ def test_train_then_evaluate_sync_vs_async(dataset, tmp_path):
     del saved["goal_marker_radius"]
     (tmp_path / "shipped" / "metaworld.json").write_text(json.dumps(saved))
     assert checkpoint_setup(str(tmp_path / "shipped"))["goal_marker_radius"] == STOCK_GOAL_MARKER_RADIUS
+    saved["goal_marker_color"] = "mauve"  # a colour this version cannot draw is named, not guessed
+    (tmp_path / "shipped" / "metaworld.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="goal_marker_color"):
+        checkpoint_setup(str(tmp_path / "shipped"))
     (tmp_path / "shipped" / "metaworld.json").write_text("{")
     with pytest.raises(ValueError, match="metaworld.json"):
         checkpoint_setup(str(tmp_path / "shipped"))
@@ -210,6 +213,34 @@ def test_goal_marker_is_drawn_larger_and_only_drawn():
     np.testing.assert_array_equal(states[STOCK_GOAL_MARKER_RADIUS], states[DEFAULT_GOAL_MARKER_RADIUS])
     with pytest.raises(ValueError, match="goal_marker_radius"):
         MetaWorldEnv("reach-v3", goal_marker_radius=0.0)
+
+
+def test_goal_marker_color_is_only_drawn_and_named():
+    """`goal_marker_color="green"` turns reach's red goal (the arm's colour) green in the image, says so in the
+    instruction, and changes nothing the simulator computes."""
+    def colour_pixels(img):
+        img = img.astype(int)
+        red = (img[..., 0] > 150) & (img[..., 1] < 60) & (img[..., 2] < 60)
+        green = (img[..., 1] > 150) & (img[..., 0] < 60) & (img[..., 2] < 60)
+        return int(red.sum()), int(green.sum())
+
+    seen, states, prompts = {}, {}, {}
+    for color in (None, "green"):
+        env = MetaWorldEnv("reach-v3", seed=0, image_size=(128, 128), goal_marker_color=color)
+        try:
+            seen[color] = colour_pixels(env.render("topview")[:48])  # the goal's strip of the table, no arm
+            prompts[color] = env.observe()["prompt"]
+            for _ in range(5):
+                env.act(np.array([0.5, 0.5, 0.0, 0.0]))
+            states[color] = env.state()
+        finally:
+            env.close()
+    assert seen[None][0] >= 20 and seen[None][1] == 0, seen
+    assert seen["green"][1] >= 20 and seen[None][0] - seen["green"][0] >= 0.8 * seen["green"][1], seen  # red -> green
+    assert prompts == {None: "reach the red target", "green": "reach the green target"}
+    np.testing.assert_array_equal(states[None], states["green"])
+    with pytest.raises(ValueError, match="goal_marker_color"):
+        MetaWorldEnv("reach-v3", goal_marker_color="mauve")
 
 
 @pytest.mark.parametrize("placements", ["fresh", "mt1"])
@@ -418,6 +449,7 @@ def test_cli_data_and_random_policy_eval(tmp_path, capsys):
     sidecar = json.loads((out / "meta" / "xr0_metaworld.json").read_text())
     assert sidecar["orientation"] == "upright" and sidecar["cameras"] == CAMERAS and sidecar["control_hz"] == 40.0
     assert sidecar["episodes"] == {"reach-v3": 1} and sidecar["goal_marker_radius"] == DEFAULT_GOAL_MARKER_RADIUS
+    assert sidecar["goal_marker_color"] is None and sidecar["tasks"] == {"reach-v3": "reach the red target"}
     assert LeRobotV3Dataset(out, chunk_len=4).state_dim == 4
     # --cameras: another pair is rendered and recorded (so evaluation renders the same); bad ones are named, nothing
     # is written

@@ -42,16 +42,17 @@ SETUP_FILE = "metaworld.json"  # in a checkpoint: the tasks, cameras and image o
 
 
 def checkpoint_setup(checkpoint: str | None) -> dict:
-    """{"tasks", "cameras", "orientation", "image_size", "goal_marker_radius"} a MetaWorld checkpoint was trained
-    with (`SETUP_FILE`, written by `python -m xr0.sim.export` from the dataset's meta/xr0_metaworld.json); the current
-    defaults otherwise. "image_size" is the size the data were rendered at (the model may resize them, e.g. 128 ->
-    256); None (older checkpoints) means the model's own image size. A setup file without "goal_marker_radius" was
-    written before the marker was enlarged: MetaWorld's own radius."""
+    """{"tasks", "cameras", "orientation", "image_size", "goal_marker_radius", "goal_marker_color"} a MetaWorld
+    checkpoint was trained with (`SETUP_FILE`, written by `python -m xr0.sim.export` from the dataset's
+    meta/xr0_metaworld.json); the current defaults otherwise. "image_size" is the size the data were rendered at (the
+    model may resize them, e.g. 128 -> 256); None (older checkpoints) means the model's own image size. A setup file
+    without "goal_marker_radius" was written before the marker was enlarged: MetaWorld's own radius; without
+    "goal_marker_color" (or null): MetaWorld's own colours."""
     from .metaworld import (CAMERAS, DEFAULT_GOAL_MARKER_RADIUS, DEFAULT_ORIENTATION, DEFAULT_TASKS,
-                            STOCK_GOAL_MARKER_RADIUS)
+                            GOAL_MARKER_COLORS, STOCK_GOAL_MARKER_RADIUS)
 
     setup = {"tasks": list(DEFAULT_TASKS), "cameras": dict(CAMERAS), "orientation": DEFAULT_ORIENTATION,
-             "image_size": None, "goal_marker_radius": DEFAULT_GOAL_MARKER_RADIUS}
+             "image_size": None, "goal_marker_radius": DEFAULT_GOAL_MARKER_RADIUS, "goal_marker_color": None}
     if checkpoint:
         file = resolve_checkpoint(checkpoint) / SETUP_FILE
         if file.is_file():
@@ -65,13 +66,18 @@ def checkpoint_setup(checkpoint: str | None) -> dict:
             if saved.get("image_size") is not None:
                 setup["image_size"] = tuple(saved["image_size"])
             setup["goal_marker_radius"] = float(saved.get("goal_marker_radius", STOCK_GOAL_MARKER_RADIUS))
+            color = saved.get("goal_marker_color")
+            if color is not None and color not in GOAL_MARKER_COLORS:
+                raise ValueError(f"{file}: goal_marker_color must be one of {sorted(GOAL_MARKER_COLORS)} or null, "
+                                 f"got {color!r}")
+            setup["goal_marker_color"] = color
     return setup
 
 
 def render_view(setup: dict) -> dict:
-    """The `orientation`, `cameras`, `image_size` and `goal_marker_radius` of a `checkpoint_setup`: how `evaluate`
-    and `reactivity` must render for that checkpoint (pass as keyword arguments)."""
-    return {k: setup[k] for k in ("orientation", "cameras", "image_size", "goal_marker_radius")}
+    """The `orientation`, `cameras`, `image_size`, `goal_marker_radius` and `goal_marker_color` of a
+    `checkpoint_setup`: how `evaluate` and `reactivity` must render for that checkpoint (pass as keyword arguments)."""
+    return {k: setup[k] for k in ("orientation", "cameras", "image_size", "goal_marker_radius", "goal_marker_color")}
 
 
 def _metaworld_identity_robot(T: int):
@@ -85,13 +91,13 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
              seed: int = 1000, k: int | None = None, max_ticks: int = 100, video_dir=None,
              steps: int | None = None, progress: bool = True, orientation: str | None = None,
              cameras: dict[str, str] | None = None, image_size: tuple[int, int] | None = None,
-             goal_marker_radius: float | None = None) -> dict:
+             goal_marker_radius: float | None = None, goal_marker_color: str | None = None) -> dict:
     """Success rate, simulated time to success, idle fraction, boundary discontinuity, real inference latency.
 
     With `video_dir`, each episode also gets an MP4 and a PNG of its executed actions with chunk switches marked.
     `cameras` (policy camera -> MetaWorld camera), `orientation`, `image_size` (the render size; default the
-    policy's) and `goal_marker_radius` must be those the policy's training data were rendered with:
-    `checkpoint_setup(checkpoint)` gives them.
+    policy's), `goal_marker_radius` and `goal_marker_color` must be those the policy's training data were rendered
+    with: `checkpoint_setup(checkpoint)` gives them.
     """
     from .metaworld import ACTION_NAMES, MAX_TICKS, check_tasks
     from .plot import plot_actions
@@ -110,7 +116,7 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
     rows, traces = [], {}
     bar = tqdm(total=len(tasks) * episodes, desc=f"eval {executor} {latency_ms:g} ms", unit="ep", disable=not progress)
     for task in tasks:
-        env = make_env(policy, task, seed, orientation, cameras, image_size, goal_marker_radius)
+        env = make_env(policy, task, seed, orientation, cameras, image_size, goal_marker_radius, goal_marker_color)
         for ep in range(episodes):
             env.reset()
             infer = ChunkPolicy(policy, None, act_dims, seed_of_call=sampling_seeds(seed, ep), steps=steps,
@@ -149,7 +155,7 @@ def sampling_seeds(seed: int, episode: int):
 
 def make_env(policy, task: str, seed: int, orientation: str | None, cameras: dict[str, str] | None,
              image_size: tuple[int, int] | None = None, goal_marker_radius: float | None = None,
-             placements: str = "mt1"):
+             goal_marker_color: str | None = None, placements: str = "mt1"):
     """The MetaWorld task rendered the way the policy's training data were (cameras, orientation, image size,
     goal marker). `placements`: "mt1" (evaluation), or "fresh" with the data's seed to replay its placements."""
     from .metaworld import DEFAULT_GOAL_MARKER_RADIUS, DEFAULT_ORIENTATION, MetaWorldEnv
@@ -157,7 +163,8 @@ def make_env(policy, task: str, seed: int, orientation: str | None, cameras: dic
     return MetaWorldEnv(task, seed=seed, image_size=tuple(image_size or policy.config.image_size),
                         cameras=_camera_map(policy.config.cameras, cameras),
                         orientation=orientation or DEFAULT_ORIENTATION,
-                        goal_marker_radius=goal_marker_radius or DEFAULT_GOAL_MARKER_RADIUS, placements=placements)
+                        goal_marker_radius=goal_marker_radius or DEFAULT_GOAL_MARKER_RADIUS,
+                        goal_marker_color=goal_marker_color, placements=placements)
 
 
 def make_runner(policy, executor: str, env, infer, latency_ms: float, k: int | None = None):

@@ -23,7 +23,8 @@ def export(run: str, data: str, dest=HERE / "metaworld") -> int:
     sidecar = json.loads((pathlib.Path(data) / "meta" / "xr0_metaworld.json").read_text())
     setup = {"tasks": check_tasks(list(sidecar["tasks"])), "cameras": sidecar["cameras"],
              "orientation": sidecar["orientation"], "image_size": sidecar.get("image_size"),
-             "goal_marker_radius": sidecar.get("goal_marker_radius", STOCK_GOAL_MARKER_RADIUS)}
+             "goal_marker_radius": sidecar.get("goal_marker_radius", STOCK_GOAL_MARKER_RADIUS),
+             "goal_marker_color": sidecar.get("goal_marker_color")}
     policy = XR0Policy.from_pretrained(resolve_checkpoint(run))
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

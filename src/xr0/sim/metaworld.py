@@ -38,9 +38,14 @@ DEFAULT_ORIENTATION = "upright"
 # (meta/xr0_metaworld.json records it; checkpoints without it were trained on MetaWorld's own).
 STOCK_GOAL_MARKER_RADIUS = 0.02
 DEFAULT_GOAL_MARKER_RADIUS = 0.04
+# Colour of the goal marker as rendered (`goal_marker_color`, RGBA by name; None: MetaWorld's own). "green" is
+# MetaWorld's drawer and window goal colour: its red reach goal looks like the red arm, and once the hand is near
+# the goal the two share an image token (docs/metaworld.md, v10). Only drawn, like the radius; data and evaluation
+# must use the same (meta/xr0_metaworld.json records it).
+GOAL_MARKER_COLORS = {"green": (0.0, 0.8, 0.0, 1.0)}
 
 INSTRUCTIONS = {
-    "reach-v3": "reach the red target",
+    "reach-v3": "reach the {marker} target",  # the goal marker's colour (`instruction`)
     "push-v3": "push the red puck to the goal",
     "drawer-open-v3": "open the drawer",
     "drawer-close-v3": "close the drawer",
@@ -85,6 +90,11 @@ def parse_cameras(spec: str) -> dict[str, str]:
     return dict(zip(CAMERAS, names))
 
 
+def instruction(task: str, goal_marker_color: str | None = None) -> str:
+    """The task's instruction; reach's names its marker's colour (red: MetaWorld's own)."""
+    return INSTRUCTIONS[task].format(marker=goal_marker_color or "red")
+
+
 def check_tasks(tasks) -> list[str]:
     tasks = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
     unknown = [t for t in tasks if t not in INSTRUCTIONS]
@@ -103,14 +113,18 @@ class MetaWorldEnv:
 
     def __init__(self, task: str, seed: int = 0, image_size: tuple[int, int] = (128, 128),
                  cameras: dict[str, str] | None = None, orientation: str = DEFAULT_ORIENTATION,
-                 placements: str = "mt1", goal_marker_radius: float = DEFAULT_GOAL_MARKER_RADIUS):
+                 placements: str = "mt1", goal_marker_radius: float = DEFAULT_GOAL_MARKER_RADIUS,
+                 goal_marker_color: str | None = None):
         gym, mujoco = require_metaworld()
         self._mujoco = mujoco
         check_tasks([task])
         if orientation not in ORIENTATIONS:
             raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
         self.orientation = orientation
-        self.task, self.instruction = task, INSTRUCTIONS[task]
+        if goal_marker_color is not None and goal_marker_color not in GOAL_MARKER_COLORS:
+            raise ValueError(f"goal_marker_color must be one of {sorted(GOAL_MARKER_COLORS)} or None (MetaWorld's "
+                             f"own), got {goal_marker_color!r}")
+        self.task, self.instruction = task, instruction(task, goal_marker_color)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.env = gym.make("Meta-World/MT1", env_name=task, seed=seed, disable_env_checker=True)
@@ -129,6 +143,8 @@ class MetaWorldEnv:
             raise ValueError(f"goal_marker_radius must be in (0, 0.1] m, got {goal_marker_radius}")
         if "goal" in [self.sim.model.site(i).name for i in range(self.sim.model.nsite)]:
             self.sim.model.site("goal").size[0] = goal_marker_radius
+            if goal_marker_color is not None:
+                self.sim.model.site("goal").rgba[:] = GOAL_MARKER_COLORS[goal_marker_color]
         self.cameras = dict(cameras or CAMERAS)
         names = [self.sim.model.camera(i).name for i in range(self.sim.model.ncam)]
         unknown = sorted(set(self.cameras.values()) - set(names))

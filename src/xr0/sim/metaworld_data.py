@@ -43,7 +43,8 @@ def episode_counts(spec, tasks) -> dict[str, int]:
 def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, seed: int = 0,
              orientation: str | None = None, action_noise: float = 0.0, placements: str = "mt1",
              goal_marker_radius: float | None = None, move_targets: float = 0.0,
-             cameras: dict[str, str] | None = None, hand_starts: float = 0.0) -> dict:
+             cameras: dict[str, str] | None = None, hand_starts: float = 0.0,
+             goal_marker_color: str | None = None) -> dict:
     """Roll out MetaWorld's experts and keep the successful episodes. Returns a summary (printed as JSON).
 
     `action_noise` > 0 (DART-style): the arm executes the expert's xyz action plus Gaussian noise of that standard
@@ -75,8 +76,8 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
     orientation, control rate), which evaluation has to reproduce.
     """
     from .metaworld import (ACTION_DIM, ACTION_REPEAT, CAMERAS, CONTROL_HZ, DEFAULT_GOAL_MARKER_RADIUS,
-                            DEFAULT_ORIENTATION, ENV_STATE_NAMES, HAND_START_TASKS, INSTRUCTIONS, MAX_TICKS,
-                            MOVABLE_TARGETS, STATE_DIM, MetaWorldEnv, check_tasks)
+                            DEFAULT_ORIENTATION, ENV_STATE_NAMES, HAND_START_TASKS, MAX_TICKS, MOVABLE_TARGETS,
+                            STATE_DIM, MetaWorldEnv, check_tasks, instruction)
     from ..data.lerobot_v3 import LeRobotV3Writer
 
     tasks = check_tasks(tasks)
@@ -105,7 +106,7 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
     starter = np.random.default_rng([seed, 0x5A27])
     for task in tasks:
         env = MetaWorldEnv(task, seed=seed, image_size=size, orientation=orientation, placements=placements,
-                           goal_marker_radius=radius, cameras=cameras)
+                           goal_marker_radius=radius, goal_marker_color=goal_marker_color, cameras=cameras)
         kept = failed = moved = started = 0
         episodes = counts[task]
         task_start = time.perf_counter()
@@ -158,24 +159,24 @@ def generate(tasks, episodes, out, image_size: int = 128, max_ticks: int = 120, 
     bar.close()
     writer.close()
     elapsed = time.perf_counter() - start
-    sidecar = {"tasks": {t: INSTRUCTIONS[t] for t in tasks}, "cameras": cameras, "orientation": orientation,
-               "image_size": [image_size, image_size], "control_hz": CONTROL_HZ, "action_repeat": ACTION_REPEAT,
-               "state": ["hand_x", "hand_y", "hand_z", "gripper_opening"],
+    sidecar = {"tasks": {t: instruction(t, goal_marker_color) for t in tasks}, "cameras": cameras,
+               "orientation": orientation, "image_size": [image_size, image_size], "control_hz": CONTROL_HZ,
+               "action_repeat": ACTION_REPEAT, "state": ["hand_x", "hand_y", "hand_z", "gripper_opening"],
                "action": ["dx", "dy", "dz", "gripper_effort"], "seed": seed, "after_success_ticks": AFTER_SUCCESS,
                "max_ticks": max_ticks, "action_noise": action_noise, "placements": placements,
-               "episodes": counts, "goal_marker_radius": radius, "move_targets": move_targets,
-               "move_ticks": list(MOVE_TICKS), "hand_starts": hand_starts}
+               "episodes": counts, "goal_marker_radius": radius, "goal_marker_color": goal_marker_color,
+               "move_targets": move_targets, "move_ticks": list(MOVE_TICKS), "hand_starts": hand_starts}
     (pathlib.Path(out) / "meta" / "xr0_metaworld.json").write_text(json.dumps(sidecar, indent=2))
     size_mb = sum(f.stat().st_size for f in pathlib.Path(out).rglob("*") if f.is_file()) / 2**20
     summary.update(seconds=round(elapsed, 1), seconds_per_episode=round(elapsed / sum(counts.values()), 2),
                    renders_per_s=round(summary["renders"] / elapsed, 1), size_mb=round(size_mb, 2),
                    control_hz=CONTROL_HZ, image_size=image_size, orientation=orientation, goal_marker_radius=radius,
-                   out=str(out))
+                   goal_marker_color=goal_marker_color, out=str(out))
     return summary
 
 
 def add_arguments(p) -> None:
-    from .metaworld import ORIENTATIONS, PLACEMENTS
+    from .metaworld import GOAL_MARKER_COLORS, ORIENTATIONS, PLACEMENTS
 
     p.add_argument("--tasks", default=None, help="comma-separated MetaWorld v3 task names (default: the demo's 6)")
     p.add_argument("--episodes", default="20",
@@ -193,6 +194,8 @@ def add_arguments(p) -> None:
                    help="mt1: MetaWorld's 50 placements per seed, drawn with repeats; fresh: a new one every episode")
     p.add_argument("--goal-marker-radius", type=float, default=None,
                    help="rendered radius of the goal marker in m (default 0.04; MetaWorld's own is 0.02)")
+    p.add_argument("--goal-marker-color", choices=sorted(GOAL_MARKER_COLORS), default=None,
+                   help="rendered colour of the goal marker (default: MetaWorld's own, reach's red like the arm)")
     p.add_argument("--move-targets", type=float, default=0.0,
                    help="fraction of reach/button episodes whose target moves once mid-episode (expert follows)")
     p.add_argument("--hand-starts", type=float, default=0.0,
@@ -210,7 +213,8 @@ def run(args) -> int:
         summary = generate(args.tasks or ",".join(DEFAULT_TASKS), args.episodes, args.out, args.image_size,
                            args.max_ticks, args.seed, args.orientation, args.action_noise, args.placements,
                            args.goal_marker_radius, args.move_targets,
-                           parse_cameras(args.cameras) if args.cameras else None, args.hand_starts)
+                           parse_cameras(args.cameras) if args.cameras else None, args.hand_starts,
+                           args.goal_marker_color)
     except ValueError as e:
         print(f"xr0 data metaworld: {e}", file=sys.stderr)
         return 2

@@ -121,7 +121,7 @@ def reactivity(policy, executor: str = "async", latency_ms: float = 100.0, episo
                move_at: int | None = None, max_ticks: int = 150, orientation: str | None = None,
                cameras: dict[str, str] | None = None, k: int | None = None, chunker: str = "policy",
                image_size: tuple[int, int] | None = None, goal_marker_radius: float | None = None,
-               task: str = "reach-v3") -> dict:
+               goal_marker_color: str | None = None, task: str = "reach-v3") -> dict:
     """One cell of the probe (module docstring): `episodes` moved episodes of `task` with `executor`. Means come with
     their standard errors (`*_se`); reaction means are over the episodes that reacted."""
     from .metaworld import MOVABLE_TARGETS
@@ -131,7 +131,7 @@ def reactivity(policy, executor: str = "async", latency_ms: float = 100.0, episo
     if task not in MOVABLE_TARGETS:
         raise ValueError(f"task must be one of {MOVABLE_TARGETS} (a movable target the probe can shift), got {task!r}")
     move_at = MOVE_AT[task] if move_at is None else move_at
-    env = make_env(policy, task, seed, orientation, cameras, image_size, goal_marker_radius)
+    env = make_env(policy, task, seed, orientation, cameras, image_size, goal_marker_radius, goal_marker_color)
     hz, T = policy.config.control_hz, policy.config.chunk_len
     ticks, successes, lambdas, skipped = [], [], [], 0
     for ep in range(episodes):
