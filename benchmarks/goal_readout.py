@@ -20,6 +20,7 @@ import torch
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+from xr0.model.vla import image_values  # noqa: E402
 from xr0.sim.evaluate import checkpoint_setup, load_policy, make_env, render_view  # noqa: E402
 from xr0.sim.metaworld import ENV_STATE_NAMES  # noqa: E402
 from xr0.train.env_state import EnvStateHead  # noqa: E402
@@ -32,11 +33,8 @@ def goal_readout(policy, head: EnvStateHead, obs: dict) -> np.ndarray:
     """The head's goal xyz (m) from the image-token values of one observation."""
     batch = policy.processor(obs["images"], obs["prompt"])
     with torch.inference_mode():
-        values = policy.model.encode(batch).values[-1]  # (1, kv_heads, L, Dh)
-        images = batch["mm_token_type_ids"].to(values.device).bool()
-        tokens = values.transpose(1, 2).flatten(2)[images].unflatten(0, (1, -1))
-        pred = head(tokens, torch.zeros(1, head.dims["expert_size"]))["vlm"][0] * head.std + head.mean
-    return pred[GOAL].double().numpy()
+        tokens = image_values(policy.model.encode(batch).values[-1], batch["mm_token_type_ids"])
+        return head.read_images(tokens)[0, GOAL].double().numpy()
 
 
 def park(env, point: np.ndarray, ticks: int = 40) -> np.ndarray:

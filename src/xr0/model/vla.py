@@ -254,14 +254,20 @@ class XR0Model(ActionExpert):
         if opts.env_state_head is not None:
             if "env_state" not in batch:
                 raise ValueError("the env-state loss needs samples with env_state (supervision.environment_state)")
-            images = batch["mm_token_type_ids"].to(dev).bool()
-            tokens = last_values.transpose(1, 2).flatten(2)[images].unflatten(0, (images.shape[0], -1))  # (B, N, C)
+            tokens = image_values(last_values, batch["mm_token_type_ids"])
             terms = opts.env_state_head.loss(tokens, hidden[:, SINK], batch["env_state"], r)
             out.update({f"env_state_{k}": v for k, v in terms.items()})
             out["env_state"] = sum(terms.values()) / len(terms)
             out["loss"] = out["loss"] + opts.env_state_weight * out["env_state"]
         return out
 
+
+
+def image_values(values: torch.Tensor, mm_token_type_ids: torch.Tensor) -> torch.Tensor:
+    """One layer's values (B, kv_heads, L, Dh) at the image tokens (mm_token_type_ids != 0): (B, N, kv_heads * Dh),
+    what the env-state head reads (xr0.train.env_state)."""
+    images = mm_token_type_ids.to(values.device).bool()
+    return values.transpose(1, 2).flatten(2)[images].unflatten(0, (images.shape[0], -1))
 
 
 def seeded_embedding(config: PolicyConfig, expect_sha256: str | None = None) -> torch.Tensor:

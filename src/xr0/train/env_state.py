@@ -75,6 +75,10 @@ class EnvStateHead(nn.Module):
             raise ValueError(f"env-state head expects {self.dims['num_tokens']} image tokens, got {tokens.shape[1]}")
         return {"vlm": self.vlm(tokens.float()), "expert": self.expert(sink_hidden.float())}
 
+    def read_images(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The image-token readout in the environment state's own units (B, De)."""
+        return self.vlm(tokens.float()) * self.std + self.mean
+
     def loss(self, tokens: torch.Tensor, sink_hidden: torch.Tensor, env_state: torch.Tensor,
              repeat: int = 1) -> dict[str, torch.Tensor]:
         """MSE per readout in normalised units (1.0 = predicting the mean). The expert ran `repeat` noise draws
