@@ -105,13 +105,18 @@ def test_libero_state_images_and_prompt():
            "agentview_image": np.arange(12, dtype=np.uint8).reshape(2, 2, 3),
            "robot0_eye_in_hand_image": np.zeros((2, 2, 3), np.uint8)}
     state = libero.libero_state(obs)
-    assert state.dtype == np.float32 and state.shape == (8,)
+    assert state.dtype == np.float64 and state.shape == (8,)  # float64, as the official client's payload
     np.testing.assert_allclose(state, [0.1, -0.2, 1.0, 0, 0, math.pi / 2, 0.04, -0.039], atol=1e-6)
     images = libero.libero_images(obs)
     assert list(images) == ["Base View", "Left-Wrist View"]
     assert images["Base View"][0, 0].tolist() == [9, 10, 11] and images["Base View"][1, 1].tolist() == [0, 1, 2]
     assert libero.libero_prompt("pick up the black bowl") == "Pick up the black bowl."
-    assert libero.libero_prompt("Open the drawer.") == "Open the drawer."
+    assert libero.libero_prompt("put both the Alphabet soup in it") == "Put both the alphabet soup in it."  # capitalize()
+    request = libero.libero_request(obs, "pick up the BLACK bowl")
+    assert sorted(request) == ["base", "language", "state", "task_id", "wrist_left"]
+    assert request["language"] == "Pick up the black bowl" and request["task_id"] == "libero_all"
+    assert request["state"].dtype == np.float64 and request["state"].shape == (32,)
+    assert request["base"].mode == "RGB" and np.array_equal(np.asarray(request["base"]), images["Base View"])
     assert libero.SUITES == {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520}
     assert libero.NOOP.tolist() == [0, 0, 0, 0, 0, 0, -1]
 
@@ -203,13 +208,22 @@ def test_chunk_policy_pads_state_and_prefix_and_seeds_by_observation():
         libero.ChunkPolicy(two)
 
 
-def test_observation_seed_is_canonical():
-    a = {"prompt": "x", "state": np.arange(3, dtype=np.float32), "images": {"v": np.zeros((2, 2, 3), np.uint8)}}
-    b = {"images": {"v": np.zeros((2, 2, 3), np.uint8)}, "state": np.arange(3, dtype=np.float32), "prompt": "x"}
-    assert observation_seed(a) == observation_seed(b) and 0 <= observation_seed(a) < 2 ** 32
-    assert observation_seed(a) == 2136474481  # stable across machines and runs
-    b["state"] = np.arange(3, dtype=np.float64)  # the dtype is part of the observation
-    assert observation_seed(a) != observation_seed(b)
+def test_observation_seed_is_the_official_hash_data_to_seed():
+    """The official clients' hash: SHA-256 of the canonical JSON text written out here by hand (arrays as
+    dtype/shape/hex of their bytes, PIL images as mode/size/MD5), modulo 2**32."""
+    import hashlib
+
+    img = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    payload = {"task_id": "libero_all", "state": np.array([1.0, -2.0]), "language": "Pick it",
+               "base": Image.fromarray(img)}
+    text = ('{"base":{"__type__":"PIL.Image","content_hash":"' + hashlib.md5(img.tobytes()).hexdigest()
+            + '","mode":"RGB","size":[2,2]},"language":"Pick it","state":{"__type__":"numpy","data":"'
+            + "000000000000f03f00000000000000c0" + '","dtype":"float64","shape":[2]},"task_id":"libero_all"}')
+    assert observation_seed(payload) == int(hashlib.sha256(text.encode()).hexdigest(), 16) % 2 ** 32
+    reordered = dict(reversed(list(payload.items())))
+    assert observation_seed(reordered) == observation_seed(payload)
+    payload["state"] = payload["state"].astype(np.float32)  # the dtype is part of the payload
+    assert observation_seed(reordered) != observation_seed(payload)
 
 
 # ---------------------------------------------------------------------------------------------- LIBERO bookkeeping
@@ -266,6 +280,26 @@ def test_install_hints_when_simulators_are_missing(monkeypatch):
         simpler.require_simpler()
 
 
+def test_eval_calvin_and_simpler_commands(monkeypatch, capsys):
+    """`xr0 eval calvin|simpler`: --help works; without the simulator the command names the install step (exit 2)
+    before loading any model; a bad --noise-seed is named."""
+    from xr0.cli import main
+
+    for bench in ("calvin", "simpler"):
+        with pytest.raises(SystemExit) as e:
+            main(["eval", bench, "--help"])
+        assert e.value.code == 0 and "--noise-seed" in capsys.readouterr().out
+    monkeypatch.setitem(sys.modules, "calvin_env", None)
+    monkeypatch.setitem(sys.modules, "simpler_env", None)
+    assert main(["eval", "calvin", "--checkpoint", "nowhere", "--dataset", "d", "--config", "c"]) == 2
+    assert "CALVIN is not installed" in capsys.readouterr().err
+    assert main(["eval", "simpler", "--checkpoint", "nowhere", "--env-options", "x.json"]) == 2
+    assert "pip install -e ManiSkill2_real2sim" in capsys.readouterr().err
+    assert main(["eval", "simpler", "--preset", "tiny", "--env-options", "x.json", "--noise-seed", "abc"]) == 2
+    assert "--noise-seed must be 'official' or an integer" in capsys.readouterr().err
+    assert protocol.noise_seeds("official") is None and protocol.noise_seeds("7")(3) == 7
+
+
 # ---------------------------------------------------------------------------------------------- CALVIN
 def test_calvin_state_prompt_gripper_and_chunk():
     robot_obs = np.arange(15, dtype=np.float32) / 10
@@ -290,8 +324,8 @@ def test_center_crop_matches_the_official_offsets():
     g = np.random.default_rng(1).integers(0, 256, (84, 84, 3), dtype=np.uint8)
     ref = np.asarray(Image.fromarray(g[2:81, 2:81]).resize((84, 84), Image.BILINEAR))  # int(79.8) = 79, top 2
     assert np.array_equal(center_crop_resize(g, 0.95), ref)
-    images = calvin.calvin_images(img, g)
-    assert [v.shape for v in images.values()] == [(256, 256, 3), (256, 256, 3)]
+    images = calvin.calvin_images(img, g)  # sent at the cameras' own sizes: the processor sizes them
+    assert [v.shape for v in images.values()] == [(200, 200, 3), (84, 84, 3)]
 
 
 def test_calvin_observation_and_sequence_shuffle():
@@ -301,7 +335,11 @@ def test_calvin_observation_and_sequence_shuffle():
            "robot_obs": np.arange(15, dtype=np.float32)}
     o = calvin.calvin_observation(obs, "open the drawer", "abc")
     assert o["prompt"] == "Open the drawer." and o["state"].tolist() == list(range(7))
-    assert o["seed"] == calvin.calvin_observation(obs, "open the drawer", "abc")["seed"]
+    request = calvin.calvin_request(o["state"], o["images"], "open the drawer", "abc")
+    assert request["task_id"] == "calvin_abc_orig" and request["language"] == "Open the drawer"  # "." after hashing
+    assert request["state"].dtype == np.float64 and request["state"].shape == (32,)
+    assert request["wrist_left"].size == (84, 84)
+    assert o["seed"] == observation_seed(request)
     seqs = list(range(1200))
     legacy = list(seqs)
     random.seed(42)
@@ -346,8 +384,18 @@ def test_simpler_images_and_observation():
     assert simpler.simpler_image(img, simpler.BRIDGE).shape == (256, 256, 3)
     assert simpler.simpler_image(img, simpler.FRACTAL).shape == (256, 320, 3)
     eef = [0.3, -0.1, 0.2, 1, 0, 0, 0, 1.0]
-    o = simpler.simpler_observation(img, eef, "put the spoon on the towel", simpler.FRACTAL)
-    assert list(o["images"]) == ["Ego View"] and o["prompt"] == "Put the spoon on the towel."
+    o = simpler.simpler_observation(img, eef, "put the spoon on the Towel", simpler.FRACTAL)
+    assert list(o["images"]) == ["Ego View"] and o["prompt"] == "Put the spoon on the Towel."  # rest kept
+    request = simpler.simpler_request(o["images"]["Ego View"], o["state"], "put the spoon on the Towel",
+                                      simpler.FRACTAL)
+    assert request["language"] == ("<|im_start|>user\nThe following observations are captured from multiple views.\n"
+                                   "# Ego View\n<|vision_start|><|image_pad|><|vision_end|>\nGenerate robot actions for "
+                                   "the task:\nPut the spoon on the Towel. /no_cot<|im_end|>\n<|im_start|>assistant\n"
+                                   "<cot></cot><|im_end|>\n")
+    assert request["state"].shape == (1, 1, 32) and request["state"].dtype == np.float64
+    assert request["base"].size == (320, 256) and o["seed"] == observation_seed(request)
+    bridge = simpler.bridge_state([0.3, -0.1, 0.2, *_wxyz(simpler.TOPDOWN), 0.8])
+    assert bridge[6] == 0 and bridge[7] == 0.8  # the zero inserted before the gripper
     assert o["state"].tolist() == pytest.approx([0.3, -0.1, 0.2, 0, 0, 0, 1, 0])
     assert simpler.embodiment("widowx") is simpler.BRIDGE
 

@@ -213,8 +213,13 @@ def test_statistics_variants_and_errors(tmp_path):
     two = {"libero_all": {"mean": np.zeros((10, 7)).tolist(), "std": np.ones((10, 7)).tolist()},
            "calvin_abc_orig": {"mean": np.zeros((4, 7)).tolist(), "std": np.ones((4, 7)).tolist()}}
     (tmp_path / "norm_stats.json").write_text(json.dumps(two))
-    with pytest.raises(official.OfficialFormatError, match="different chunk lengths"):
-        official.load_robots(tmp_path)
+    robots = official.load_robots(tmp_path)
+    assert {n: r.chunk_len for n, r in robots.items()} == {"libero_all": 10, "calvin_abc_orig": 4}
+    # without an explicit mask the release's rule: std > 1e-5 on the given columns
+    std = np.ones((4, 7))
+    std[:, 3] = 0
+    spec = official.robot_spec("x", {"mean": np.zeros((4, 7)).tolist(), "std": std.tolist()}, None, "x.json")
+    assert spec.action_mask.tolist() == [1, 1, 1, 0, 1, 1, 1] + [0] * 25 and spec.action_dim == 7
 
 
 def test_convert_cli_reports_errors_without_a_traceback(tmp_path, capsys):

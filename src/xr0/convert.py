@@ -12,6 +12,7 @@ from safetensors import safe_open
 from .checkpoints import WEIGHTS
 from .config import add_runtime_arguments, runtime_settings
 from .official import ASSUMPTIONS, CONFIG, OfficialFormatError, find_deepspeed, read_april, read_release
+from .processing.tokenizer import folder_tokenizer
 from .policy import XR0Policy
 
 DTYPES = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -30,14 +31,15 @@ def convert(official: str | pathlib.Path, out: str | pathlib.Path, dtype: torch.
         parts = read_april(deepspeed, stats_file, vlm_config, **settings)
     else:
         parts = read_release(official, stats_file, **settings)
-    policy = XR0Policy.from_state(*parts)
+    tokenizer = None if deepspeed is not None else folder_tokenizer(official)  # the folder's own travels along
+    policy = XR0Policy.from_state(*parts, tokenizer=tokenizer)
     policy.save_pretrained(out, dtype=dtype)
     with safe_open(str(out / WEIGHTS), "pt") as f:  # what was written, without a second copy of the weights
         names = list(f.keys())
         stored = STORED_DTYPES.get(f.get_slice(names[0]).get_dtype(), "unknown")
     c = policy.config
     return {"official": str(official), "out": str(out), "tensors": len(names), "robot_types": sorted(policy.robots),
-            "chunk_len": c.chunk_len, "cameras": list(c.cameras), "image_size": list(c.image_size),
+            "robots": {name: r.setup() for name, r in policy.robots.items()},
             "expert": {"layers": c.expert.num_layers, "hidden": c.expert.hidden_size},
             "source": "deepspeed" if deepspeed is not None else "release", "runtime": c.runtime(),
             "dtype": stored}
@@ -73,7 +75,8 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"wrote {summary['out']}: {summary['tensors']} tensors, robot types {summary['robot_types']}, "
-              f"chunk length {summary['chunk_len']}, cameras {summary['cameras']} at {summary['image_size']}, "
+        robots = "; ".join(f"{name}: T = {r['chunk_len']}, cameras {r['cameras']}, images "
+                           f"{r['image']['size'] or 'any size, smart_resize'}" for name, r in summary["robots"].items())
+        print(f"wrote {summary['out']}: {summary['tensors']} tensors, robot types {robots}, "
               f"runtime {summary['runtime']}")
     return 0

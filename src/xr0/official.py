@@ -27,20 +27,23 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .config import APRIL_RUNTIME, PADDED_DIM, RELEASE_RUNTIME, ExpertConfig, PolicyConfig, get_preset
+from .processing.images import RELEASE_MAX_PIXELS, RELEASE_MIN_PIXELS, RESAMPLE, ImageSpec
 from .processing.normalize import RobotSpec
 
 CONFIG, INDEX, SINGLE = "config.json", "model.safetensors.index.json", "model.safetensors"
 DEEPSPEED = "mp_rank_00_model_states.pt"  # the April training code's checkpoint: {"module": {"model.<name>": tensor}}
 DEEPSPEED_PLACES = (DEEPSPEED, "checkpoint/" + DEEPSPEED, "last.ckpt/checkpoint/" + DEEPSPEED)  # in a run folder
 MODEL_TYPE = "mibot"
+MASK_STD = 1e-5  # the release processor's get_action_mask: dims whose action std exceeds this
 # Where the processor's statistics may live, in the order they are searched (first file with robot types wins).
 STATS_FILES = ("preprocessor_config.json", "processor_config.json", "norm_stats.json", "statistics.json",
                "dataset_statistics.json")
 # Keys under which a file may hold its robot-type table (else: top-level keys that are robot types).
-STATS_TABLE_KEYS = ("robot_types", "norm_stats", "statistics", "stats", "robot_stats", "action_stats", "robot_type_stats")
+STATS_TABLE_KEYS = ("action_config", "robot_types", "norm_stats", "statistics", "stats", "robot_stats", "action_stats", "robot_type_stats")
 
 ASSUMPTIONS = """\
-Official-format assumptions (the processing_* remote code is not public outside the Hub):
+How xr0 reads an official folder (facts from the release's processing_mibot.py / modeling_mibot.py, of which a
+verbatim copy is public, and from the official clients; where a layout is not the release's, what xr0 assumes):
 1. config.json: model_type "mibot" (or a `vlm_config` key) marks an official folder; `vlm_config` is a
    Qwen3VLConfig dict in transformers-4.57 style (text_config.rope_theta + rope_scaling{mrope_section,
    mrope_interleaved}); it is converted to 5.x `rope_parameters`. `action_length` is only a fallback for the chunk
@@ -55,21 +58,25 @@ Official-format assumptions (the processing_* remote code is not public outside 
 3. Expert dims come from the tensor shapes (hidden = sink width, layers = count of dit.layers.N, head_dim = q_norm
    width, heads = hidden / head_dim, intermediate = gate_proj rows, time-embedding width = t_embedder.mlp.0 columns,
    action/state width = projector columns).
-4. Statistics: the first of preprocessor_config.json, processor_config.json, norm_stats.json, statistics.json,
-   dataset_statistics.json holding a robot-type table, under one of the keys robot_types / norm_stats / statistics /
-   stats / robot_stats / action_stats / robot_type_stats, or robot-type names at the top level (or a file given with
-   --stats). Per robot type: action mean/std as `action_mean`/`action_std`, `mean`/`std`, or
-   `action: {mean, std}`, shaped (T, d) per timestep or (d,) for every step (d <= 32, padded with mean 0 / std 1);
-   optional `action_mask` ((32,), (T, 32) or (1, T, 32) as get_action_mask returns; rows must agree), else the first
-   action_dim dims; optional state stats as `state_mean`/`state_std` or `state: {mean, std}`, else identity (the
-   official evaluation clients send raw state); optional `action_dim`/`state_dim`. Normalisation is
-   (x - mean) / (std + 1e-6), as the released training pipeline.
-5. decode_action returns one extra trailing column that every official evaluation drops ("prob"); xr0 returns only
-   the robot's action_dim columns.
+4. Statistics: the release keeps them in preprocessor_config.json's top-level `action_config`:
+   {robot_type: {"mean": (T, 32), "std": (T, 32)}}; T, the rows, is that robot type's chunk length, and robot
+   types may differ (the Pretrain release: 15 and 30). Also read: the first of preprocessor_config.json,
+   processor_config.json, norm_stats.json, statistics.json, dataset_statistics.json holding a robot-type table
+   under one of the keys robot_types / norm_stats / statistics / stats / robot_stats / action_stats /
+   robot_type_stats, or robot-type names at the top level (or a file given with --stats); per robot type action
+   mean/std as `action_mean`/`action_std`, `mean`/`std`, or `action: {mean, std}`, shaped (T, d) or (d,) for every
+   step (d <= 32, padded with mean 0 / std 1). Action mask: the release's get_action_mask, std > 1e-5 (on the
+   columns given), unless an `action_mask` ((32,), (T, 32) or (1, T, 32); rows must agree) is given. State: raw
+   (the clients zero-pad it to 32), unless `state_mean`/`state_std` or `state: {mean, std}` are given; optional
+   `action_dim`/`state_dim`/`cameras`. Normalisation (training) is (x - mean) / (std + 1e-6).
+5. Decoding: the release's decode_action is `x * std + mean` on all 32 columns (no epsilon, no mask, no extra
+   column); xr0 returns the robot's action_dim columns of it. A DeepSpeed checkpoint decodes as the April
+   post-training server, denormalize_action(x * mask) * mask with std + 1e-6 (masked dims 0).
 6. Per robot type (when the stats do not say): libero_all 7 actions / 8 state (eef pos, axis-angle, 2 finger
-   qpos), cameras Base View + Left-Wrist View at 256x256; calvin_*_orig 7 / 7, same cameras; bridge_delta 7 / 8,
-   Base View 256x256; fractal_delta 7 / 8, Ego View 256x320 (HxW). A folder's cameras and image size are those of
-   its first robot type; unknown robot types get 32 / 32 and the two-view layout.
+   qpos), cameras Base View + Left-Wrist View (clients send 256x256); calvin_*_orig 7 / 7, same cameras (200x200
+   and 84x84); bridge_delta 7 / 8, Base View (256x256); fractal_delta 7 / 8, Ego View (256x320, HxW). Unknown robot
+   types get 32 / 32 and the two-view layout. The config's top-level cameras / image size are the first robot
+   type's (a default for tools that need one).
 7. Runtime settings (written into the converted checkpoint; --dit-window/--rope-offset/--rope-tables override):
    a release folder runs as the Hugging Face runtime of the released checkpoints does: plain causal DiT mask,
    no RoPE offset, fp32 rotary tables, no trained prefix (so --executor async is refused; rtc works). A DeepSpeed
@@ -81,6 +88,14 @@ Official-format assumptions (the processing_* remote code is not public outside 
    `module` dict under a leading `model.`. The VLM config is Qwen3-VL-4B-Instruct's (the April code builds that
    model) unless --vlm-config names a Qwen3VLConfig JSON or a release config.json (its vlm_config); the
    statistics must be given with --stats (the April code keeps them in its Python config.py, which xr0 never runs).
+9. Images: the release server loads the slow Qwen2VLImageProcessor (use_fast=False): smart_resize to multiples of
+   32 keeping each camera's aspect ratio, the `resample` filter (3 = bicubic), mean/std 0.5, each image repeated to
+   2 frames; <|image_pad|> tokens per view = the grid's patches / 4. The pixel budget is preprocessor_config's
+   min_pixels / max_pixels when it gives them; with `size` alone transformers 4.57.1's slow processor replaces
+   `size` in its __init__ and uses 3136..1003520 pixels (224x224 stays 224x224, 200x200 becomes 192x192,
+   360x480 becomes 352x480).
+10. Tokenizer: the folder's own (tokenizer.json, or vocab.json + merges.txt with tokenizer_config.json's added
+   tokens) when present, else xr0's built-in Qwen3-VL tokenizer (the same ids).
 """
 
 
@@ -337,8 +352,10 @@ def _per_step(name: str, arr: np.ndarray, T: int | None, fill: float, where: str
     return out
 
 
-def robot_spec(name: str, entry: dict, fallback_T: int | None, where: str) -> RobotSpec:
-    """One robot type's RobotSpec from its raw statistics entry."""
+def robot_spec(name: str, entry: dict, fallback_T: int | None, where: str,
+               image: ImageSpec | None = None, decode: str = "release") -> RobotSpec:
+    """One robot type's RobotSpec from its raw statistics entry (cameras: its `cameras` list, else ROBOT_DEFAULTS';
+    images as `image`, the folder's processor settings; decoded as `decode`: normalize.DECODES)."""
     if not isinstance(entry, dict):
         raise OfficialFormatError(f"{where}: robot type {name!r} must map to an object, got {type(entry).__name__}")
     where = f"{where} [{name}]"
@@ -351,6 +368,7 @@ def robot_spec(name: str, entry: dict, fallback_T: int | None, where: str) -> Ro
     mean, std = _arr("action_mean", mean, where), _arr("action_std", std, where)
     mask_raw = _pick(entry, "action_mask", "mask", "action.mask")
     mask_arr = None if mask_raw is None else _arr("action_mask", mask_raw, where)
+    given_width = std.shape[-1]
     T = fallback_T
     for arr in (mean, std, mask_arr):
         if arr is not None and arr.ndim >= 2:
@@ -373,10 +391,16 @@ def robot_spec(name: str, entry: dict, fallback_T: int | None, where: str) -> Ro
         if action_dim is None:
             active = np.flatnonzero(mask)
             action_dim = int(active[-1]) + 1 if active.size else defaults.action_dim
-    else:
-        action_dim = int(action_dim or defaults.action_dim)
+    else:  # the release processor's get_action_mask: std > 1e-5, on the columns the statistics give
+        active = std[:, :given_width] > MASK_STD
+        if not (active == active[0]).all():
+            raise OfficialFormatError(f"{where}: action_std > {MASK_STD} (the release's action mask) differs "
+                                      f"between timesteps; xr0 needs one (32,) mask: give action_mask")
         mask = np.zeros(PADDED_DIM, np.float32)
-        mask[:action_dim] = 1
+        mask[:given_width] = active[0]
+        if action_dim is None:
+            on = np.flatnonzero(mask)
+            action_dim = int(on[-1]) + 1 if on.size else defaults.action_dim
     s_mean = _pick(entry, "state_mean", "state.mean")
     s_std = _pick(entry, "state_std", "state.std")
     state_mean, state_std = np.zeros(PADDED_DIM, np.float32), np.ones(PADDED_DIM, np.float32)
@@ -388,21 +412,46 @@ def robot_spec(name: str, entry: dict, fallback_T: int | None, where: str) -> Ro
             raise OfficialFormatError(f"{where}: state mean/std must be (d<=32,), got {sm.shape} / {ss.shape}")
         state_mean[: sm.shape[0]], state_std[: ss.shape[0]] = sm, ss
     state_dim = int(entry.get("state_dim", defaults.state_dim))
+    cameras = entry.get("cameras", defaults.cameras)
+    if not isinstance(cameras, (list, tuple)) or not cameras or not all(isinstance(c, str) for c in cameras):
+        raise OfficialFormatError(f"{where}: 'cameras' must be a non-empty list of view titles, got {cameras!r}")
     try:
-        return RobotSpec(mean, std, mask, state_mean, state_std, int(action_dim), state_dim)
+        return RobotSpec(mean, std, mask, state_mean, state_std, int(action_dim), state_dim, tuple(cameras), image,
+                         decode)
     except ValueError as e:
         raise OfficialFormatError(f"{where}: {e}") from e
 
 
-def load_robots(path: pathlib.Path, fallback_T: int | None = None,
-                stats_file: str | pathlib.Path | None = None) -> dict[str, RobotSpec]:
+def image_spec(path: pathlib.Path) -> ImageSpec:
+    """How the release processor sizes images, from the folder's preprocessor_config.json (ASSUMPTIONS item 9):
+    smart_resize within its min_pixels / max_pixels, else transformers 4.57.1's 3136..1003520 (whatever `size`
+    says), with its `resample` filter (bicubic by default)."""
+    file = path / "preprocessor_config.json"
+    data = _read_json(file) if file.is_file() else {}
+    where = f"{file}" if file.is_file() else f"{path} (no preprocessor_config.json: the release defaults)"
+    for key, want in (("patch_size", 16), ("merge_size", 2), ("temporal_patch_size", 2)):
+        if data.get(key, want) != want:
+            raise OfficialFormatError(f"{where}: {key} {data[key]} is not Qwen3-VL's {want}")
+    for key in ("image_mean", "image_std"):
+        if any(abs(v - 0.5) > 1e-9 for v in data.get(key, [0.5] * 3)):
+            raise OfficialFormatError(f"{where}: {key} {data[key]} is not Qwen3-VL's [0.5, 0.5, 0.5]")
+    resample = {v: k for k, v in RESAMPLE.items()}.get(data.get("resample", RESAMPLE["bicubic"]))
+    if resample is None:
+        raise OfficialFormatError(f"{where}: resample {data['resample']} is not one of {RESAMPLE}")
+    try:
+        return ImageSpec(min_pixels=int(data.get("min_pixels") or RELEASE_MIN_PIXELS),
+                         max_pixels=int(data.get("max_pixels") or RELEASE_MAX_PIXELS), resample=resample)
+    except ValueError as e:
+        raise OfficialFormatError(f"{where}: {e}") from e
+
+
+def load_robots(path: pathlib.Path, fallback_T: int | None = None, stats_file: str | pathlib.Path | None = None,
+                decode: str = "release") -> dict[str, RobotSpec]:
+    """Every robot type of the statistics table, each with its own chunk length (its rows), cameras and the
+    folder's image settings; decoded as the release processor (or, for the April code, its server) does."""
     table, file = find_stats_table(path, stats_file)
-    robots = {name: robot_spec(name, entry, fallback_T, file.name) for name, entry in table.items()}
-    lengths = {name: spec.chunk_len for name, spec in robots.items()}
-    if len(set(lengths.values())) != 1:
-        raise OfficialFormatError(f"{file.name}: robot types have different chunk lengths {lengths}; "
-                                  f"one checkpoint needs one chunk length")
-    return robots
+    image = image_spec(path)
+    return {name: robot_spec(name, entry, fallback_T, file.name, image, decode) for name, entry in table.items()}
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -514,7 +563,7 @@ def read_april(file: str | pathlib.Path, stats_file: str | pathlib.Path | None,
                                   f"(per robot type: action_mean/action_std (T, 32), optional action_mask)")
     state = read_deepspeed(file)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    robots = load_robots(file.parent, None, stats_file)
+    robots = load_robots(file.parent, None, stats_file, decode="masked")
     meta = {"vlm_config": deepspeed_vlm_config(vlm_config)}
     config = official_config(file.parent, shapes, robots, meta).override(**{**APRIL_RUNTIME, **settings})
     config.name = f"april:{file.parent.name}"

@@ -20,20 +20,37 @@ from .checkpoints import (CONFIG, WEIGHTS, atomic_write, file_sha256, policy_con
 from .config import MAX_STEPS, PolicyConfig, get_preset
 from .model.vla import EMBED, XR0Model, check_noise, seeded_embedding
 from .processing import Processor, RobotSpec, checks, stats_hash
+from .processing.images import ImageSpec
+from .processing.tokenizer import folder_tokenizer
 
 NORMS = "normalization.safetensors"
+TOKENIZER = "tokenizer.json"  # written only for a policy that carries its folder's own tokenizer
 FORMAT = "xr0"
 
 
 class XR0Policy:
     """The VLA as users run it: `model` (XR0Model, tensors), `robots` (statistics per robot type), `processor`."""
 
-    def __init__(self, model: XR0Model, robots: dict[str, RobotSpec] | None = None):
+    def __init__(self, model: XR0Model, robots: dict[str, RobotSpec] | None = None, tokenizer=None):
         c = model.config
         self.model = model
         self.robots = robots or {"default": RobotSpec.identity(c.chunk_len, c.action_dim, c.state_dim,
                                                                c.action_dim, c.state_dim)}
+        self.tokenizer = tokenizer  # a checkpoint folder's own tokenizer; None: the built-in Qwen3-VL one
         self._processor: Processor | None = None
+
+    @property
+    def robots(self) -> dict[str, RobotSpec]:
+        """Robot type -> RobotSpec (statistics, chunk length, dims, cameras, image settings)."""
+        return self._robots
+
+    @robots.setter
+    def robots(self, robots: dict[str, RobotSpec]) -> None:
+        """Robot types without cameras / image settings of their own (checkpoints saved before xr0 stored them)
+        get the config's: its cameras at its fixed image size."""
+        c = self.config
+        self._robots = {name: spec.with_setup(c.cameras, ImageSpec.fixed(c.image_size))
+                        for name, spec in robots.items()}
 
     @property
     def config(self) -> PolicyConfig:
@@ -42,7 +59,7 @@ class XR0Policy:
     @property
     def processor(self) -> Processor:
         if self._processor is None:
-            self._processor = Processor(self.config)
+            self._processor = Processor(self.config, self.tokenizer)
         return self._processor
 
     # ------------------------------------------------------------------ construction / checkpoints
@@ -64,14 +81,15 @@ class XR0Policy:
 
     @classmethod
     def from_state(cls, config: PolicyConfig, robots: dict[str, RobotSpec], state: dict[str, torch.Tensor],
-                   device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> "XR0Policy":
+                   device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                   tokenizer=None) -> "XR0Policy":
         """The model of `config` built on the meta device and loaded strictly from `state`, in `dtype`, eval mode."""
         with torch.device("meta"):
             model = XR0Model(config)
         model.load_weights(state, device=device)
         if dtype is not None:
             model.to(dtype)
-        return cls(model.eval(), robots)
+        return cls(model.eval(), robots, tokenizer)
 
     @classmethod
     def from_pretrained(cls, path: str | pathlib.Path, device: str | torch.device = "cpu",
@@ -82,8 +100,9 @@ class XR0Policy:
         (config.py), e.g. local_window=4, rope_offset=10 to run a release folder as the April post-training code
         does; for an official folder also stats_file=."""
         path = resolve_checkpoint(path)
+        tokenizer = folder_tokenizer(path)
         if official.is_official(path / CONFIG):
-            return cls.from_state(*official.read_release(path, **settings), device, dtype)
+            return cls.from_state(*official.read_release(path, **settings), device, dtype, tokenizer)
         cfg_file = policy_config_file(path)
         try:
             meta = json.loads(cfg_file.read_text())
@@ -98,7 +117,7 @@ class XR0Policy:
         if EMBED not in state and "embedding_sha256" in meta:
             stored_dtype = next(iter(state.values())).dtype  # e.g. a bf16 export stays bf16 throughout
             state[EMBED] = seeded_embedding(config, expect_sha256=meta["embedding_sha256"]).to(stored_dtype)
-        return cls.from_state(config, robots, state, device, dtype)
+        return cls.from_state(config, robots, state, device, dtype, tokenizer)
 
     def save_pretrained(self, path: str | pathlib.Path, dtype: torch.dtype | None = None,
                         store_embedding: bool = True, config_name: str = CONFIG) -> None:
@@ -115,10 +134,14 @@ class XR0Policy:
         norms = {f"{name}.{key}": torch.from_numpy(arr) for name, spec in self.robots.items()
                  for key, arr in spec.arrays().items()}
         atomic_write(path / NORMS, lambda tmp: save_file(norms, tmp, metadata={"format": FORMAT}))
+        files = [WEIGHTS, NORMS]
+        if self.tokenizer is not None:  # a folder's own tokenizer travels with the checkpoint
+            atomic_write(path / TOKENIZER, lambda tmp: self.tokenizer.backend_tokenizer.save(tmp))
+            files.append(TOKENIZER)
         meta = {"format": FORMAT, "policy": self.config.to_dict(),
-                "robots": {n: {"action_dim": s.action_dim, "state_dim": s.state_dim} for n, s in self.robots.items()},
+                "robots": {n: s.setup() for n, s in self.robots.items()},
                 "norm_stats_hash": stats_hash(self.robots), **extra,
-                "sha256": {name: file_sha256(path / name) for name in (WEIGHTS, NORMS)}}
+                "sha256": {name: file_sha256(path / name) for name in files}}
         atomic_write(path / config_name, lambda tmp: pathlib.Path(tmp).write_text(json.dumps(meta, indent=2)))
 
     def to(self, *args, **kwargs) -> "XR0Policy":
@@ -145,16 +168,18 @@ class XR0Policy:
                robot_type: str | None = None, prefix_weights=None, noise: torch.Tensor | None = None) -> np.ndarray:
         """One action chunk (T, action_dim) in physical units, from camera images, an instruction and the state.
 
-        images: dict camera -> (H, W, 3) uint8 (or a list in `config.cameras` order). state: (state_dim,).
+        images: dict camera -> (H, W, 3) uint8 (or a list in the robot type's camera order), any size: each is
+        resized as the robot type's ImageSpec says. state: (state_dim,). robot_type: required when the checkpoint
+        has several; T is that robot type's chunk length.
         prefix: optional (p, action_dim) committed actions (async execution); they come back unchanged in rows :p.
         prefix_weights: optional (p,) in [0, 1]. Then the prefix is not the trained clean prefix but a soft target
         for inference-time RTC guidance (Black et al. 2025; model/rtc.py): row i is pulled toward prefix[i] with
         weight prefix_weights[i], rows :p come back as generated (not overwritten), and p may exceed max_prefix.
         noise: optional x_0 (T, D) or (1, T, D); by default flow.initial_noise(seed), the official runtime's draw.
-        Dims the robot's action mask drops come back 0 (RobotSpec.denormalize_actions), as the official server.
+        Decoded as the release's decode_action (RobotSpec.denormalize_actions).
         """
         robot = self.robot(robot_type)
-        T, D = self.config.chunk_len, self.config.action_dim
+        T, D = robot.chunk_len, self.config.action_dim
         state = checks.vector(state, "state", robot.state_dim)
         prefix = None if prefix is None else checks.prefix(prefix, "prefix", robot.action_dim, T)
         weights = None
@@ -164,7 +189,7 @@ class XR0Policy:
             weights = checks.prefix_weights(prefix_weights, "prefix_weights", prefix.shape[0])
         if steps is not None:
             steps = checks.integer(steps, "steps", 1, MAX_STEPS)
-        batch = self.processor(images, instruction)
+        batch = self.processor(images, instruction, robot)
         state_t = torch.from_numpy(robot.normalize_state(state))[None]
         mask = torch.from_numpy(robot.action_mask).expand(1, T, D)
         x0 = check_noise(noise, (1, T, D), self.model.device, self.model.dtype, int(seed))
@@ -180,8 +205,10 @@ class XR0Policy:
         """What a client needs to talk to this policy (sent by the server on connect)."""
         robot = self.robot(robot_type)
         c = self.config
-        return {"cameras": list(c.cameras), "image_size": list(c.image_size), "state_dim": robot.state_dim,
-                "action_dim": robot.action_dim, "chunk_len": c.chunk_len, "control_hz": c.control_hz,
+        size = robot.image.size
+        return {"cameras": list(robot.cameras), "image_size": None if size is None else list(size),
+                "state_dim": robot.state_dim, "action_dim": robot.action_dim, "chunk_len": robot.chunk_len,
+                "control_hz": c.control_hz,
                 "max_prefix": c.max_prefix, "robot_types": sorted(self.robots), "preset": c.name,
                 "norm_stats_hash": stats_hash(self.robots)}
 
@@ -195,8 +222,9 @@ class XR0Policy:
 def batch_from_samples(samples: list[dict], config: PolicyConfig, proc: Processor,
                        robot: RobotSpec) -> dict[str, torch.Tensor]:
     """XR0Policy.make_batch without the model (what the trainer's data workers run: xr0.train.loader)."""
-    T, D = config.chunk_len, config.action_dim
-    vlm = proc.collate([proc.prompt_ids(s["instruction"]) for s in samples], [proc.images(s["images"]) for s in samples])
+    T, D = robot.chunk_len, config.action_dim
+    encoded = [proc.encode(s["images"], s["instruction"], robot) for s in samples]
+    vlm = proc.collate([ids for ids, _ in encoded], [ims for _, ims in encoded])
     state = np.stack([robot.normalize_state(checks.vector(s["state"], "state", robot.state_dim)) for s in samples])
     actions = [checks.numeric(s["actions"], "actions") for s in samples]
     bad = next((a.shape for a in actions if a.shape != (T, robot.action_dim)), None)
@@ -230,16 +258,26 @@ def _load_safetensors(file: pathlib.Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{file} is not a readable safetensors file: {e}") from e
 
 
-def load_robots(file: pathlib.Path, dims: dict) -> dict[str, RobotSpec]:
+def load_robots(file: pathlib.Path, setups: dict) -> dict[str, RobotSpec]:
+    """The robot types of an xr0 checkpoint: arrays from `file`, the rest from config.json's `robots` entries
+    (RobotSpec.setup; older checkpoints lack cameras / image, which the policy then takes from its config)."""
     arrays = _load_safetensors(file)
     robots = {}
-    for name, d in dims.items():
+    for name, d in setups.items():
         try:
+            image = None if d.get("image") is None else ImageSpec.from_dict(d["image"])
             robots[name] = RobotSpec(**{k: arrays[f"{name}.{k}"].numpy() for k in
                                         ("action_mean", "action_std", "action_mask", "state_mean", "state_std")},
-                                     action_dim=d["action_dim"], state_dim=d["state_dim"])
+                                     action_dim=d["action_dim"], state_dim=d["state_dim"],
+                                     cameras=tuple(d.get("cameras") or ()), image=image,
+                                     decode=d.get("decode", "masked"))
         except KeyError as e:
             raise ValueError(f"{file}: robot type {name!r} lacks {e}") from e
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{file.parent / CONFIG}: robot type {name!r}: {e}") from e
+        if "chunk_len" in d and d["chunk_len"] != robots[name].chunk_len:
+            raise ValueError(f"{file}: robot type {name!r} has {robots[name].chunk_len} statistics rows but "
+                             f"config.json says chunk_len {d['chunk_len']}")
     if not robots:
         raise ValueError(f"{file}: no robot types listed in the config")
     return robots

@@ -135,8 +135,9 @@ class XR0Model(ActionExpert):
 
     def context(self, cache: VLMCache, state: torch.Tensor, action_mask: torch.Tensor, prefix_len: int = 0,
                 hidden_prefix: torch.Tensor | None = None) -> ExpertContext:
-        """The per-chunk expert inputs: Λ mask, RoPE positions (+offset on noisy tokens), state token."""
-        e, T = self.config.expert, self.config.chunk_len
+        """The per-chunk expert inputs: Λ mask, RoPE positions (+offset on noisy tokens), state token. The chunk
+        length T is the action mask's (B, T, D): each robot type has its own."""
+        e, T = self.config.expert, action_mask.shape[1]
         dev = self.device
         mask = expert_mask(T, prefix_len, e.local_window, hidden_prefix, device=dev)
         positions = expert_positions(cache.max_position(), T, prefix_len, e.rope_offset)
@@ -163,14 +164,15 @@ class XR0Model(ActionExpert):
         return times, self.modulation_table(times.flatten()).unflatten(1, (steps, B))
 
     def use_static_denoiser(self, max_len: int | None, batch: int = 1, steps: int | None = None,
-                            cuda_graph: bool | None = None) -> StaticDenoiser | None:
-        """Route denoise() (and so sample()) through fixed buffers sized for prompts of up to max_len VLM tokens.
+                            cuda_graph: bool | None = None, chunk_len: int | None = None) -> StaticDenoiser | None:
+        """Route denoise() (and so sample()) through fixed buffers sized for prompts of up to max_len VLM tokens
+        and chunks of chunk_len actions (default config.chunk_len; other chunk lengths take the eager loop).
 
         On CUDA the 5-step DiT loop is then captured once as a CUDA graph and replayed per chunk (cuda_graph=None:
         on CUDA only). Inference only: rebuild after changing the weights. max_len=None switches it off.
         """
         self._static_denoiser = None if max_len is None else StaticDenoiser(
-            self, batch, max_len, self.config.chunk_len, self.config.action_dim, steps or self.config.num_steps,
+            self, batch, max_len, chunk_len or self.config.chunk_len, self.config.action_dim, steps or self.config.num_steps,
             cuda_graph)
         return self._static_denoiser
 

@@ -7,9 +7,13 @@ TASK_HEADER = "Generate robot actions for the task:"
 VISION = "<|vision_start|>{pads}<|vision_end|>"
 
 
-def action_prompt(instruction: str, cameras: tuple[str, ...] | list[str], image_tokens: int) -> str:
-    """User turn with one image block per camera, the instruction + " /no_cot", and the empty `<cot></cot>` answer."""
-    views = "".join(f"# {cam}\n{VISION.format(pads='<|image_pad|>' * image_tokens)}\n" for cam in cameras)
+def action_prompt(instruction: str, cameras: tuple[str, ...] | list[str], image_tokens: int | list[int]) -> str:
+    """User turn with one image block per camera (image_tokens: <|image_pad|> tokens per view, or one count for
+    all), the instruction + " /no_cot", and the empty `<cot></cot>` answer."""
+    counts = [image_tokens] * len(cameras) if isinstance(image_tokens, int) else list(image_tokens)
+    if len(counts) != len(cameras):
+        raise ValueError(f"{len(counts)} image token counts for {len(cameras)} cameras")
+    views = "".join(f"# {cam}\n{VISION.format(pads='<|image_pad|>' * n)}\n" for cam, n in zip(cameras, counts))
     return (f"<|im_start|>user\n{PREAMBLE}\n{views}{TASK_HEADER}\n{instruction} /no_cot<|im_end|>\n"
             f"<|im_start|>assistant\n<cot></cot><|im_end|>\n")
 

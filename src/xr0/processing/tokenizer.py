@@ -56,3 +56,62 @@ def qwen_tokenizer():
         tk = Tokenizer.from_file(str(path))
     return Qwen2TokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                               unk_token=None, bos_token=None)
+
+
+def folder_tokenizer(folder: str | os.PathLike):
+    """A checkpoint folder's own tokenizer, or None when it ships none (then the built-in qwen_tokenizer is used).
+
+    `tokenizer.json` (the fast tokenizer as saved by transformers), else `vocab.json` + `merges.txt` with the added
+    tokens of `tokenizer_config.json`'s `added_tokens_decoder` (Qwen3-VL's 26 at ids 151643.. when it lists none).
+    pad/eos come from tokenizer_config.json when it names them (default `<|endoftext|>` / `<|im_end|>`).
+    """
+    import json
+
+    from tokenizers import AddedToken, Tokenizer
+    from transformers import Qwen2TokenizerFast
+
+    folder = pathlib.Path(folder)
+    config_file = folder / "tokenizer_config.json"
+    try:
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_file} is not valid JSON: {e}") from e
+
+    def token(key: str, default: str) -> str:
+        value = config.get(key) or default
+        return value["content"] if isinstance(value, dict) else value
+
+    special = dict(eos_token=token("eos_token", "<|im_end|>"), pad_token=token("pad_token", "<|endoftext|>"),
+                   unk_token=None, bos_token=None)
+    if (folder / "tokenizer.json").is_file():
+        try:
+            backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as e:  # tokenizers raises its own exception type
+            raise ValueError(f"{folder / 'tokenizer.json'} is not a readable tokenizer: {e}") from e
+        return Qwen2TokenizerFast(tokenizer_object=backend, **special)
+    if not (folder / "vocab.json").is_file() and not (folder / "merges.txt").is_file():
+        return None
+    for name in ("vocab.json", "merges.txt"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder} has {'merges.txt' if name == 'vocab.json' else 'vocab.json'} but "
+                                    f"not {name}: a BPE tokenizer needs both")
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+    bad = next((m for m in merges if len(m) != 2), None)
+    if bad is not None:
+        raise ValueError(f"{folder / 'merges.txt'}: a merge must be two symbols, got {' '.join(bad)!r}")
+    tok = Qwen2TokenizerFast(vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token=None,
+                             pad_token=None)  # special tokens named only once the added tokens have their ids
+    decoder = config.get("added_tokens_decoder") or {
+        str(151643 + i): {"content": s, "special": True} for i, s in enumerate(SPECIAL_TOKENS)}
+    for index in sorted(decoder, key=int):
+        entry = decoder[index]
+        tok.add_tokens([AddedToken(entry["content"], special=bool(entry.get("special", True)), normalized=False)],
+                       special_tokens=bool(entry.get("special", True)))
+        got = tok.convert_tokens_to_ids(entry["content"])
+        if got != int(index):
+            raise ValueError(f"{config_file}: added token {entry['content']!r} should have id {index} but the "
+                             f"vocabulary gives it {got}")
+    tok.eos_token, tok.pad_token = special["eos_token"], special["pad_token"]
+    return tok

@@ -2,12 +2,15 @@
 
 Protocol (one websocket, binary msgpack frames, numpy arrays as in ``xr0.runtime.wire``):
   1. On connect the server sends a metadata map (cameras, image_size, state_dim, action_dim, chunk_len,
-     control_hz, norm_stats_hash, protocol, max_message_bytes). If a token is configured and the client
+     control_hz, norm_stats_hash, protocol, max_message_bytes) of the default robot type (``robot_type``), and
+     under ``robots`` the same fields for every robot type the checkpoint holds (each its own chunk length,
+     cameras, dims; ``image_size`` null where the processor takes any size, as for release folders). If a token is configured and the client
      did not send ``Authorization: Api-Key <token>`` (or ``Bearer <token>``), the first frame is instead
      ``{"auth_required": True, ...}`` and the client must send ``{"token": "..."}``; the reply is the
      full metadata.
   2. Each request is an observation map ``{"images": {camera: HxWx3 uint8}, "state": (state_dim,),
-     "prompt": str, "action_prefix"?: (p, action_dim), "prefix_weights"?: (p,), "steps"?: int, "seed"?: int}``.
+     "prompt": str, "robot_type"?: str, "action_prefix"?: (p, action_dim), "prefix_weights"?: (p,), "steps"?: int,
+     "seed"?: int}``; without ``robot_type`` the default one.
      With ``prefix_weights`` (in [0, 1]) the prefix is a soft target for inference-time RTC guidance and may
      be up to chunk_len long; without it, it is the trained clean prefix (at most max_prefix).
   3. Each reply is ``{"actions": (T, action_dim) float32, "server_timing": {"infer_ms", ...}}`` or
@@ -53,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 PROTOCOL = "xr0-ws/1"
 REQUIRED_METADATA = ("cameras", "image_size", "state_dim", "action_dim", "chunk_len", "control_hz", "norm_stats_hash")
-REQUEST_FIELDS = ("images", "state", "prompt", "action_prefix", "prefix_weights", "steps", "seed")
+REQUEST_FIELDS = ("images", "state", "prompt", "robot_type", "action_prefix", "prefix_weights", "steps", "seed")
 TOKEN_ENV = "XR0_SERVE_TOKEN"
 MAX_AUTH_FAILURES = 3
 AUTH_TIMEOUT_S = 10.0  # an unauthenticated socket gets this long per message, not the full idle timeout
@@ -86,6 +89,7 @@ class Observation:
     steps: int | None
     seed: int | None
     prefix_weights: np.ndarray | None = None  # (p,) RTC soft-mask weights for the prefix
+    robot_type: str | None = None  # None: the policy's only one (a policy without robot types)
 
 
 # ----------------------------------------------------------------------------------------- validation
@@ -97,7 +101,8 @@ def _bad(field: str, message: str) -> RequestError:
 
 def validate_observation(obs: Any, meta: dict, *, max_prompt_chars: int = 2048, strict_image_size: bool = True) -> Observation:
     """Check a decoded request against the policy metadata (xr0.processing.checks, the checks XR0Policy.sample
-    runs too); raise ``RequestError`` naming the field."""
+    runs too): the requested robot type's entry of meta["robots"] when it has one; raise ``RequestError`` naming
+    the field."""
     try:
         return _observation(obs, meta, max_prompt_chars, strict_image_size)
     except checks.FieldError as e:
@@ -114,6 +119,16 @@ def _observation(obs: Any, meta: dict, max_prompt_chars: int, strict_image_size:
     for key in ("images", "state", "prompt"):
         if key not in obs:
             raise _bad(key, "missing required field")
+    robots = meta.get("robots") or {}
+    robot_type = obs.get("robot_type")
+    if robot_type is not None:
+        if not isinstance(robot_type, str) or robot_type not in robots:
+            raise _bad("robot_type", f"unknown robot type {str(robot_type)[:64]!r} (this checkpoint has "
+                                     f"{sorted(robots)})")
+    elif robots:
+        robot_type = meta["robot_type"]
+    if robot_type is not None:
+        meta = robots[robot_type]
 
     images = obs["images"]
     if not isinstance(images, dict):
@@ -122,7 +137,7 @@ def _observation(obs: Any, meta: dict, max_prompt_chars: int, strict_image_size:
     for name in images:
         if name not in cameras:
             raise _bad(f"images[{str(name)[:64]!r}]", f"unknown camera (expected one of {cameras})")
-    size = tuple(int(v) for v in meta["image_size"]) if strict_image_size else None
+    size = tuple(int(v) for v in meta["image_size"]) if strict_image_size and meta["image_size"] else None
     out_images = {}
     for name in cameras:
         if name not in images:
@@ -144,7 +159,7 @@ def _observation(obs: Any, meta: dict, max_prompt_chars: int, strict_image_size:
                                                                                       prefix.shape[0])
     steps = checks.integer(obs["steps"], "steps", 1, MAX_STEPS) if obs.get("steps") is not None else None
     seed = checks.integer(obs["seed"], "seed", 0, 2**63 - 1) if obs.get("seed") is not None else None
-    return Observation(out_images, prompt, state, prefix, steps, seed, weights)
+    return Observation(out_images, prompt, state, prefix, steps, seed, weights, robot_type)
 
 
 def _clean_metadata(meta: Any) -> dict:
@@ -167,9 +182,25 @@ def _clean_metadata(meta: Any) -> dict:
         return v
 
     out = plain(dict(meta))
-    if len(out["image_size"]) != 2:
-        raise ValueError(f"metadata image_size must be [H, W], got {out['image_size']}")
+    if out["image_size"] is not None and len(out["image_size"]) != 2:
+        raise ValueError(f"metadata image_size must be [H, W] or null, got {out['image_size']}")
     return out
+
+
+def policy_metadata(policy: Any, robot_type: str | None) -> dict:
+    """The served metadata: the default robot type's fields at the top level, and under `robots` every robot
+    type's (a policy without `robots`, e.g. a test double, has only the top level)."""
+    names = list(getattr(policy, "robots", None) or [])
+    if not names:
+        return _clean_metadata(policy.metadata())
+    if robot_type is None:
+        robot_type = names[0]
+        if len(names) > 1:
+            logger.info("serving robot types %s; requests without robot_type use %r (--robot-type)", names, robot_type)
+    if robot_type not in names:
+        raise ValueError(f"--robot-type {robot_type!r}: this checkpoint has {names}")
+    robots = {name: _clean_metadata(policy.metadata(name)) for name in names}
+    return {**robots[robot_type], "robot_type": robot_type, "robots": robots}
 
 
 # --------------------------------------------------------------------------------------------- server
@@ -191,6 +222,7 @@ class PolicyServer:
         max_prompt_chars: int = 2048,
         strict_image_size: bool = True,
         default_steps: int | None = None,
+        robot_type: str | None = None,
     ):
         self.policy = policy
         self.host = host
@@ -204,7 +236,7 @@ class PolicyServer:
         self.max_prompt_chars = max_prompt_chars
         self.strict_image_size = strict_image_size
         self.default_steps = default_steps
-        self.policy_metadata = _clean_metadata(policy.metadata())
+        self.policy_metadata = policy_metadata(policy, robot_type)
         self.metadata = {
             **self.policy_metadata,
             "protocol": PROTOCOL,
@@ -425,6 +457,8 @@ class PolicyServer:
             kwargs["steps"] = steps
         if obs.seed is not None:
             kwargs["seed"] = obs.seed
+        if obs.robot_type is not None:
+            kwargs["robot_type"] = obs.robot_type
         started = time.perf_counter()
         try:
             out = self.policy.sample(obs.images, obs.prompt, obs.state, **kwargs)
@@ -434,14 +468,15 @@ class PolicyServer:
             logger.exception("policy.sample failed")
             raise RequestError("internal_error", f"policy failed: {type(e).__name__}: {e}"[:1000]) from e
         ended = time.perf_counter()
-        return self._check_actions(out), started, ended
+        return self._check_actions(out, obs.robot_type), started, ended
 
-    def _check_actions(self, out: Any) -> np.ndarray:
+    def _check_actions(self, out: Any, robot_type: str | None = None) -> np.ndarray:
         try:
             actions = np.asarray(out, dtype=np.float32)
         except (TypeError, ValueError) as e:
             raise RequestError("internal_error", f"policy returned non-numeric actions ({type(out).__name__})") from e
-        d = int(self.policy_metadata["action_dim"])
+        meta = self.policy_metadata["robots"][robot_type] if robot_type is not None else self.policy_metadata
+        d = int(meta["action_dim"])
         if actions.ndim != 2 or actions.shape[1] != d:
             raise RequestError("internal_error", f"policy returned actions of shape {actions.shape}, expected (T, {d})")
         if not np.isfinite(actions).all():
@@ -475,6 +510,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-timeout-s", type=float, default=300.0, help="close connections idle this long")
     parser.add_argument("--max-queue", type=int, default=8, help="requests queued before replying 'busy'")
     parser.add_argument("--steps", type=int, default=None, help="default denoising steps (policy default if unset)")
+    parser.add_argument("--robot-type", default=None,
+                        help="robot type of requests that name none (default: the checkpoint's first)")
     add_runtime_arguments(parser)
 
 
@@ -504,7 +541,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         server = PolicyServer(policy, host=args.host, port=args.port, token=token,
                               max_message_bytes=int(args.max_message_mb * 2**20), idle_timeout_s=args.idle_timeout_s,
-                              max_queue=args.max_queue, default_steps=args.steps)
+                              max_queue=args.max_queue, default_steps=args.steps, robot_type=args.robot_type)
+    except ValueError as e:
+        logger.error("%s", e)
+        return 2
+    try:
         server.serve_forever()
     except OSError as e:
         logger.error("cannot serve on %s:%s: %s", args.host, args.port, e)

@@ -1,13 +1,15 @@
 """CALVIN with the official XR-0 evaluation protocol (spec §8.2, §9.4).
 
-Protocol (Xiaomi's eval_calvin): static + gripper camera images, each centre-cropped to 0.95 and resized back to its
-own size (bilinear), then handed to Qwen's processor, which upsamples them to 256x256 (bicubic; done here so xr0's
-processor has nothing left to do); cameras "Base View" / "Left-Wrist View"; state = robot_obs[:7] (TCP position,
-TCP Euler xyz, gripper opening width) + zeros; robot type calvin_abc_orig / calvin_abcd_orig; instruction =
-the first validation annotation, str.capitalize()d, plus "."; each inference executes 10 actions (first 7 dims,
-CALVIN's normalised relative actions) with the gripper set to +1 if > 0 else -1; a subtask gets 36 inferences
-(360 steps) and succeeds as soon as the task oracle reports it; a sequence stops at its first failed subtask;
-1000 sequences of eval_sequences.json shuffled with Python's random.seed(42).
+Protocol (Xiaomi's eval_calvin/main.py): static + gripper camera images (200x200 and 84x84), each centre-cropped
+to 0.95 (int(side * 0.95), offset (side - crop) // 2) and resized back to its own size (bilinear), sent at that
+size: the release processor then sizes them (smart_resize within its pixel budget: 192x192 and 96x96 with the
+transformers 4.57.1 budget); cameras "Base View" / "Left-Wrist View"; state = robot_obs[:7] (TCP position, TCP Euler
+xyz, gripper opening width) + zeros to 32; robot type calvin_abcd_orig (calvin_abc_orig with split abc); instruction
+= the first validation annotation, str.capitalize()d, plus "."; the noise seed of a request = hash_data_to_seed of
+the payload before the "." is added (`calvin_request`); each inference executes 10 actions (first 7 dims, CALVIN's
+normalised relative actions) with the gripper set to +1 if > 0 else -1; a subtask gets 36 inferences (360 steps)
+and succeeds as soon as the task oracle reports it; a sequence stops at its first failed subtask; 1000 sequences of
+eval_sequences.json shuffled with Python's random.seed(42).
 
 calvin_env / calvin_agent are not on PyPI: the pure parts here import without them, and the runner raises
 `require_calvin()`'s install hint.
@@ -19,14 +21,13 @@ import random
 
 import numpy as np
 
-from .protocol import ChunkPolicy, center_crop_resize, observation_seed, pad_state, resize
+from .protocol import ChunkPolicy, center_crop_resize, observation_seed, pil
 
 INSTALL_HINT = ("CALVIN is not installed (it is not on PyPI): clone the CALVIN repository (mees/calvin) with its "
                 "submodules, `pip install -e calvin_env/tacto -e calvin_env -e calvin_models`, and download a split "
                 "(task_ABC_D or task_ABCD_D); xr0 needs calvin_env.envs.play_table_env.get_env and "
                 "calvin_agent.evaluation.utils")
 CAMERAS = ("Base View", "Left-Wrist View")  # rgb_static, rgb_gripper
-IMAGE_SIZE = (256, 256)  # what Qwen's smart_resize makes of CALVIN's 200x200 and 84x84 (min 256*256 pixels)
 CROP = 0.95
 REPLAN = 10
 CALLS_PER_SUBTASK = 36  # x REPLAN = 360 steps
@@ -58,21 +59,20 @@ def robot_type(split: str) -> str:
 
 def calvin_state(robot_obs) -> np.ndarray:
     """(7,) = TCP xyz, TCP Euler xyz, gripper opening width: the first 7 entries of CALVIN's robot_obs."""
-    robot_obs = np.asarray(robot_obs, dtype=np.float32).reshape(-1)
+    robot_obs = np.asarray(robot_obs, dtype=np.float64).reshape(-1)
     if robot_obs.shape[0] < 7:
         raise ValueError(f"robot_obs must have at least 7 entries, got {robot_obs.shape[0]}")
     return robot_obs[:7].copy()
 
 
-def calvin_images(rgb_static: np.ndarray, rgb_gripper: np.ndarray, size=IMAGE_SIZE, crop: float = CROP) -> dict:
-    """Centre crop + resize back (per camera), then bicubic to the model's input size."""
-    return {CAMERAS[0]: resize(center_crop_resize(rgb_static, crop), size),
-            CAMERAS[1]: resize(center_crop_resize(rgb_gripper, crop), size)}
+def calvin_images(rgb_static: np.ndarray, rgb_gripper: np.ndarray, crop: float = CROP) -> dict:
+    """Centre crop + resize back to each camera's own size (the policy's processor does the rest)."""
+    return {CAMERAS[0]: center_crop_resize(rgb_static, crop), CAMERAS[1]: center_crop_resize(rgb_gripper, crop)}
 
 
 def calvin_prompt(annotation: str) -> str:
     """str.capitalize() (rest lower-cased, as the official client does) + '.'."""
-    return annotation.strip().capitalize() + "."
+    return annotation.capitalize() + "."
 
 
 def calvin_gripper(value: float) -> float:
@@ -89,14 +89,20 @@ def calvin_actions(chunk: np.ndarray, replan: int = REPLAN) -> np.ndarray:
     return out
 
 
-def calvin_observation(obs: dict, annotation: str, split: str, size=IMAGE_SIZE) -> dict:
-    """CALVIN env obs -> the policy observation (images, state, prompt, seed)."""
-    images = calvin_images(obs["rgb_obs"]["rgb_static"], obs["rgb_obs"]["rgb_gripper"], size)
+def calvin_request(state: np.ndarray, images: dict, annotation: str, split: str) -> dict:
+    """The official client's payload, as hashed into the request's noise seed: robot type, robot_obs[:7] + 25 zeros
+    (float64), both cropped images as PIL, the capitalised annotation without its "."."""
+    return {"task_id": robot_type(split), "state": np.concatenate([state, np.zeros(25)]),
+            "base": pil(images[CAMERAS[0]]), "wrist_left": pil(images[CAMERAS[1]]),
+            "language": annotation.capitalize()}
+
+
+def calvin_observation(obs: dict, annotation: str, split: str) -> dict:
+    """CALVIN env obs -> the policy observation (images, state, prompt, the official client's seed)."""
+    images = calvin_images(obs["rgb_obs"]["rgb_static"], obs["rgb_obs"]["rgb_gripper"])
     state = calvin_state(obs["robot_obs"])
-    prompt = calvin_prompt(annotation)
-    seed = observation_seed({"robot_type": robot_type(split), "state": pad_state(state), "images": images,
-                             "prompt": prompt})
-    return {"images": images, "state": state, "prompt": prompt, "seed": seed}
+    seed = observation_seed(calvin_request(state, images, annotation, split))
+    return {"images": images, "state": state, "prompt": calvin_prompt(annotation), "seed": seed}
 
 
 def shuffled_sequences(sequences: list, n: int = NUM_SEQUENCES, seed: int = SHUFFLE_SEED) -> list:
@@ -109,12 +115,12 @@ def shuffled_sequences(sequences: list, n: int = NUM_SEQUENCES, seed: int = SHUF
 
 # ---------------------------------------------------------------------------------------------- runner
 def rollout_subtask(env, chunk_policy: ChunkPolicy, task_oracle, subtask: str, annotation: str, split: str,
-                    calls: int = CALLS_PER_SUBTASK, replan: int = REPLAN, size=IMAGE_SIZE) -> bool:
+                    calls: int = CALLS_PER_SUBTASK, replan: int = REPLAN) -> bool:
     """One language subtask in a live CALVIN env; True as soon as the oracle reports the subtask done."""
     obs = env.get_obs()
     start_info = env.get_info()
     for _ in range(calls):
-        chunk = chunk_policy(calvin_observation(obs, annotation, split, size))
+        chunk = chunk_policy(calvin_observation(obs, annotation, split))
         for action in calvin_actions(chunk, replan):
             obs, _, _, info = env.step(action)
             if task_oracle.get_task_info_for_set(start_info, info, {subtask}):
@@ -122,8 +128,8 @@ def rollout_subtask(env, chunk_policy: ChunkPolicy, task_oracle, subtask: str, a
     return False
 
 
-def evaluate_sequence(env, policy, task_oracle, initial_state, sequence: list[str], annotations: dict, split: str,
-                      size=IMAGE_SIZE) -> int:
+def evaluate_sequence(env, policy, task_oracle, initial_state, sequence: list[str], annotations: dict,
+                      split: str) -> int:
     """Chain length achieved on one 5-subtask sequence (stops at the first failure)."""
     _, eval_utils = require_calvin()
     chunk_policy = policy if isinstance(policy, ChunkPolicy) else ChunkPolicy(policy, robot_type(split))
@@ -131,7 +137,7 @@ def evaluate_sequence(env, policy, task_oracle, initial_state, sequence: list[st
     env.reset(robot_obs=robot_obs, scene_obs=scene_obs)
     done = 0
     for subtask in sequence:
-        if not rollout_subtask(env, chunk_policy, task_oracle, subtask, annotations[subtask][0], split, size=size):
+        if not rollout_subtask(env, chunk_policy, task_oracle, subtask, annotations[subtask][0], split):
             break
         done += 1
     return done
@@ -142,3 +148,42 @@ def average_length(chain_lengths: list[int], n_tasks: int = 5) -> dict:
     arr = np.asarray(chain_lengths)
     return {"avg_len": float(arr.mean()) if arr.size else None,
             "success_at": [float((arr >= k).mean()) if arr.size else None for k in range(1, n_tasks + 1)]}
+
+
+# ---------------------------------------------------------------------------------------------- the benchmark
+CONFIG_FILES = ("new_playtable_tasks.yaml", "new_playtable_validation.yaml", "eval_sequences.json")
+
+
+def evaluate(policy, dataset: str, config_dir: str, split: str = "abcd", sequences: int = NUM_SEQUENCES,
+             seed_of_call=None, progress: bool = True) -> dict:
+    """The official CALVIN evaluation of `policy`: `sequences` of eval_sequences.json (shuffled with seed 42), a
+    fresh env of `dataset`/validation per sequence, chains of up to 5 subtasks. `config_dir` holds the official
+    client's CONFIG_FILES (Xiaomi-Robotics-0's eval_calvin/config)."""
+    import json
+    import pathlib
+
+    from tqdm import tqdm
+
+    get_env, _ = require_calvin()
+    import hydra
+    from omegaconf import OmegaConf
+
+    config_dir, dataset = pathlib.Path(config_dir), pathlib.Path(dataset)
+    missing = [f for f in CONFIG_FILES if not (config_dir / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"--config {config_dir} lacks {missing} (the official eval_calvin/config folder)")
+    if not (dataset / "validation").is_dir():
+        raise FileNotFoundError(f"--dataset {dataset} has no validation/ folder (a CALVIN split, e.g. task_ABCD_D)")
+    task_oracle = hydra.utils.instantiate(OmegaConf.load(config_dir / CONFIG_FILES[0]))
+    annotations = OmegaConf.load(config_dir / CONFIG_FILES[1])
+    seqs = shuffled_sequences(json.loads((config_dir / CONFIG_FILES[2]).read_text()), sequences)
+    chunk_policy = ChunkPolicy(policy, robot_type(split), seed_of_call=seed_of_call)
+    lengths: list[int] = []
+    with tqdm(seqs, desc=f"calvin {split}", unit="seq", disable=not progress) as bar:
+        for initial_state, sequence in bar:
+            env = get_env(dataset / "validation", show_gui=False)
+            lengths.append(evaluate_sequence(env, chunk_policy, task_oracle, initial_state, sequence, annotations,
+                                             split))
+            bar.set_postfix(avg_len=f"{np.mean(lengths):.2f}")
+    return {"benchmark": "calvin", "split": split, "robot_type": robot_type(split), "sequences": len(lengths),
+            "chain_lengths": lengths, **average_length(lengths)}

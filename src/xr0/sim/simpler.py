@@ -1,8 +1,10 @@
 """SimplerEnv (WidowX/Bridge and Google Robot/Fractal) with the official XR-0 evaluation protocol (spec §8.3, §9.4).
 
-Protocol (Xiaomi's eval_simplerenv): one camera image, resized to 256x256 (Bridge, "Base View") or 320x256 W x H
-(Fractal, "Ego View") with PIL's default bicubic filter, then centre-cropped to 0.95 and resized back (bilinear);
-instruction with its first letter upper-cased plus "."; state from SimplerEnv's `eef_pos` (xyz, quaternion wxyz,
+Protocol (Xiaomi's eval_simplerenv/main.py): one camera image, resized to 256x256 (Bridge, "Base View") or 320x256
+W x H (Fractal, "Ego View") with PIL's default bicubic filter, then centre-cropped to 0.95 and resized back
+(bilinear); instruction with its first letter upper-cased (the rest kept) plus "."; the client builds the one-view
+prompt itself, and the noise seed of a request is hash_data_to_seed of its payload (`simpler_request`: the whole
+prompt, the state as (1, 1, 32) float64, the image as PIL); state from SimplerEnv's `eef_pos` (xyz, quaternion wxyz,
 gripper openness):
 - Bridge: xyz + roll/pitch/yaw of R_eef @ R_topdown^T (the Bridge data is relative to a top-down pose; static xyz
   Euler) + 0 + gripper openness (8 dims), robot type bridge_delta;
@@ -20,9 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..processing.prompts import action_prompt
 from .protocol import (
-    ChunkPolicy, capitalize_first, center_crop_resize, euler_to_axis_angle, matrix_to_euler, matrix_to_quat,
-    observation_seed, pad_state, quat_to_matrix, resize, with_period,
+    ChunkPolicy, center_crop_resize, euler_to_axis_angle, matrix_to_euler, matrix_to_quat, observation_seed, pil,
+    quat_to_matrix, resize,
 )
 
 INSTALL_HINT = ("SimplerEnv is not installed (it is not on PyPI): clone SimplerEnv with its ManiSkill2_real2sim "
@@ -77,17 +80,18 @@ def _split_eef(eef_pos) -> tuple[np.ndarray, np.ndarray, float]:
 
 
 def bridge_state(eef_pos) -> np.ndarray:
-    """(8,) xyz, Euler of R @ TOPDOWN^T, 0, gripper openness."""
+    """(8,) float64: xyz, Euler of R @ TOPDOWN^T, 0 (the zero the official client inserts before the gripper),
+    gripper openness."""
     xyz, q_xyzw, openness = _split_eef(eef_pos)
     rpy = matrix_to_euler(quat_to_matrix(q_xyzw) @ TOPDOWN.T)
-    return np.concatenate([xyz, rpy, [0.0, openness]]).astype(np.float32)
+    return np.concatenate([xyz, rpy, [0.0, openness]])
 
 
 def fractal_state(eef_pos) -> np.ndarray:
-    """(8,) xyz, quaternion xyzw with w >= 0, gripper closedness (1 - openness)."""
+    """(8,) float64: xyz, quaternion xyzw with w >= 0, gripper closedness (1 - openness)."""
     xyz, q_xyzw, openness = _split_eef(eef_pos)
     q = matrix_to_quat(quat_to_matrix(q_xyzw))
-    return np.concatenate([xyz, q, [1.0 - openness]]).astype(np.float32)
+    return np.concatenate([xyz, q, [1.0 - openness]])
 
 
 def bridge_gripper(value: float) -> float:
@@ -114,17 +118,27 @@ def simpler_image(image: np.ndarray, emb: Embodiment, crop: float = CROP) -> np.
 
 
 def simpler_prompt(instruction: str) -> str:
-    return with_period(capitalize_first(instruction))
+    """The official client's instruction: the first letter upper-cased, the rest as given, + "."."""
+    return instruction[0].upper() + instruction[1:] + "."
+
+
+def simpler_request(image: np.ndarray, state: np.ndarray, instruction: str, emb: Embodiment) -> dict:
+    """The official client's payload, as hashed into the request's noise seed: robot type, the one-view prompt it
+    builds itself (one <|image_pad|> before the processor expands it), the state as (1, 1, 32) float64, the
+    prepared image as PIL."""
+    padded = np.zeros((1, 1, 32))
+    padded[0, 0, : state.shape[0]] = state
+    return {"task_id": emb.robot_type, "state": padded, "base": pil(image),
+            "language": action_prompt(simpler_prompt(instruction), [emb.camera], 1)}
 
 
 def simpler_observation(image: np.ndarray, eef_pos, instruction: str, emb: Embodiment) -> dict:
-    """SimplerEnv camera image + agent eef_pos + language -> the policy observation (images, state, prompt, seed)."""
+    """SimplerEnv camera image + agent eef_pos + language -> the policy observation (images, state, prompt, the
+    official client's seed)."""
     img = simpler_image(image, emb)
     state = bridge_state(eef_pos) if emb is BRIDGE else fractal_state(eef_pos)
-    prompt = simpler_prompt(instruction)
-    seed = observation_seed({"robot_type": emb.robot_type, "state": pad_state(state), "images": {emb.camera: img},
-                             "prompt": prompt})
-    return {"images": {emb.camera: img}, "state": state, "prompt": prompt, "seed": seed}
+    seed = observation_seed(simpler_request(img, state, instruction, emb))
+    return {"images": {emb.camera: img}, "state": state, "prompt": simpler_prompt(instruction), "seed": seed}
 
 
 # ---------------------------------------------------------------------------------------------- runner
@@ -151,3 +165,61 @@ def run_episode(env, policy, emb: Embodiment, reset_options: dict | None = None,
         if done:
             break
     return bool(done)
+
+
+# ---------------------------------------------------------------------------------------------- the benchmark
+def embodiment_of(env_kwargs: dict) -> Embodiment:
+    """The embodiment an official env_options entry runs (its env_kwargs' robot: widowx*, google_robot*)."""
+    robot = str(env_kwargs.get("robot", ""))
+    if robot.startswith("widowx"):
+        return BRIDGE
+    if robot.startswith("google_robot"):
+        return FRACTAL
+    raise ValueError(f"env_kwargs robot {robot!r} is neither widowx nor google_robot")
+
+
+def evaluate(policy, env_options: str, episodes: int | None = None, seed_of_call=None, progress: bool = True) -> dict:
+    """The official SimplerEnv evaluation of `policy` over the entries of an official env_options JSON
+    (Xiaomi-Robotics-0's eval_simplerenv/env_options/bridge.json or fractal.json: env_kwargs, env_reset_options,
+    task_suite_name), a new env per episode; `episodes` takes the first N entries. Success per task suite."""
+    import json
+    import pathlib
+
+    from tqdm import tqdm
+
+    build_env, _ = require_simpler()
+    file = pathlib.Path(env_options)
+    try:
+        entries = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--env-options {file}: not a readable JSON list ({e})") from e
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"--env-options {file}: expected a non-empty list of episode entries")
+    for i, entry in enumerate(entries):
+        missing = {"env_kwargs", "env_reset_options", "task_suite_name"} - set(entry)
+        if missing:
+            raise ValueError(f"--env-options {file}: entry {i} lacks {sorted(missing)}")
+    entries = entries[:episodes] if episodes else entries
+    np.random.seed(42)  # the official client's
+    chunk_policies: dict[str, ChunkPolicy] = {}
+    per_task: dict[str, list[bool]] = {}
+    with tqdm(entries, desc="simpler", unit="ep", disable=not progress) as bar:
+        for entry in bar:
+            kwargs = dict(entry["env_kwargs"], max_episode_steps=int(entry["env_kwargs"]["max_episode_steps"]))
+            emb = embodiment_of(kwargs)
+            if emb.robot_type not in chunk_policies:
+                chunk_policies[emb.robot_type] = ChunkPolicy(policy, emb.robot_type, seed_of_call=seed_of_call)
+            env = build_env(**kwargs)
+            try:
+                ok = run_episode(env, chunk_policies[emb.robot_type], emb, entry["env_reset_options"])
+            finally:
+                env.close()
+            per_task.setdefault(entry["task_suite_name"], []).append(ok)
+            done = [s for v in per_task.values() for s in v]
+            bar.set_postfix(success=f"{sum(done)}/{len(done)}")
+    tasks = {name: {"episodes": len(v), "successes": int(sum(v)), "success_rate": sum(v) / len(v)}
+             for name, v in per_task.items()}
+    n = sum(t["episodes"] for t in tasks.values())
+    s = sum(t["successes"] for t in tasks.values())
+    return {"benchmark": "simpler", "env_options": str(file), "episodes": n, "successes": s,
+            "success_rate": s / n if n else None, "tasks": tasks}

@@ -86,12 +86,13 @@ def camera_map(data_cams: list[str], model_cams: tuple[str, ...], explicit: bool
 
 
 def robot_spec_from_data(ds, config: PolicyConfig, max_samples: int | None = None,
-                         raw_state: bool = False) -> RobotSpec:
-    """Per-timestep action and state statistics (xr0.data.stats, one streaming pass) -> a padded RobotSpec."""
+                         raw_state: bool = False, chunk_len: int | None = None) -> RobotSpec:
+    """Per-timestep action and state statistics (xr0.data.stats, one streaming pass) -> a padded RobotSpec of
+    chunk_len (default config.chunk_len) rows."""
     from ..data.stats import compute_stats
 
     stats = compute_stats(ds, max_samples=max_samples)
-    T, D, Ds = config.chunk_len, config.action_dim, config.state_dim
+    T, D, Ds = chunk_len or config.chunk_len, config.action_dim, config.state_dim
     da, ds_dim = stats.action_mean.shape[1], stats.state_mean.shape[0]
     if stats.action_mean.shape[0] != T:
         raise ValueError(f"dataset chunks have {stats.action_mean.shape[0]} steps, the model's chunk_len is {T}")

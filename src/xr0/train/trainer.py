@@ -31,6 +31,7 @@ from ..checkpoints import (CKPT_DIR, LATEST, STATE_JSON, STATE_TENSORS, STEP_FMT
                            resolve_checkpoint)
 from ..config import get_preset
 from ..policy import XR0Policy
+from ..processing.images import ImageSpec
 from .config import TrainConfig
 from .distributed import LossModule, init_distributed, shard
 from .inputs import EpochSampler, camera_map, dataset_cameras, open_dataset, robot_spec_from_data, start_oversampled, \
@@ -96,28 +97,50 @@ class Trainer:
                   file=sys.stderr)
         self.resume_from = resume_from
         source = resume_from or (resolve_checkpoint(cfg.init) if cfg.init else None)
-        # A checkpoint fixes the architecture, cameras and chunk length; a preset gets the dataset's cameras.
+        # A checkpoint fixes the architecture and, for its robot types, their chunk length, cameras and image
+        # settings; a new robot type (or a preset) gets --chunk-len / --image-size and the dataset's cameras.
         if policy is not None and source is not None:
             raise ValueError("train config: an in-memory policy starts a fresh run (no --init or --resume)")
         given = policy is not None
         if source is not None:
             policy = XR0Policy.from_pretrained(source)
         config = policy.config if policy is not None else get_preset(cfg.preset)
-        if policy is None and cfg.chunk_len:
-            config.chunk_len = cfg.chunk_len
-        if policy is None and cfg.image_size:
-            config.image_size = tuple(cfg.image_size)
+        known = policy.robots.get(cfg.robot_type) if source is not None else None
+        if known is not None:
+            for flag, value, have in (("--chunk-len", cfg.chunk_len, known.chunk_len),
+                                      ("--image-size", cfg.image_size, known.image.size)):
+                if value is not None and tuple(np.atleast_1d(value)) != tuple(np.atleast_1d(have)):
+                    raise ValueError(f"{flag} {value}: robot type {cfg.robot_type!r} of {source} has {have}; its "
+                                     f"chunk length and image settings come with its weights (train a new robot "
+                                     f"type with --robot-type NAME to choose them)")
+            chunk_len, image = known.chunk_len, known.image
+        else:
+            chunk_len = cfg.chunk_len or config.chunk_len
+            if cfg.image_size:
+                image = ImageSpec.fixed(cfg.image_size)
+            elif source is not None:  # a new robot type sees images as the checkpoint's first one does
+                image = next(iter(policy.robots.values())).image
+            else:
+                image = ImageSpec.fixed(config.image_size)
+        if policy is None:
+            config.chunk_len, config.image_size = chunk_len, image.size
 
         # ---- data
         if dataset is None:
             if not cfg.data:
                 raise ValueError("train config: data is required (--data PATH)")
-            dataset = open_dataset(cfg.data, config.chunk_len, cfg.cameras, cfg.skip_bad)
+            dataset = open_dataset(cfg.data, chunk_len, cfg.cameras, cfg.skip_bad)
         self.dataset = dataset
         data_cams = list(cfg.cameras) if cfg.cameras else dataset_cameras(dataset)
+        if known is not None:
+            cameras = known.cameras
+        elif source is None and given:
+            cameras = config.cameras
+        else:
+            cameras = tuple(view_title(c) for c in data_cams)
         if source is None and not given:
-            config.cameras = tuple(view_title(c) for c in data_cams)
-        self.cam_map = camera_map(data_cams, config.cameras, explicit=bool(cfg.cameras))
+            config.cameras = cameras
+        self.cam_map = camera_map(data_cams, cameras, explicit=bool(cfg.cameras))
         self.sampler = EpochSampler(len(dataset), cfg.seed,
                                     start_oversampled(dataset, cfg.start_frames, cfg.start_repeat))
 
@@ -128,11 +151,14 @@ class Trainer:
             policy = XR0Policy.from_preset(cfg.preset, seed=cfg.seed, cameras=config.cameras,
                                            chunk_len=config.chunk_len, image_size=config.image_size,
                                            control_hz=float(fps))
-        if resume_from is None and (source is None or cfg.robot_type not in policy.robots):
-            spec = robot_spec_from_data(dataset, policy.config, cfg.stats_samples, cfg.raw_state)
+        if resume_from is None and known is None:
+            spec = robot_spec_from_data(dataset, policy.config, cfg.stats_samples, cfg.raw_state, chunk_len)
             robots = {} if source is None else dict(policy.robots)
-            robots[cfg.robot_type] = spec
+            robots[cfg.robot_type] = dataclasses.replace(spec, cameras=cameras, image=image)
             policy.robots = robots
+            if source is not None and self.dist.main:
+                print(f"xr0 train: new robot type {cfg.robot_type!r} (T = {chunk_len}, cameras {list(cameras)}) "
+                      f"beside {sorted(set(robots) - {cfg.robot_type})}", file=sys.stderr)
         policy.robot(cfg.robot_type)  # clear error if a resumed checkpoint lacks this robot type
         self.recipe.configure(policy.model)
         self._finetuning(policy.model)
@@ -307,7 +333,7 @@ class Trainer:
             else:
                 batch = self.batch_job.collate(self.batch_job.samples(range(first, first + cfg.batch_size)))
             rng, shared, own = self._streams(self.step, m)
-            opts = self.recipe.options(self.policy.config.chunk_len, rng, own, shared)
+            opts = self.recipe.options(self.policy.robot(self.cfg.robot_type).chunk_len, rng, own, shared)
             prefix.append(opts.prefix_len)
             with self._no_sync(last):
                 with self._autocast():
@@ -495,7 +521,8 @@ class Trainer:
             return
         # FSDP: materialise a CPU copy from the gathered full state dict, then use the normal writer.
         state = {k[len("model."):]: v for k, v in model_sd.items() if k.startswith("model.")}
-        XR0Policy.from_state(self.policy.config, self.policy.robots, state).save_pretrained(folder)
+        XR0Policy.from_state(self.policy.config, self.policy.robots, state,
+                             tokenizer=self.policy.tokenizer).save_pretrained(folder)
 
     def _prune(self, root: Path) -> None:
         k = self.cfg.keep_checkpoints

@@ -57,13 +57,14 @@ class XR0Policy(PreTrainedPolicy):
                 **({"control_hz": float(dataset_meta.fps)} if dataset_meta is not None else {}))
             if dataset_meta is not None:
                 inner.robots = {}  # the statistics come from the dataset (_robot_for)
-        if inner.config.chunk_len != config.chunk_len:
-            raise ValueError(f"the checkpoint's chunk length is {inner.config.chunk_len}: pass "
-                             f"--policy.chunk_len={inner.config.chunk_len} (the dataset's action chunks follow it)")
         self.inner = inner
         self.model = inner.model  # the parameters LeRobot trains, moves and saves
-        self.cameras = _camera_map(keys, inner.config.cameras)
         self.robot_type = config.robot_type = self._robot_for(dataset_meta)  # saved: a reload picks the same
+        robot = inner.robot(self.robot_type)
+        if robot.chunk_len != config.chunk_len:
+            raise ValueError(f"robot type {self.robot_type!r} of the checkpoint has chunk length {robot.chunk_len}: "
+                             f"pass --policy.chunk_len={robot.chunk_len} (the dataset's action chunks follow it)")
+        self.cameras = _camera_map(keys, robot.cameras)
         self.recipe = get_recipe(config.recipe, lambda_mask=config.lambda_mask, rope_offset=config.rope_offset)
         self._queue: deque[torch.Tensor] = deque()
         self._calls = 0
@@ -79,8 +80,9 @@ class XR0Policy(PreTrainedPolicy):
                 from xr0.data.lerobot_v3 import LeRobotV3Dataset
                 from xr0.train.inputs import robot_spec_from_data
 
-                data = LeRobotV3Dataset(dataset_meta.root, self.inner.config.chunk_len)
-                self.inner.robots[name] = robot_spec_from_data(data, self.inner.config)
+                data = LeRobotV3Dataset(dataset_meta.root, self.config.chunk_len)
+                spec = robot_spec_from_data(data, self.inner.config, chunk_len=self.config.chunk_len)
+                self.inner.robots = {**self.inner.robots, name: spec}  # cameras / images: the config's
         if name is None:
             if len(self.inner.robots) != 1:
                 raise ValueError(f"--policy.robot_type is needed: the checkpoint has {sorted(self.inner.robots)}")
@@ -220,10 +222,10 @@ def _uint8_images(x: torch.Tensor) -> np.ndarray:
 def _config_for(inner: xr0.XR0Policy) -> XR0Config:
     """An XR0Config describing a loaded xr0 checkpoint (its cameras, state and action sizes), for use without a
     LeRobot config (e.g. XR0Policy.from_pretrained("embedded"))."""
-    c, robot = inner.config, next(iter(inner.robots.values()))
-    h, w = c.image_size
-    inputs = {f"{OBS_IMAGES}.{camera_key(cam)}": PolicyFeature(FeatureType.VISUAL, (3, h, w)) for cam in c.cameras}
+    name, robot = next(iter(inner.robots.items()))
+    h, w = robot.image.size or inner.config.image_size  # a release folder's processor takes any size
+    inputs = {f"{OBS_IMAGES}.{camera_key(cam)}": PolicyFeature(FeatureType.VISUAL, (3, h, w)) for cam in robot.cameras}
     inputs[OBS_STATE] = PolicyFeature(FeatureType.STATE, (robot.state_dim,))
-    return XR0Config(chunk_len=c.chunk_len, input_features=inputs,
+    return XR0Config(chunk_len=robot.chunk_len, robot_type=name, input_features=inputs,
                      output_features={ACTION: PolicyFeature(FeatureType.ACTION, (robot.action_dim,))})
 
