@@ -34,7 +34,7 @@ import numpy as np
 from websockets.sync.client import connect
 
 from xr0.runtime import wire
-from xr0.runtime.client import PolicyClient
+from xr0.runtime.client import PolicyClient, parse_reply
 
 ATTACKS = ("slow_reader", "half_frame", "vanish", "oversize", "idle")
 
@@ -144,7 +144,7 @@ class Soak:
             time.sleep(2.0)
             got = 0
             for _ in range(5):
-                reply = wire.unpackb(ws.recv(timeout=60))
+                reply = parse_reply(ws.recv(timeout=60))
                 got += "actions" in reply or "error" in reply
                 time.sleep(0.3)
         self.note("slow_reader", f"{got}_replies")
@@ -175,7 +175,7 @@ class Soak:
         with self._ws() as ws:
             ws.recv(timeout=10)
             ws.send(b"\x00" * (self.max_message_bytes + 1))
-            reply = wire.unpackb(ws.recv(timeout=30))
+            reply = parse_reply(ws.recv(timeout=30))
             kind = reply.get("error", {}).get("type") if isinstance(reply, dict) else None
             self.note("oversize", f"reply_{kind}")
             try:

@@ -13,6 +13,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from xr0.runtime import wire
+from xr0.runtime.client import parse_reply
 
 SCALARS = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=True)
            | st.text(max_size=20) | st.binary(max_size=40))
@@ -99,7 +100,7 @@ def valid_raw(valid: dict) -> dict:
 def send(ws, frame: bytes) -> tuple[str, dict]:
     """("chunk", reply) or ("error", error dict) for one frame; anything else fails the caller's assertion."""
     ws.send(frame)
-    reply = wire.unpackb(ws.recv(timeout=30))
+    reply = parse_reply(ws.recv(timeout=30))
     if "error" in reply:
         return "error", reply["error"]
     assert isinstance(reply.get("actions"), np.ndarray), reply

@@ -177,7 +177,10 @@ class _Policy:
     """Duck-typed XR0Policy: records what sample() received."""
 
     def __init__(self, robots):
+        from types import SimpleNamespace
+
         self.robots, self.seen = robots, []
+        self.config = SimpleNamespace(max_prefix=6)
 
     def robot(self, name):
         return self.robots[name]

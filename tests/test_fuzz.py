@@ -6,31 +6,48 @@ from __future__ import annotations
 import collections
 
 import numpy as np
+import pytest
 from fuzz_payloads import frames, send
 from hypothesis import HealthCheck, given, settings
 from test_server import FakePolicy, make_obs, raw_conn
 
 from xr0.runtime import wire
+from xr0.runtime.obs_maps import ObsMap
 from xr0.runtime.server import PolicyServer
 
 
-def test_hostile_frames_get_an_error_or_a_chunk_and_the_server_keeps_serving():
-    server = PolicyServer(FakePolicy(), port=0, max_message_bytes=256 * 1024).start()
+def openpi_obs(**over) -> dict:
+    """make_obs() in openpi's LIBERO-example keys (xr0 serve --obs-map openpi-libero)."""
+    obs = make_obs()
+    cams = list(obs["images"])
+    out = {"observation/image": obs["images"][cams[0]], "observation/wrist_image": obs["images"][cams[1]],
+           "observation/state": obs["state"], "prompt": obs["prompt"]}
+    out.update(over)
+    return out
+
+
+@pytest.mark.parametrize("mapped", [False, True], ids=["xr0-keys", "openpi-keys"])
+def test_hostile_frames_get_an_error_or_a_chunk_and_the_server_keeps_serving(mapped):
+    """The same guarantees with --obs-map openpi-libero: every error names the client's field."""
+    obs_map = ObsMap.load("openpi-libero") if mapped else None
+    valid_obs = openpi_obs(seed=11) if mapped else make_obs(seed=11)  # seeded: unseeded requests draw fresh seeds
+    server = PolicyServer(FakePolicy(), port=0, max_message_bytes=256 * 1024, obs_map=obs_map).start()
     try:
         ws, _ = raw_conn(server.port)
-        valid = wire.packb(make_obs())
+        valid = wire.packb(valid_obs)
         _, before = send(ws, valid)
         seen = collections.Counter()
 
         @settings(max_examples=300, deadline=None, database=None, derandomize=True,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-        @given(frames(make_obs()))
+        @given(frames(valid_obs))
         def one(frame):
             kind, payload = frame
             outcome, reply = send(ws, payload)
             if outcome == "error":
                 assert reply["type"] in ("decode_error", "invalid_request", "policy_error"), reply
-                if reply["type"] == "invalid_request" and "must be a msgpack map" not in reply["message"]:
+                if reply["type"] == "invalid_request" and "must be a msgpack map" not in reply["message"] \
+                        and "expected a map" not in reply["message"]:
                     assert reply.get("field"), reply  # a bad field is named
             seen[kind, outcome] += 1
 

@@ -27,7 +27,7 @@ def test_bad_input_names_the_problem(tiny):
         (dict(images={**obs["images"], "Top": obs["images"]["Base View"]}), "images['Top']: unknown camera"),
         (dict(images={c: im.astype(np.float32) for c, im in obs["images"].items()}), "images['Base View']: expected dtype uint8"),
         (dict(images={c: im[..., :2] for c, im in obs["images"].items()}), "expected shape (H, W, 3)"),
-        (dict(prefix=np.zeros((11, 32))), "prefix: too long: p=11 > 10"),
+        (dict(prefix=np.zeros((7, 32))), "prefix: too long: p=7 > 6 (the longest clean prefix"),
         (dict(prefix=np.zeros((3, 33))), "prefix: expected shape (p, 32)"),
         (dict(prefix=np.full((2, 32), np.inf)), "prefix: contains NaN"),
         (dict(instruction=""), "instruction: empty"),

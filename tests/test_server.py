@@ -14,7 +14,7 @@ import websockets
 from websockets.sync.client import connect
 
 from xr0.runtime import wire
-from xr0.runtime.client import AuthError, PolicyClient, PolicyServerError, ServerBusyError
+from xr0.runtime.client import AuthError, PolicyClient, PolicyServerError, ServerBusyError, parse_reply
 from xr0.runtime.server import PolicyServer, add_arguments, run
 
 CAMS = ("Base View", "Left-Wrist View")
@@ -88,7 +88,7 @@ def raw_conn(port, headers=None):
 
 def roundtrip(ws, payload):
     ws.send(payload)
-    return wire.unpackb(ws.recv(timeout=5))
+    return parse_reply(ws.recv(timeout=5))
 
 
 # ------------------------------------------------------------------------------------------------ wire

@@ -21,7 +21,7 @@ import pytest
 from websockets.sync.client import connect
 
 from xr0.runtime import AsyncExecutor, InferenceFailed, RealClock, Watchdog, wire
-from xr0.runtime.client import PolicyClient
+from xr0.runtime.client import PolicyClient, parse_reply
 from xr0.runtime.server import PolicyServer
 
 from test_server import CAMS, FakePolicy, H, MAX_MSG, SD, W
@@ -56,7 +56,7 @@ def test_abusive_clients_free_every_slot_and_good_clients_are_served():
         uri = f"ws://127.0.0.1:{srv.port}"
         good = PolicyClient(port=srv.port)
         obs = {"images": {c: np.zeros((H, W, 3), np.uint8) for c in CAMS}, "state": np.zeros(SD, np.float32),
-               "prompt": "pick"}
+               "prompt": "pick", "seed": 5}
         reference = good.infer(obs)["actions"]
         for _ in range(3):
             ws = connect(uri, compression=None, legacy=True)  # half frame: header + 10 of 1,000 bytes, then gone
@@ -72,7 +72,7 @@ def test_abusive_clients_free_every_slot_and_good_clients_are_served():
             ws = connect(uri, compression=None, legacy=True, max_size=None)  # oversize, then over the cap
             ws.recv(timeout=5)
             ws.send(b"\0" * (MAX_MSG + 1))
-            assert wire.unpackb(ws.recv(timeout=5))["error"]["type"] == "payload_too_large"
+            assert parse_reply(ws.recv(timeout=5))["error"]["type"] == "payload_too_large"
             ws.send(b"\0" * (3 * MAX_MSG))
             ws.close()
         idle = connect(uri, compression=None, legacy=True)  # closed by the 1 s idle timeout

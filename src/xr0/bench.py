@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .model.dtypes import resolve_dtype, torch_dtype
+
 DTYPES = ("fp32", "bf16", "auto")
 INSTRUCTION = "pick up the red block on the left side of the table and put it in the blue bowl"  # ~20 tokens
 COMPARE = {  # name -> the one field of the primary setup it changes
@@ -110,24 +112,6 @@ class Setup:
     cuda_graph: bool = False
 
 
-def resolve_dtype(name: str, device: str) -> str:
-    """`auto`: bf16 only where it is fast. On CPU that needs native bf16 (avx512_bf16 / AMX): on an AVX2-only CPU
-    PyTorch falls back to a scalar bf16 GEMM that is tens of times slower than fp32."""
-    import torch
-
-    if name != "auto":
-        return name
-    if device.startswith("cuda"):
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-
-
-def torch_dtype(name: str):
-    import torch
-
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
-
-
 @contextlib.contextmanager
 def _default_dtype(dtype):
     import torch
@@ -204,7 +188,7 @@ class Runner:
     def _installed(self):
         """Per run: this runner's static denoiser, and a probe that marks the start of every DiT step."""
         m = self.policy.model
-        m._static_denoiser = self.static
+        m._static_denoisers = {} if self.static is None else {self.static.shape[1]: self.static}
         own = m.__dict__.get("forward")  # a compiled step, if this setup has one
         if not self.setup.naive and self.static is None:  # never probe inside a CUDA-graph capture
             inner, calls = m.forward, [0]
@@ -218,7 +202,7 @@ class Runner:
         try:
             yield
         finally:
-            m._static_denoiser = None
+            m._static_denoisers = {}
             if own is None:
                 m.__dict__.pop("forward", None)
             else:

@@ -68,14 +68,15 @@ verbatim copy is public, and from the official clients; where a layout is not th
    step (d <= 32, padded with mean 0 / std 1). Action mask: the release's get_action_mask, std > 1e-5 (on the
    columns given), unless an `action_mask` ((32,), (T, 32) or (1, T, 32); rows must agree) is given. State: raw
    (the clients zero-pad it to 32), unless `state_mean`/`state_std` or `state: {mean, std}` are given; optional
-   `action_dim`/`state_dim`/`cameras`. Normalisation (training) is (x - mean) / (std + 1e-6).
+   `action_dim`/`state_dim`/`cameras`/`delta_dims`. Normalisation (training) is (x - mean) / (std + 1e-6).
 5. Decoding: the release's decode_action is `x * std + mean` on all 32 columns (no epsilon, no mask, no extra
    column); xr0 returns the robot's action_dim columns of it. A DeepSpeed checkpoint decodes as the April
    post-training server, denormalize_action(x * mask) * mask with std + 1e-6 (masked dims 0).
 6. Per robot type (when the stats do not say): libero_all 7 actions / 8 state (eef pos, axis-angle, 2 finger
    qpos), cameras Base View + Left-Wrist View (clients send 256x256); calvin_*_orig 7 / 7, same cameras (200x200
-   and 84x84); bridge_delta 7 / 8, Base View (256x256); fractal_delta 7 / 8, Ego View (256x320, HxW). Unknown robot
-   types get 32 / 32 and the two-view layout. The config's top-level cameras / image size are the first robot
+   and 84x84); bridge_delta 7 / 8, Base View (256x256); fractal_delta 7 / 8, Ego View (256x320, HxW); their
+   first 6 action dims are end-effector deltas (a held tick sends 0 there), the gripper absolute. Unknown robot
+   types get 32 / 32, the two-view layout and no delta dims. The config's top-level cameras / image size are the first robot
    type's (a default for tools that need one).
 7. Runtime settings (written into the converted checkpoint; --dit-window/--rope-offset/--rope-tables override):
    a release folder runs as the Hugging Face runtime of the released checkpoints does: plain causal DiT mask,
@@ -106,6 +107,7 @@ class RobotDefaults:
     cameras: tuple[str, ...]
     image_size: tuple[int, int]  # (H, W)
     control_hz: float
+    delta_dims: tuple[int, ...] = (0, 1, 2, 3, 4, 5)  # end-effector deltas; the gripper (dim 6) is absolute
 
 
 TWO_VIEWS = ("Base View", "Left-Wrist View")
@@ -116,7 +118,7 @@ ROBOT_DEFAULTS = {
     "bridge_delta": RobotDefaults(7, 8, ("Base View",), (256, 256), 5.0),
     "fractal_delta": RobotDefaults(7, 8, ("Ego View",), (256, 320), 3.0),
 }
-UNKNOWN_ROBOT = RobotDefaults(PADDED_DIM, PADDED_DIM, TWO_VIEWS, (256, 256), 30.0)
+UNKNOWN_ROBOT = RobotDefaults(PADDED_DIM, PADDED_DIM, TWO_VIEWS, (256, 256), 30.0, delta_dims=())
 
 
 class OfficialFormatError(ValueError):
@@ -416,8 +418,9 @@ def robot_spec(name: str, entry: dict, fallback_T: int | None, where: str,
     if not isinstance(cameras, (list, tuple)) or not cameras or not all(isinstance(c, str) for c in cameras):
         raise OfficialFormatError(f"{where}: 'cameras' must be a non-empty list of view titles, got {cameras!r}")
     try:
+        delta = [d for d in entry.get("delta_dims", defaults.delta_dims) if d < int(action_dim)]
         return RobotSpec(mean, std, mask, state_mean, state_std, int(action_dim), state_dim, tuple(cameras), image,
-                         decode)
+                         decode, tuple(delta))
     except ValueError as e:
         raise OfficialFormatError(f"{where}: {e}") from e
 

@@ -171,7 +171,8 @@ class XR0Policy:
         images: dict camera -> (H, W, 3) uint8 (or a list in the robot type's camera order), any size: each is
         resized as the robot type's ImageSpec says. state: (state_dim,). robot_type: required when the checkpoint
         has several; T is that robot type's chunk length.
-        prefix: optional (p, action_dim) committed actions (async execution); they come back unchanged in rows :p.
+        prefix: optional (p, action_dim) committed actions (async execution), p <= config.max_prefix (the longest
+        clean prefix the checkpoint was trained with; 0 for release folders); they come back unchanged in rows :p.
         prefix_weights: optional (p,) in [0, 1]. Then the prefix is not the trained clean prefix but a soft target
         for inference-time RTC guidance (Black et al. 2025; model/rtc.py): row i is pulled toward prefix[i] with
         weight prefix_weights[i], rows :p come back as generated (not overwritten), and p may exceed max_prefix.
@@ -181,11 +182,17 @@ class XR0Policy:
         robot = self.robot(robot_type)
         T, D = robot.chunk_len, self.config.action_dim
         state = checks.vector(state, "state", robot.state_dim)
-        prefix = None if prefix is None else checks.prefix(prefix, "prefix", robot.action_dim, T)
+        if prefix_weights is not None and prefix is None:
+            raise checks.FieldError("prefix_weights", "given without a prefix (the target the weights apply to)")
+        if prefix is not None:  # a guided (RTC) target may cover the chunk; a clean prefix only what was trained
+            trained = self.config.max_prefix
+            hint = "" if prefix_weights is not None else (
+                f" (the longest clean prefix this checkpoint was trained with is {trained}: pass prefix_weights "
+                f"for inference-time RTC guidance, runtime.RTCExecutor)")
+            prefix = checks.prefix(prefix, "prefix", robot.action_dim, T if prefix_weights is not None else trained,
+                                   hint)
         weights = None
-        if prefix_weights is not None:
-            if prefix is None:
-                raise checks.FieldError("prefix_weights", "given without a prefix (the target the weights apply to)")
+        if prefix_weights is not None and prefix is not None:
             weights = checks.prefix_weights(prefix_weights, "prefix_weights", prefix.shape[0])
         if steps is not None:
             steps = checks.integer(steps, "steps", 1, MAX_STEPS)
@@ -208,8 +215,7 @@ class XR0Policy:
         size = robot.image.size
         return {"cameras": list(robot.cameras), "image_size": None if size is None else list(size),
                 "state_dim": robot.state_dim, "action_dim": robot.action_dim, "chunk_len": robot.chunk_len,
-                "control_hz": c.control_hz,
-                "max_prefix": c.max_prefix, "robot_types": sorted(self.robots), "preset": c.name,
+                "delta_dims": list(robot.delta_dims), "control_hz": c.control_hz, "max_prefix": c.max_prefix, "robot_types": sorted(self.robots), "preset": c.name,
                 "norm_stats_hash": stats_hash(self.robots)}
 
     # ------------------------------------------------------------------ training
@@ -270,7 +276,7 @@ def load_robots(file: pathlib.Path, setups: dict) -> dict[str, RobotSpec]:
                                         ("action_mean", "action_std", "action_mask", "state_mean", "state_std")},
                                      action_dim=d["action_dim"], state_dim=d["state_dim"],
                                      cameras=tuple(d.get("cameras") or ()), image=image,
-                                     decode=d.get("decode", "masked"))
+                                     decode=d.get("decode", "masked"), delta_dims=tuple(d.get("delta_dims", ())))
         except KeyError as e:
             raise ValueError(f"{file}: robot type {name!r} lacks {e}") from e
         except (TypeError, ValueError) as e:

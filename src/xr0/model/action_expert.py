@@ -290,6 +290,7 @@ class StaticDenoiser:
         dev, dtype = w.device, w.dtype
         S = chunk_len + FIRST_ACTION
         self.expert, self.steps, self.max_len, self.shape = expert, steps, max_len, (batch, chunk_len, action_dim)
+        self.warned = False  # a chunk that does not fit has been logged
         self.cuda_graph = dev.type == "cuda" if cuda_graph is None else cuda_graph
         if self.cuda_graph and dev.type != "cuda":
             raise ValueError("cuda_graph=True needs the model on a CUDA device")

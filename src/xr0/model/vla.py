@@ -8,6 +8,7 @@ level (the model is the expert, extended by the VLM).
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 
 import torch
@@ -22,6 +23,7 @@ from .loss import LossOptions, flow_loss
 from .masks import SINK, expert_mask, expert_positions
 
 EMBED = "vlm.model.language_model.embed_tokens.weight"
+logger = logging.getLogger(__name__)
 
 
 class XR0Model(ActionExpert):
@@ -36,7 +38,7 @@ class XR0Model(ActionExpert):
         if self.sink.weight.device.type != "meta":
             with torch.no_grad():
                 self.vlm.model.language_model.embed_tokens.weight.copy_(self.seeded_embedding())
-        self._static_denoiser: StaticDenoiser | None = None
+        self._static_denoisers: dict[int, StaticDenoiser] = {}  # chunk length -> fixed-shape denoiser
 
     @property
     def device(self) -> torch.device:
@@ -151,9 +153,15 @@ class XR0Model(ActionExpert):
         Uses the static (CUDA-graph) denoiser when one was set up and this call fits it.
         """
         steps = steps or self.config.num_steps
-        fast = self._static_denoiser
-        if fast is not None and not self.training and fast.fits(ctx, noise, steps):
-            return fast(ctx, noise, prefix_actions)
+        fast = self._static_denoisers.get(noise.shape[1])
+        if fast is not None and not self.training:
+            if fast.fits(ctx, noise, steps):
+                return fast(ctx, noise, prefix_actions)
+            if not fast.warned:
+                fast.warned = True
+                logger.info("a chunk of %d VLM tokens, %d steps, batch %d does not fit the fixed DiT buffers (%d "
+                            "tokens, %d steps, batch %d): the eager loop runs it", ctx.cache.keys[0].shape[2], steps,
+                            noise.shape[0], fast.max_len, fast.steps, fast.shape[0])
         times, table = self._step_tables(steps, noise)
         return euler_sample(lambda x, t, k: self(ctx, x, table[:, k]), noise, steps, prefix_actions, times)
 
@@ -165,16 +173,20 @@ class XR0Model(ActionExpert):
 
     def use_static_denoiser(self, max_len: int | None, batch: int = 1, steps: int | None = None,
                             cuda_graph: bool | None = None, chunk_len: int | None = None) -> StaticDenoiser | None:
-        """Route denoise() (and so sample()) through fixed buffers sized for prompts of up to max_len VLM tokens
-        and chunks of chunk_len actions (default config.chunk_len; other chunk lengths take the eager loop).
+        """Route denoise() (and so sample()) for chunks of chunk_len actions (default config.chunk_len; one per
+        robot type's chunk length can be installed) through fixed buffers sized for prompts of up to max_len VLM
+        tokens; other shapes take the eager loop.
 
         On CUDA the 5-step DiT loop is then captured once as a CUDA graph and replayed per chunk (cuda_graph=None:
-        on CUDA only). Inference only: rebuild after changing the weights. max_len=None switches it off.
+        on CUDA only). Inference only: rebuild after changing the weights. max_len=None switches all of them off.
         """
-        self._static_denoiser = None if max_len is None else StaticDenoiser(
-            self, batch, max_len, chunk_len or self.config.chunk_len, self.config.action_dim, steps or self.config.num_steps,
-            cuda_graph)
-        return self._static_denoiser
+        if max_len is None:
+            self._static_denoisers.clear()
+            return None
+        T = chunk_len or self.config.chunk_len
+        self._static_denoisers[T] = StaticDenoiser(self, batch, max_len, T, self.config.action_dim,
+                                                   steps or self.config.num_steps, cuda_graph)
+        return self._static_denoisers[T]
 
     def compile_denoiser(self, **options) -> None:
         """torch.compile the per-step DiT pass (forward) with static shapes; parameter names are unchanged.

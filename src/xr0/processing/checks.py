@@ -50,14 +50,14 @@ def vector(value: Any, field: str, dim: int) -> np.ndarray:
     return arr
 
 
-def prefix(value: Any, field: str, action_dim: int, max_len: int, untrained_hint: str = "") -> np.ndarray | None:
-    """Committed actions as float32 (p, action_dim) with p <= max_len; None for p = 0. `untrained_hint` is added
-    to the message when max_len is 0 (a checkpoint not trained with prefixes)."""
+def prefix(value: Any, field: str, action_dim: int, max_len: int, hint: str = "") -> np.ndarray | None:
+    """Committed actions as float32 (p, action_dim) with p <= max_len; None for p = 0. `hint` is added to the
+    message of a prefix that is too long (e.g. where to turn instead)."""
     arr = numeric(value, field)
     if arr.ndim != 2 or arr.shape[1] != action_dim:
         raise FieldError(field, f"expected shape (p, {action_dim}), got {tuple(arr.shape)}")
     if arr.shape[0] > max_len:
-        raise FieldError(field, f"too long: p={arr.shape[0]} > {max_len}" + (untrained_hint if max_len == 0 else ""))
+        raise FieldError(field, f"too long: p={arr.shape[0]} > {max_len}{hint}")
     return arr if arr.shape[0] else None
 
 

@@ -32,6 +32,8 @@ class RobotSpec:
     cameras: the view titles, in prompt order ("Base View", ...); image: how their images are sized (ImageSpec).
     Empty / None only until XR0Policy fills them from its config (checkpoints written before they were stored).
     decode: DECODES, how denormalize_actions decodes (release folders: "release"; otherwise "masked").
+    delta_dims: the action dims that are per-tick deltas (the rest are absolute targets): a held tick sends 0 there,
+    so a late chunk never keeps the arm moving (runtime executors' default action space).
     """
 
     action_mean: np.ndarray
@@ -44,6 +46,7 @@ class RobotSpec:
     cameras: tuple[str, ...] = ()
     image: ImageSpec | None = None
     decode: str = "masked"
+    delta_dims: tuple[int, ...] = ()
 
     @classmethod
     def identity(cls, chunk_len: int, action_dim: int = PADDED_DIM, state_dim: int = PADDED_DIM,
@@ -69,6 +72,9 @@ class RobotSpec:
             raise ValueError(f"action_dim {self.action_dim} / state_dim {self.state_dim} out of range")
         self.action_dim, self.state_dim = int(self.action_dim), int(self.state_dim)
         self.cameras = tuple(self.cameras)
+        self.delta_dims = tuple(int(d) for d in self.delta_dims)
+        if any(not 0 <= d < self.action_dim for d in self.delta_dims):
+            raise ValueError(f"delta_dims {list(self.delta_dims)} must lie in 0..action_dim-1 = {self.action_dim - 1}")
         if self.decode not in DECODES:
             raise ValueError(f"decode must be one of {DECODES}, got {self.decode!r}")
         if len(set(self.cameras)) != len(self.cameras):
@@ -110,7 +116,7 @@ class RobotSpec:
         """The non-array fields as a checkpoint's config.json stores them (XR0Policy.save_pretrained)."""
         return {"action_dim": self.action_dim, "state_dim": self.state_dim, "chunk_len": self.chunk_len,
                 "cameras": list(self.cameras), "image": None if self.image is None else self.image.to_dict(),
-                "decode": self.decode}
+                "decode": self.decode, "delta_dims": list(self.delta_dims)}
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"action_mean": self.action_mean, "action_std": self.action_std, "action_mask": self.action_mask,

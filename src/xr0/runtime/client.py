@@ -7,6 +7,7 @@ back-off, and the request is re-sent (inference is a pure function of the observ
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -37,6 +38,19 @@ class ServerBusyError(PolicyServerError):
 
 class AuthError(PolicyServerError):
     """The server refused our token, or wants one we did not give."""
+
+
+def parse_reply(raw: bytes | str) -> Any:
+    """A server frame -> its map: msgpack (binary), or a text frame: xr0's JSON error reply, else (an openpi
+    server's traceback) a server_error reply holding the text."""
+    if isinstance(raw, str):
+        try:
+            reply = json.loads(raw)
+        except json.JSONDecodeError:
+            reply = None
+        return reply if isinstance(reply, dict) and "error" in reply else {
+            "error": {"type": "server_error", "message": raw[:4000]}}
+    return wire.unpackb(raw)
 
 
 def _raise_error_reply(reply: dict) -> None:
@@ -180,9 +194,7 @@ class PolicyClient:
                     self._sleep_backoff(attempt)
                     attempt += 1
                     continue
-                if isinstance(raw, str):  # openpi servers send a traceback as a text frame
-                    raise PolicyServerError("server_error", raw[:4000])
-                reply = wire.unpackb(raw)
+                reply = parse_reply(raw)
                 if not isinstance(reply, dict):
                     raise PolicyServerError("protocol_error", f"expected a map reply, got {type(reply).__name__}")
                 if "error" in reply:
@@ -196,7 +208,7 @@ class PolicyClient:
 
     def infer(self, obs: dict) -> dict:
         """One inference: ``obs`` = {images, state, prompt[, action_prefix, prefix_weights, steps, seed]} ->
-        {"actions": (T, D) float32, "server_timing": {...}}."""
+        {"actions": (T, D) float32, "seed": int, "server_timing": {...}, "policy_timing": {...}}."""
         reply = self.request(obs)
         if "actions" not in reply:
             raise PolicyServerError("protocol_error", f"reply has no 'actions' (keys: {sorted(reply)})")
@@ -216,4 +228,7 @@ class PolicyClient:
                 msg.pop("action_prefix", None)
             return self.infer(msg)["actions"]
 
+        meta = self.metadata  # what the executors read: the trained clean prefix, the dims a held tick zeroes
+        fn.max_prefix = meta.get("max_prefix")
+        fn.delta_dims = tuple(meta.get("delta_dims") or ())
         return fn

@@ -172,6 +172,7 @@ class RealClock(Clock):
         self.tick = -1
         self.overruns = 0
         self._next: float | None = None
+        self.tick_times: list[float] = []  # perf_counter() at the start of each tick (tick jitter)
 
     def wait_tick(self) -> int:
         now = time.perf_counter()
@@ -186,6 +187,7 @@ class RealClock(Clock):
                 self.overruns += 1
                 self._next = now
         self.tick += 1
+        self.tick_times.append(time.perf_counter())
         return self.tick
 
     def submit(self, fn: Callable[[], Any]) -> None:

@@ -455,7 +455,8 @@ class _ChunkExecutor:
         self.env, self.policy, self.clock = env, policy, clock
         self.k_arg = k
         self.k = k  # resolved against the chunk length T by the first chunk (default_k(T))
-        self.action_space = action_space or IdentityActions()
+        # default: a held tick zeroes the policy's delta dims (ChunkPolicy / PolicyClient.as_policy_fn say them)
+        self.action_space = action_space or IdentityActions(zero_on_hold=getattr(policy, "delta_dims", ()))
         self.limits = limits
         self.max_failures = max_failures
         self.watchdog = watchdog or Watchdog()
@@ -676,13 +677,16 @@ class AsyncExecutor(_ChunkExecutor):
     """Spec §7.2: asynchronous execution with timestep alignment and a clean prefix.
 
     ``prefix_len`` fixes Δt_c; None picks it from the measured delay: estimate + ``prefix_margin``,
-    capped at ``max_prefix`` (the longest prefix the checkpoint was trained on, 6) and at the k
+    capped at ``max_prefix`` (default: the policy's own ``max_prefix``, the longest prefix its checkpoint was
+    trained on, when it says one, else 6; a larger one, or a policy trained with none, is refused) and at the k
     actions left; ``max_prefix`` before anything was measured. The estimate is the ``latency_quantile``
     ("higher") of the last ``latency_window`` measured delays in ticks, so one spike is forgotten.
     ``prefix_weights(p, delay) -> (p,)`` is passed to the policy as ``prefix_weights=`` when given
     (inference-time guidance hook). ``enforce_prefix`` overwrites new[:Δt_c] with the prefix sent, so
     the hand-over is exact even if the model does not reproduce its prefix bit for bit.
     """
+
+    clean_prefix = True  # sends the trained clean prefix (RTCExecutor: a guided one)
 
     def __init__(
         self,
@@ -692,7 +696,7 @@ class AsyncExecutor(_ChunkExecutor):
         *,
         k: int | None = None,
         prefix_len: int | None = None,
-        max_prefix: int = MAX_PREFIX,
+        max_prefix: int | None = None,
         prefix_margin: int = 1,
         latency_window: int = 10,
         latency_quantile: float = 0.8,
@@ -705,6 +709,17 @@ class AsyncExecutor(_ChunkExecutor):
     ):
         super().__init__(env, policy, clock, k=k, action_space=action_space, limits=limits, max_failures=max_failures,
                          watchdog=watchdog)
+        trained = getattr(policy, "max_prefix", None)  # ChunkPolicy and PolicyClient.as_policy_fn say it
+        if self.clean_prefix and trained is not None:
+            if max_prefix is not None and max_prefix > trained:
+                raise ValueError(f"max_prefix={max_prefix} exceeds the longest clean prefix the policy was trained "
+                                 f"with ({trained}); use RTCExecutor for longer guided prefixes")
+            if trained == 0:
+                raise ValueError("the policy was not trained with clean action prefixes (max_prefix 0, e.g. a "
+                                 "release folder or a post-sync run): use RTCExecutor (inference-time guidance) "
+                                 "or SyncExecutor")
+        if max_prefix is None:
+            max_prefix = MAX_PREFIX if trained is None else trained
         if max_prefix < 0:
             raise ValueError(f"max_prefix must be >= 0, got {max_prefix}")
         if prefix_len is not None and not 0 <= prefix_len <= max_prefix:
@@ -765,7 +780,10 @@ class RTCExecutor(AsyncExecutor):
 
     The policy must accept ``prefix_weights=`` and do the guidance itself; the executor only schedules.
     The prefix is not enforced, because guided actions beyond the frozen part may differ from the old.
+    It needs no prefix training, so the policy's ``max_prefix`` does not bound it.
     """
+
+    clean_prefix = False
 
     def __init__(self, env: Environment, policy: Policy, clock: Clock, *, k: int | None = None, **kwargs: Any):
         kwargs.setdefault("prefix_weights", rtc_prefix_weights)

@@ -13,8 +13,13 @@ Protocol (one websocket, binary msgpack frames, numpy arrays as in ``xr0.runtime
      "seed"?: int}``; without ``robot_type`` the default one.
      With ``prefix_weights`` (in [0, 1]) the prefix is a soft target for inference-time RTC guidance and may
      be up to chunk_len long; without it, it is the trained clean prefix (at most max_prefix).
-  3. Each reply is ``{"actions": (T, action_dim) float32, "server_timing": {"infer_ms", ...}}`` or
-     ``{"error": {"type", "message", "field"}}``. After an error the connection stays usable.
+  3. Each reply is ``{"actions": (T, action_dim) float32, "seed": int, "server_timing": {"infer_ms", ...},
+     "policy_timing": {"infer_ms"}}`` (a binary msgpack frame), or an error: a text frame holding the JSON
+     ``{"error": {"type", "message", "field"}}`` (openpi's client raises RuntimeError on a text frame, with this
+     text in its message; xr0's client parses it). After an error the connection stays usable.
+     Without a ``seed`` each request draws a fresh one (``--seed-mode observation``: a hash of the request, so the
+     same observation gives the same chunk); the reply says which seed was used.
+  With ``--obs-map`` (xr0.runtime.obs_maps) requests may use an openpi client's observation keys instead.
 
 Why it is built this way: the policy is not thread-safe and a GPU serves one batch at a time, so every
 inference runs on one worker thread behind a bounded counter ("busy" beats an unbounded queue). All
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import collections
 import dataclasses
 import hmac
 import http
@@ -50,7 +56,9 @@ from websockets.asyncio.server import Request, Response, ServerConnection, serve
 from xr0.checkpoints import resolve_checkpoint
 from xr0.config import MAX_STEPS, add_runtime_arguments, runtime_settings
 from xr0.processing import checks
+from xr0.processing.seeds import request_seed
 from xr0.runtime import wire
+from xr0.runtime.obs_maps import ObsMap
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +66,8 @@ PROTOCOL = "xr0-ws/1"
 REQUIRED_METADATA = ("cameras", "image_size", "state_dim", "action_dim", "chunk_len", "control_hz", "norm_stats_hash")
 REQUEST_FIELDS = ("images", "state", "prompt", "robot_type", "action_prefix", "prefix_weights", "steps", "seed")
 TOKEN_ENV = "XR0_SERVE_TOKEN"
+SEED_MODES = ("random", "observation")  # a request without a seed: a fresh draw, or a hash of the request
+TIMING_WINDOW = 1000  # GET /stats' latency percentiles cover the last this many chunks
 MAX_AUTH_FAILURES = 3
 AUTH_TIMEOUT_S = 10.0  # an unauthenticated socket gets this long per message, not the full idle timeout
 
@@ -152,9 +162,11 @@ def _observation(obs: Any, meta: dict, max_prompt_chars: int, strict_image_size:
     if prefix is not None:
         # A guided (RTC) prefix may cover the whole chunk; the trained clean prefix only max_prefix actions.
         max_p = int(meta["chunk_len"] if weights is not None else meta.get("max_prefix", meta["chunk_len"]))
-        prefix = checks.prefix(prefix, "action_prefix", int(meta["action_dim"]), max_p,
-                               " (this checkpoint was not trained with action prefixes: send prefix_weights for RTC "
-                               "guidance)")
+        hint = "" if weights is not None else (
+            f" (the longest clean prefix this checkpoint was trained with is {max_p}"
+            + (", i.e. it was not trained with action prefixes" if max_p == 0 else "")
+            + ": send prefix_weights for RTC guidance)")
+        prefix = checks.prefix(prefix, "action_prefix", int(meta["action_dim"]), max_p, hint)
         weights = None if weights is None or prefix is None else checks.prefix_weights(weights, "prefix_weights",
                                                                                       prefix.shape[0])
     steps = checks.integer(obs["steps"], "steps", 1, MAX_STEPS) if obs.get("steps") is not None else None
@@ -223,6 +235,8 @@ class PolicyServer:
         strict_image_size: bool = True,
         default_steps: int | None = None,
         robot_type: str | None = None,
+        obs_map: ObsMap | None = None,
+        seed_mode: str = "random",
     ):
         self.policy = policy
         self.host = host
@@ -237,12 +251,22 @@ class PolicyServer:
         self.strict_image_size = strict_image_size
         self.default_steps = default_steps
         self.policy_metadata = policy_metadata(policy, robot_type)
+        if seed_mode not in SEED_MODES:
+            raise ValueError(f"seed_mode must be one of {SEED_MODES}, got {seed_mode!r}")
+        self.seed_mode = seed_mode
+        self.obs_map = obs_map
+        if obs_map is not None:
+            for meta in (self.policy_metadata.get("robots") or {"": self.policy_metadata}).values():
+                obs_map.check_cameras(list(meta["cameras"]))
+        self._timings: collections.deque = collections.deque(maxlen=TIMING_WINDOW)  # (infer_ms, total_ms)
         self.metadata = {
             **self.policy_metadata,
             "protocol": PROTOCOL,
             "server": "xr0",
             "max_message_bytes": self.max_message_bytes,
             "request_fields": list(REQUEST_FIELDS),
+            "seed_mode": seed_mode,
+            **({"obs_map": obs_map.name} if obs_map is not None else {}),
         }
         self._pending = 0  # requests queued or running; touched only on the event loop
         self._connections = 0
@@ -296,8 +320,15 @@ class PolicyServer:
         self.stop()
 
     def stats(self) -> dict:
-        """Open connections, requests queued or running, and totals since start (GET /stats serves this)."""
-        return {"connections": self._connections, "pending": self._pending, **self._counts}
+        """Open connections, requests queued or running, totals since start, and the median / p95 of the policy's
+        time and of the server's time per chunk (receipt to reply) over the last TIMING_WINDOW chunks (GET /stats
+        serves this)."""
+        out = {"connections": self._connections, "pending": self._pending, **self._counts}
+        if self._timings:
+            t = np.asarray(self._timings)
+            out.update(infer_ms_p50=float(np.percentile(t[:, 0], 50)), infer_ms_p95=float(np.percentile(t[:, 0], 95)),
+                       server_ms_p50=float(np.percentile(t[:, 1], 50)), server_ms_p95=float(np.percentile(t[:, 1], 95)))
+        return out
 
     def _thread_main(self) -> None:
         try:
@@ -405,10 +436,14 @@ class PolicyServer:
                     logger.exception("unexpected error handling a request from %s", peer)
                     self._counts["internal_errors"] += 1
                     reply = RequestError("internal_error", f"{type(e).__name__}: {e}"[:500]).to_reply()
-                await ws.send(wire.packb(reply))
+                if "error" in reply:  # a text frame: openpi's client raises RuntimeError with this text
+                    await ws.send(json.dumps(reply))
+                else:
+                    await ws.send(wire.packb(reply))
                 if "actions" in reply:
                     self._counts["chunks"] += 1
                     prev_total_ms = (time.perf_counter() - t0) * 1e3
+                    self._timings.append((reply["server_timing"]["infer_ms"], prev_total_ms))
                 if auth_failures >= MAX_AUTH_FAILURES:
                     await ws.close(1008, "too many failed auth attempts")
                     return
@@ -430,8 +465,28 @@ class PolicyServer:
             raise RequestError("decode_error", str(e)) from e
 
     async def _infer(self, obj: Any, t0: float) -> dict:
-        obs = validate_observation(obj, self.policy_metadata, max_prompt_chars=self.max_prompt_chars,
-                                   strict_image_size=self.strict_image_size)
+        strict = self.strict_image_size
+        if self.obs_map is not None:  # an openpi client's keys -> xr0's request; its images may be any size
+            robots = self.policy_metadata.get("robots") or {}
+            wanted = obj.get("robot_type") if isinstance(obj, dict) else None
+            meta = robots.get(wanted) if isinstance(wanted, str) else None
+            cameras = list((meta or self.policy_metadata)["cameras"])
+            try:
+                obj = self.obs_map.apply(obj, cameras)
+                obs = validate_observation(obj, self.policy_metadata, max_prompt_chars=self.max_prompt_chars,
+                                           strict_image_size=False)
+            except checks.FieldError as e:
+                raise RequestError("invalid_request", str(e), e.field) from e
+            except RequestError as e:  # name the client's own key
+                field = self.obs_map.client_field(e.field, cameras)
+                message = e.message if field == e.field else f"{field}: {e.message.split(': ', 1)[-1]}"
+                raise RequestError(e.type, message, field) from e
+        else:
+            obs = validate_observation(obj, self.policy_metadata, max_prompt_chars=self.max_prompt_chars,
+                                       strict_image_size=strict)
+        if obs.seed is None:
+            obs.seed = (request_seed(obs.robot_type, obs.state, obs.images, obs.prompt) if self.seed_mode == "observation"
+                        else int(np.random.default_rng().integers(2**31)))
         if self._pending >= self.max_queue:
             raise RequestError("busy", f"server busy: {self._pending} requests already queued (max_queue)")
         self._pending += 1
@@ -445,7 +500,8 @@ class PolicyServer:
             "queue_ms": (started - submitted) * 1e3,
             "decode_ms": (submitted - t0) * 1e3,
         }
-        return {"actions": actions, "server_timing": timing}
+        return {"actions": actions, "seed": obs.seed, "server_timing": timing,
+                "policy_timing": {"infer_ms": timing["infer_ms"]}}
 
     def _run_policy(self, obs: Observation) -> tuple[np.ndarray, float, float]:
         """Runs on the single worker thread, so the policy never sees two calls at once."""
@@ -510,19 +566,72 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--idle-timeout-s", type=float, default=300.0, help="close connections idle this long")
     parser.add_argument("--max-queue", type=int, default=8, help="requests queued before replying 'busy'")
     parser.add_argument("--steps", type=int, default=None, help="default denoising steps (policy default if unset)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when a GPU is visible) | cpu | cuda | cuda:N")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
+                        help="auto: bf16 on a GPU, fp32 on the CPU")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
+                        help="accept connections before one chunk per robot type has been computed")
     parser.add_argument("--robot-type", default=None,
                         help="robot type of requests that name none (default: the checkpoint's first)")
+    parser.add_argument("--obs-map", default=None, metavar="openpi-libero|openpi-droid|openpi-aloha|FILE.json",
+                        help="accept an openpi client's observation keys (mapped onto the cameras in order, the state "
+                             "and the prompt; xr0.runtime.obs_maps)")
+    parser.add_argument("--seed-mode", choices=SEED_MODES, default="random",
+                        help="noise seed of a request without one: a fresh draw each time (default), or a hash of the "
+                             "request (the same observation gives the same chunk, as the official clients seed)")
     add_runtime_arguments(parser)
 
 
 def _build_policy(args: argparse.Namespace) -> Any:
     from xr0 import XR0Policy  # lazy: torch/transformers are heavy
+    from xr0.model.dtypes import resolve_device, resolve_dtype, torch_dtype
 
     settings = runtime_settings(args)
+    device, name = resolve_device(getattr(args, "device", "auto")), getattr(args, "dtype", "auto")
+    # auto: bf16 on a GPU; fp32 on a CPU, whatever the checkpoint stores (a CPU server computes in fp32)
+    dtype = torch_dtype("fp32" if name == "auto" and device == "cpu" else resolve_dtype(name, device))
     if args.preset:
-        policy = XR0Policy.from_preset(args.preset)
-        return policy.set_runtime(**settings)
-    return XR0Policy.from_pretrained(resolve_checkpoint(args.checkpoint), **settings)
+        policy = XR0Policy.from_preset(args.preset, device=device, dtype=dtype).set_runtime(**settings)
+    else:
+        policy = XR0Policy.from_pretrained(resolve_checkpoint(args.checkpoint), device=device, dtype=dtype, **settings)
+    logger.info("policy on %s in %s", device, str(dtype).removeprefix("torch."))
+    prepare_for_serving(policy, steps=args.steps, warmup=getattr(args, "warmup", True))
+    return policy
+
+
+def prepare_for_serving(policy: Any, steps: int | None = None, warmup: bool = True) -> dict:
+    """Per robot type: the K/V-once path with fixed-shape DiT buffers (XR0Model.use_static_denoiser; on CUDA a
+    captured CUDA graph) sized for the robot type's prompt at its image size, then one warm-up chunk. A request
+    whose prompt is longer (a larger camera image) takes the eager loop, with a log line. Returns
+    {robot_type: {"max_len", "cuda_graph", "warmup_ms"}}."""
+    import torch
+
+    from xr0.processing.images import tokens_per_image
+
+    model, cuda = policy.model, policy.model.device.type == "cuda"
+    out = {}
+    for name, robot in policy.robots.items():
+        h, w = robot.image.size or policy.config.image_size  # a release robot: the size its clients send
+        if robot.image.size is None:
+            h, w = robot.image.target(h, w)
+        tokens = [tokens_per_image((h, w))] * len(robot.cameras)
+        length = len(policy.processor.prompt_ids("x " * 48, robot, tokens))  # a ~50-token instruction
+        max_len = -(-length // 64) * 64
+        model.use_static_denoiser(max_len, steps=steps, chunk_len=robot.chunk_len, cuda_graph=cuda)
+        info = {"max_len": max_len, "cuda_graph": cuda}
+        if warmup:
+            rng = np.random.default_rng(0)
+            images = {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in robot.cameras}
+            t0 = time.perf_counter()
+            policy.sample(images, "warm up", np.zeros(robot.state_dim, np.float32), robot_type=name, steps=steps)
+            if cuda:
+                torch.cuda.synchronize()
+            info["warmup_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
+        logger.info("robot type %s: T = %d, fixed DiT buffers for prompts up to %d tokens (%s)%s", name,
+                    robot.chunk_len, max_len, "CUDA graph" if cuda else "no CUDA graph on CPU",
+                    f", warm-up chunk {info['warmup_ms']} ms" if warmup else "")
+        out[name] = info
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -539,9 +648,11 @@ def run(args: argparse.Namespace) -> int:
         logger.error("could not load the policy: %s", e)
         return 2
     try:
+        obs_map = ObsMap.load(args.obs_map) if args.obs_map else None
         server = PolicyServer(policy, host=args.host, port=args.port, token=token,
                               max_message_bytes=int(args.max_message_mb * 2**20), idle_timeout_s=args.idle_timeout_s,
-                              max_queue=args.max_queue, default_steps=args.steps, robot_type=args.robot_type)
+                              max_queue=args.max_queue, default_steps=args.steps, robot_type=args.robot_type,
+                              obs_map=obs_map, seed_mode=args.seed_mode)
     except ValueError as e:
         logger.error("%s", e)
         return 2

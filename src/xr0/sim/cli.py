@@ -31,6 +31,12 @@ def add_metaworld_arguments(p) -> None:
     p.add_argument("--orientation", choices=ORIENTATIONS, default=None,
                    help="image orientation the policy was trained with (default: the checkpoint's metaworld.json, "
                         "else upright; see xr0 data metaworld)")
+    p.add_argument("--server", default=None, metavar="ws://HOST:PORT",
+                   help="take the chunks from a running `xr0 serve` of the same checkpoint (the checkpoint then only "
+                        "sets up the tasks)")
+    p.add_argument("--realtime", action="store_true",
+                   help="step the simulator at its control rate in wall-clock time, inference in a second thread "
+                        "(--latency-ms is then what it measures, not a setting)")
     p.add_argument("--json", action="store_true", help="print a JSON object as the last line")
     add_runtime_arguments(p)
 
@@ -46,9 +52,13 @@ def run_metaworld(args) -> int:
     except (FileNotFoundError, ValueError) as e:  # no embedded checkpoint yet, a bad folder, an unknown preset
         print(f"xr0 eval metaworld: {e}", file=sys.stderr)
         return 2
-    result, _ = evaluate(policy, args.tasks or setup["tasks"], args.episodes, args.executor,
-                         args.latency_ms, args.seed, args.k, args.max_ticks, args.video, args.steps,
-                         **render_view(setup))
+    try:
+        result, _ = evaluate(policy, args.tasks or setup["tasks"], args.episodes, args.executor,
+                             args.latency_ms, args.seed, args.k, args.max_ticks, args.video, args.steps,
+                             server=args.server, realtime=args.realtime, **render_view(setup))
+    except (ConnectionError, ValueError) as e:  # no server there, or it serves another policy
+        print(f"xr0 eval metaworld: {e}", file=sys.stderr)
+        return 2
     print_table(result)
     if args.json:
         print(json.dumps(result))

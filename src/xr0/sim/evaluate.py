@@ -14,13 +14,14 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoints import resolve_checkpoint
-from ..runtime import (AsyncExecutor, IdentityActions, InferenceFailed, NaiveAsyncExecutor, RTCExecutor, SimClock,
-                       SyncExecutor, default_k)
+from ..runtime import (AsyncExecutor, IdentityActions, InferenceFailed, NaiveAsyncExecutor, RealClock, RTCExecutor,
+                       SimClock, SyncExecutor, default_k)
+from .metaworld import DELTA_DIMS
 from .protocol import ChunkPolicy
 
 # rtc: inference-time RTC (guided soft prefix over all remaining actions), for checkpoints not trained async.
 EXECUTORS = {"sync": SyncExecutor, "async": AsyncExecutor, "naive-async": NaiveAsyncExecutor, "rtc": RTCExecutor}
-HOLD_STILL = IdentityActions(zero_on_hold=(0, 1, 2))  # a held delta action must not keep the arm moving
+HOLD_STILL = IdentityActions(zero_on_hold=DELTA_DIMS)  # a held delta action must not keep the arm moving
 
 
 def load_policy(checkpoint: str | None, preset: str | None, **settings):
@@ -91,13 +92,19 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
              seed: int = 1000, k: int | None = None, max_ticks: int = 100, video_dir=None,
              steps: int | None = None, progress: bool = True, orientation: str | None = None,
              cameras: dict[str, str] | None = None, image_size: tuple[int, int] | None = None,
-             goal_marker_radius: float | None = None, goal_marker_color: str | None = None) -> dict:
+             goal_marker_radius: float | None = None, goal_marker_color: str | None = None,
+             server: str | None = None, realtime: bool = False) -> dict:
     """Success rate, simulated time to success, idle fraction, boundary discontinuity, real inference latency.
 
     With `video_dir`, each episode also gets an MP4 and a PNG of its executed actions with chunk switches marked.
     `cameras` (policy camera -> MetaWorld camera), `orientation`, `image_size` (the render size; default the
     policy's), `goal_marker_radius` and `goal_marker_color` must be those the policy's training data were rendered
     with: `checkpoint_setup(checkpoint)` gives them.
+    `server` (ws://HOST:PORT): the chunks come from `xr0 serve` over the socket (the policy only sets up the task,
+    and must be the one served: its statistics hash is checked). `realtime`: the simulator steps at its control
+    rate in wall-clock time (RealClock; inference in a second thread, as on a robot) instead of a simulated clock
+    charging `latency_ms`; the result adds control_rate_held_hz (ticks per second that executed a fresh planned
+    action), tick_jitter_ms_p50/_p99 and round_trip_ms_p50/_p95.
     """
     from .metaworld import ACTION_NAMES, MAX_TICKS, check_tasks
     from .plot import plot_actions
@@ -113,22 +120,29 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
         pathlib.Path(video_dir).mkdir(parents=True, exist_ok=True)
     hz, act_dims = policy.config.control_hz, policy.robot(None).action_dim
     wall_ms: list[float] = []
-    rows, traces = [], {}
-    bar = tqdm(total=len(tasks) * episodes, desc=f"eval {executor} {latency_ms:g} ms", unit="ep", disable=not progress)
+    rows, traces, realtime_stats = [], {}, []
+    client = None if server is None else _connect(server, policy)
+    where = f"{'real time' if realtime else f'{latency_ms:g} ms'}{' via ' + server if server else ''}"
+    bar = tqdm(total=len(tasks) * episodes, desc=f"eval {executor} {where}", unit="ep", disable=not progress)
     for task in tasks:
         env = make_env(policy, task, seed, orientation, cameras, image_size, goal_marker_radius, goal_marker_color)
         for ep in range(episodes):
             env.reset()
-            infer = ChunkPolicy(policy, None, act_dims, seed_of_call=sampling_seeds(seed, ep), steps=steps,
-                                wall_ms=wall_ms)
+            if client is None:
+                infer = ChunkPolicy(policy, None, act_dims, seed_of_call=sampling_seeds(seed, ep), steps=steps,
+                                    wall_ms=wall_ms)
+            else:
+                infer = RemoteChunks(client, sampling_seeds(seed, ep), steps, wall_ms)
             recorder = _VideoRecorder(env) if video_dir else None
-            runner = make_runner(policy, executor, recorder or env, infer, latency_ms, k)
+            runner = make_runner(policy, executor, recorder or env, infer, latency_ms, k, realtime)
             try:
                 trace = runner.run(max_ticks, stop=lambda: env.success)
                 error = ""
             except InferenceFailed as e:
                 trace, error = e.trace, str(e)
             m = trace.metrics()
+            if realtime:
+                realtime_stats.append(_tick_stats(trace, runner.clock))
             rows.append({"task": task, "episode": ep, "success": bool(env.success),
                          "ticks": env.ticks, "time_to_success_s": env.success_tick / hz if env.success else None,
                          "idle_fraction": m["idle_fraction"], "boundary_discontinuity": m["boundary_discontinuity"],
@@ -144,7 +158,79 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
             bar.set_postfix(success=f"{np.mean([r['success'] for r in rows]):.2f}")
         env.close()
     bar.close()
-    return summarize(rows, tasks, executor, latency_ms, wall_ms, hz), traces
+    if client is not None:
+        client.close()
+    result = summarize(rows, tasks, executor, latency_ms, wall_ms, hz)
+    if server is not None:
+        result.update(server=server, round_trip_ms_p50=result["inference_wall_ms_p50"],
+                      round_trip_ms_p95=result["inference_wall_ms_p95"])
+    if realtime:
+        held = [s["fresh"] for s in realtime_stats]
+        seconds = [s["seconds"] for s in realtime_stats]
+        jitter = np.concatenate([s["jitter_ms"] for s in realtime_stats]) if realtime_stats else np.zeros(0)
+        result.update(realtime=True, latency_ms=None,
+                      control_rate_held_hz=float(sum(held) / sum(seconds)) if sum(seconds) else None,
+                      tick_jitter_ms_p50=float(np.percentile(jitter, 50)) if jitter.size else None,
+                      tick_jitter_ms_p99=float(np.percentile(jitter, 99)) if jitter.size else None,
+                      overruns=int(sum(s["overruns"] for s in realtime_stats)))
+    return result, traces
+
+
+class RemoteChunks:
+    """`xr0 serve` as the executors' policy callable: one request per chunk over the socket, seeded like
+    ChunkPolicy (`seed_of_call`), the prefix padded to the served action width; `wall_ms` gets each round trip.
+    Says the served max_prefix and delta_dims, as ChunkPolicy does."""
+
+    def __init__(self, client, seed_of_call, steps: int | None = None, wall_ms: list[float] | None = None):
+        meta = client.metadata
+        self.client, self.seed_of_call, self.steps, self.wall_ms = client, seed_of_call, steps, wall_ms
+        self.action_dim, self.max_prefix = int(meta["action_dim"]), int(meta.get("max_prefix", 0))
+        self.delta_dims = tuple(meta.get("delta_dims") or ())
+        self.calls = 0
+
+    def __call__(self, obs: dict, prefix=None, prefix_weights=None) -> np.ndarray:
+        import time
+
+        msg = {"images": obs["images"], "state": np.asarray(obs["state"], np.float32), "prompt": obs["prompt"],
+               "seed": int(self.seed_of_call(self.calls))}
+        if self.steps is not None:
+            msg["steps"] = self.steps
+        if prefix is not None and len(prefix):
+            padded = np.zeros((len(prefix), self.action_dim), np.float32)
+            padded[:, : prefix.shape[1]] = prefix
+            msg["action_prefix"] = padded
+            if prefix_weights is not None:
+                msg["prefix_weights"] = np.asarray(prefix_weights, np.float32)
+        t0 = time.perf_counter()
+        actions = self.client.infer(msg)["actions"]
+        if self.wall_ms is not None:
+            self.wall_ms.append((time.perf_counter() - t0) * 1e3)
+        self.calls += 1
+        return np.asarray(actions, np.float64)
+
+
+def _connect(server: str, policy):
+    """A PolicyClient to `server`, checked to serve `policy` (same statistics hash, chunk length and cameras)."""
+    from ..runtime.client import PolicyClient
+
+    client = PolicyClient(server)
+    meta, mine = client.metadata, policy.metadata()
+    for key in ("norm_stats_hash", "chunk_len", "cameras", "action_dim", "state_dim"):
+        if meta.get(key) != mine[key]:
+            client.close()
+            raise ValueError(f"--server {server} serves another policy: its {key} is {meta.get(key)!r}, the "
+                             f"checkpoint's is {mine[key]!r}")
+    return client
+
+
+def _tick_stats(trace, clock) -> dict:
+    """Wall-clock facts of one real-time episode: ticks that executed a fresh planned action, seconds, the
+    deviation of each tick interval from the period (ms) and overruns."""
+    times = np.asarray(clock.tick_times)
+    fresh = sum(not t.idle for t in trace.ticks)
+    seconds = float(times[-1] - times[0] + clock.period) if times.size else 0.0
+    jitter = np.abs(np.diff(times) - clock.period) * 1e3 if times.size > 1 else np.zeros(0)
+    return {"fresh": fresh, "seconds": seconds, "jitter_ms": jitter, "overruns": clock.overruns}
 
 
 def sampling_seeds(seed: int, episode: int):
@@ -167,10 +253,14 @@ def make_env(policy, task: str, seed: int, orientation: str | None, cameras: dic
                         goal_marker_color=goal_marker_color, placements=placements)
 
 
-def make_runner(policy, executor: str, env, infer, latency_ms: float, k: int | None = None):
-    """The named executor on a simulated clock at the policy's control rate; k defaults to runtime.default_k."""
+def make_runner(policy, executor: str, env, infer, latency_ms: float, k: int | None = None, realtime: bool = False):
+    """The named executor at the policy's control rate, on a simulated clock charging `latency_ms` (or, realtime,
+    on the wall clock with inference in a second thread); k defaults to runtime.default_k."""
     policy.config.check_executor(executor)
-    clock = SimClock(1.0 / policy.config.control_hz, latency_s=latency_ms / 1000.0)
+    if realtime:
+        clock = RealClock(policy.config.control_hz)
+    else:
+        clock = SimClock(1.0 / policy.config.control_hz, latency_s=latency_ms / 1000.0)
     kwargs = dict(k=default_k(policy.config.chunk_len) if k is None else k, action_space=HOLD_STILL)
     if executor == "async":  # the trained prefix; rtc's guided prefix is not capped by it
         kwargs["max_prefix"] = policy.config.max_prefix
@@ -237,5 +327,11 @@ def print_table(result: dict) -> None:
     for task, rate in result["per_task"].items():
         print(f"{task:<28} {rate:6.0%}")
     tts = result["mean_time_to_success_s"]
-    print(f"{'mean':<28} {result['success_rate']:6.0%}   executor={result['executor']} latency={result['latency_ms']:g} ms "
+    latency = "real time" if result.get("realtime") else f"latency={result['latency_ms']:g} ms"
+    print(f"{'mean':<28} {result['success_rate']:6.0%}   executor={result['executor']} {latency} "
           f"time-to-success={'n/a' if tts is None else f'{tts:.2f} s'} idle={result['idle_fraction']:.3f}")
+    if result.get("realtime"):
+        print(f"control rate held {result['control_rate_held_hz']:.1f} of {result['control_hz']:g} Hz, tick jitter "
+              f"p50 {result['tick_jitter_ms_p50']:.2f} / p99 {result['tick_jitter_ms_p99']:.2f} ms, inference "
+              f"{'round trip ' if result.get('server') else ''}p50 {result['inference_wall_ms_p50']:.0f} / p95 "
+              f"{result['inference_wall_ms_p95']:.0f} ms")

@@ -4,6 +4,7 @@ its training data, from DATA_DIR/meta/xr0_metaworld.json). Usage: python -m xr0.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -14,7 +15,7 @@ import torch
 from ..assets import HERE
 from ..checkpoints import resolve_checkpoint
 from .evaluate import SETUP_FILE
-from .metaworld import STOCK_GOAL_MARKER_RADIUS, check_tasks
+from .metaworld import DELTA_DIMS, STOCK_GOAL_MARKER_RADIUS, check_tasks
 
 
 def export(run: str, data: str, dest=HERE / "metaworld") -> int:
@@ -26,6 +27,7 @@ def export(run: str, data: str, dest=HERE / "metaworld") -> int:
              "goal_marker_radius": sidecar.get("goal_marker_radius", STOCK_GOAL_MARKER_RADIUS),
              "goal_marker_color": sidecar.get("goal_marker_color")}
     policy = XR0Policy.from_pretrained(resolve_checkpoint(run))
+    policy.robots = {name: dataclasses.replace(spec, delta_dims=DELTA_DIMS) for name, spec in policy.robots.items()}
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save_pretrained(tmp, dtype=torch.bfloat16, store_embedding=False)

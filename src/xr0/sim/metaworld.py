@@ -15,6 +15,7 @@ import numpy as np
 CONTROL_HZ = 40.0  # one tick = ACTION_REPEAT MetaWorld steps of 12.5 ms
 ACTION_REPEAT = 2
 STATE_DIM, ACTION_DIM = 4, 4  # hand xyz + gripper opening; xyz delta + gripper effort
+DELTA_DIMS = (0, 1, 2)  # the hand's xyz move per tick; the gripper effort (dim 3) is absolute
 ACTION_NAMES = ("dx", "dy", "dz", "gripper")  # plot labels of the action dims
 # What the simulator knows and the policy does not (training-only supervision, `xr0 train --env-state-loss`).
 ENV_STATE_NAMES = ("object_x", "object_y", "object_z", "goal_x", "goal_y", "goal_z")

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import hashlib
-import json
 import math
 import time
 
@@ -21,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..processing.images import resize as _resize_filtered
+from ..processing.seeds import observation_seed, request_seed
 from ..rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
 __all__ = ["quat_to_matrix", "matrix_to_quat", "euler_to_matrix", "matrix_to_euler", "euler_to_axis_angle",
@@ -119,29 +118,6 @@ def center_crop_resize(img: np.ndarray, ratio: float = 0.95) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- prompts, seeds
-def _encode(obj):
-    """The official clients' `custom_encoder` of hash_data_to_seed: arrays as dtype, shape and the hex of their
-    bytes; PIL images as mode, size (W, H) and the MD5 of their bytes; sets sorted."""
-    if isinstance(obj, np.ndarray):
-        return {"__type__": "numpy", "dtype": str(obj.dtype), "shape": obj.shape, "data": obj.tobytes().hex()}
-    if isinstance(obj, Image.Image):
-        return {"__type__": "PIL.Image", "mode": obj.mode, "size": obj.size,
-                "content_hash": hashlib.md5(obj.tobytes()).hexdigest()}
-    if isinstance(obj, set):
-        return sorted(obj)
-    raise TypeError(f"cannot hash a {type(obj).__name__} into an observation seed")
-
-
-def observation_seed(payload: dict, nbytes: int = 4) -> int:
-    """The noise seed the official evaluation clients send with each request (their `hash_data_to_seed`): SHA-256
-    of the payload's canonical JSON (sorted keys, compact, arrays and images as `_encode` writes them), modulo
-    2**(8 * nbytes). Fed the same payload as an official client (its keys, dtypes and PIL images: see the
-    `*_request` functions of xr0.sim.libero / calvin / simpler) it gives the same seed, so a run replays the
-    official logs' noise; any payload gives a deterministic seed (same observation, same actions)."""
-    text = json.dumps(payload, default=_encode, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return int(hashlib.sha256(text.encode("utf-8")).hexdigest(), 16) % (2 ** (8 * nbytes))
-
-
 def pil(img: np.ndarray) -> Image.Image:
     """(H, W, 3) uint8 -> the PIL RGB image an official client puts in its payload."""
     return Image.fromarray(np.ascontiguousarray(img), mode="RGB")
@@ -193,7 +169,7 @@ class ChunkPolicy:
 
     obs: {"images": {camera: (H, W, 3) uint8}, "state": (d,), "prompt": str, optional "seed"}. The state and the
     prefix are padded to the robot type's widths. The noise seed of call i is `seed_of_call(i)` when given, else
-    obs["seed"] (the benchmark clients put the official client's seed there), else `observation_seed` of the
+    obs["seed"] (the benchmark clients put the official client's seed there), else `request_seed` of the
     inputs (a re-run of the same observation gives the same chunk).
     `steps`: denoising steps (default: the checkpoint's). `wall_ms`: a list each call's wall time is appended to.
     """
@@ -204,6 +180,8 @@ class ChunkPolicy:
         self.policy, self.robot_type = policy, resolve_robot_type(policy, robot_type)
         self.robot = policy.robot(self.robot_type)
         self.act_dims = act_dims  # 7: the end-effector action of the official LIBERO / CALVIN / SimplerEnv protocols
+        self.max_prefix = policy.config.max_prefix  # what the executors read: the trained clean prefix, the
+        self.delta_dims = tuple(d for d in self.robot.delta_dims if d < act_dims)  # dims a held tick zeroes
         self.seed_of_call, self.steps, self.wall_ms = seed_of_call, steps, wall_ms
         self.calls, self.seconds = 0, 0.0
 
@@ -212,8 +190,7 @@ class ChunkPolicy:
             return int(self.seed_of_call(self.calls))
         if obs.get("seed") is not None:
             return int(obs["seed"])
-        return observation_seed({"robot_type": self.robot_type, "state": pad_state(obs["state"]),
-                                 "images": dict(obs["images"]), "prompt": obs["prompt"]})
+        return request_seed(self.robot_type, pad_state(obs["state"]), obs["images"], obs["prompt"])
 
     def __call__(self, obs: dict, prefix: np.ndarray | None = None, prefix_weights=None) -> np.ndarray:
         state = pad_state(obs["state"], self.robot.state_dim)
