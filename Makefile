@@ -41,7 +41,10 @@ test-libero: libero
 # LeRobot-written dataset; select_action and the RTC call against xr0's own sample(); the lerobot-trained checkpoint
 # evaluated by xr0 eval metaworld. PY312 = a Python 3.12 interpreter.
 LEROBOT_VENV := .venv-lerobot
-PY312 ?= $(shell command -v python3.12 || ls -d $$HOME/.pyenv/versions/3.12*/bin/python 2>/dev/null | head -1)
+# the first candidate that runs and is 3.12 (a pyenv shim on PATH without that version installed does not run)
+PY312 ?= $(shell for c in $$(command -v python3.12) $$HOME/.pyenv/versions/3.12*/bin/python /usr/bin/python3.12 \
+	/usr/local/bin/python3.12; do "$$c" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null \
+	&& { echo "$$c"; break; }; done)
 lerobot:
 	@test -n "$(PY312)" || { echo "make lerobot needs Python 3.12 for LeRobot 0.6.1: make lerobot PY312=/path/to/python3.12"; exit 2; }
 	test -x $(LEROBOT_VENV)/bin/python || $(PY312) -m venv $(LEROBOT_VENV)

@@ -602,3 +602,39 @@ def test_writer_layout_matches_lerobot_0_6_1(tmp_path):
     assert np.allclose(stats["observation.state"]["std"], states.std(0), atol=1e-6)
     assert np.all(np.diff([stats["action"][q] for q in ("q01", "q10", "q50", "q90", "q99")], axis=0) >= 0)
     assert np.array(stats["observation.images.front"]["q50"]).shape == (3, 1, 1)
+
+
+def test_data_stats_once_in_lerobots_layout_and_read_by_training(tmp_path, capsys):
+    """`xr0 data stats`: stats.json recomputed for state and action reproduces what the writer recorded (LeRobot
+    0.6.1's layout and aggregation) while the camera entries stay; the chunk statistics file equals a fresh
+    computation, and training reads it instead of recomputing (and says so); a changed dataset is recomputed."""
+    import json as _json
+
+    from test_train import write_dataset
+    from xr0.cli import main
+    from xr0.config import get_preset
+    from xr0.data.lerobot_v3 import LeRobotV3Dataset
+    from xr0.data.stats import CHUNK_STATS, compute_stats, read_chunk_stats
+    from xr0.train.inputs import robot_spec_from_data
+
+    root = write_dataset(tmp_path / "d", lengths=(24, 20, 31))
+    written = _json.loads((root / "meta" / "stats.json").read_text())
+    (root / "meta" / "stats.json").write_text(_json.dumps({k: v for k, v in written.items()
+                                                           if k not in ("action", "observation.state")}))
+    assert main(["data", "stats", str(root), "--chunk-len", "10,4"]) == 0
+    summary = _json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["episodes"] == 3 and summary["frames"] == 75 and set(summary["chunk_lens"]) == {"10", "4"}
+    again = _json.loads((root / "meta" / "stats.json").read_text())
+    assert set(again) == set(written)
+    for key in ("action", "observation.state"):
+        for stat, value in written[key].items():
+            np.testing.assert_allclose(again[key][stat], value, rtol=1e-12, atol=1e-12, err_msg=f"{key}/{stat}")
+    ds = LeRobotV3Dataset(root, 10)
+    fresh, stored = compute_stats(ds), read_chunk_stats(root, 10, len(ds))
+    np.testing.assert_array_equal(stored.action_std, fresh.action_std)
+    config = get_preset("tiny")
+    spec = robot_spec_from_data(ds, config, chunk_len=10)
+    assert f"statistics read from {root / CHUNK_STATS}" in capsys.readouterr().err
+    assert read_chunk_stats(root, 10, len(ds) + 1) is None and read_chunk_stats(root, 30, len(ds)) is None
+    assert spec.chunk_len == 10 and np.allclose(spec.action_mean[:, :7], fresh.action_mean)
+    assert main(["data", "stats", str(tmp_path / "missing"), "--chunk-len", "10"]) == 2

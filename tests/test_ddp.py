@@ -39,7 +39,7 @@ def _worker(rank, port, data, out, fsdp, dtype):
     torch.set_num_threads(1)
     from xr0.train import TrainConfig, Trainer
 
-    cfg = TrainConfig(recipe="post-async", data=data, out=out, robot_type="toy", steps=3, batch_size=2, lr=1e-3,
+    cfg = TrainConfig(preset="tiny", recipe="post-async", data=data, out=out, robot_type="toy", steps=3, batch_size=2, lr=1e-3,
                       warmup=1, save_every=3, log_every=1, dtype=dtype, seed=0, progress=False, fsdp=fsdp)
     tr = Trainer(cfg)
     tr.run()
@@ -47,6 +47,8 @@ def _worker(rank, port, data, out, fsdp, dtype):
     for name, p in tr.core.named_parameters():
         p = p.full_tensor() if hasattr(p, "full_tensor") else p  # FSDP: gather the shards (collective)
         params[name] = p.detach().cpu().contiguous().clone()
+    spec = tr.policy.robot("toy")  # rank 0 computed the statistics, the other rank received them
+    params.update({f"stats.{k}": torch.from_numpy(v) for k, v in spec.arrays().items()})
     save_file(params, os.path.join(out, f"rank{rank}.safetensors"))
     dist.destroy_process_group()
 
@@ -75,6 +77,7 @@ def test_ddp_ranks_agree(ddp_run):
     diff = max((r0[k] - r1[k]).abs().max().item() for k in r0)
     assert diff == 0.0, diff
     init = XR0Policy.from_preset("tiny", seed=0, cameras=("front",))
+    assert r0["stats.action_std"].abs().sum() > 0 and torch.equal(r0["stats.action_std"], r1["stats.action_std"])
     moved = [k for k, v in init.model.named_parameters() if not torch.equal(v, r0["model." + k])]
     assert any(k.startswith("dit.") for k in moved) and any(k.startswith("vlm.model.visual") for k in moved)
     # one writer: 3 metric rows (the mean loss over both ranks), one checkpoint holding rank 0's weights

@@ -25,7 +25,7 @@ def dataset(tmp_path_factory):
 
 
 def config(dataset, out, **kw):
-    base = dict(recipe="post-async", data=str(dataset), out=str(out), robot_type="toy", steps=6, batch_size=2,
+    base = dict(preset=None if "init" in kw else "tiny", recipe="post-async", data=str(dataset), out=str(out), robot_type="toy", steps=6, batch_size=2,
                 lr=3e-3, warmup=1, save_every=3, log_every=1, dtype="fp32", seed=0, progress=False)
     return TrainConfig(**{**base, **kw})
 
@@ -178,3 +178,74 @@ def test_bf16_memory_mode_holds_frozen_weights_in_bf16(dataset, tmp_path):
     tr.run()
     loaded = XR0Policy.from_pretrained(tmp_path / "bf16" / "checkpoints" / "step_000003")  # written in fp32
     assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}
+
+
+def test_bf16_lora_saves_its_whole_update(dataset, tmp_path):
+    """A frozen base held in bf16 and updates far below bf16's spacing: the saved weights minus the --init weights
+    are (alpha / r) B A, read from the files, for every adapted linear; the frozen weights are saved as loaded; the
+    reloaded checkpoint computes what the adapted model computes on the weights as loaded."""
+    from safetensors.torch import load_file
+
+    init = tmp_path / "init"
+    XR0Policy.from_preset("tiny", seed=3).save_pretrained(init)  # fp32, as a fine-tune starts from
+    tr = Trainer(config(dataset, tmp_path / "ft", init=str(init), lora_rank=4, dtype="bf16", lr=1e-4, steps=3,
+                       save_every=3, stop_after=3))
+    assert tr.policy.model.vlm.model.language_model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    tr.run()
+    ckpt = tmp_path / "ft" / "checkpoints" / "step_000003"
+    before, after = load_file(str(init / "model.safetensors")), load_file(str(ckpt / "model.safetensors"))
+    adapters = load_file(str(ckpt / ADAPTERS))
+    names = sorted({k.rsplit(".", 1)[0] for k in adapters})
+    assert len(names) == 4 * 7  # tiny: 4 text layers x 7 projections
+    lost, trained = 0.0, 0
+    for name in names:
+        delta = (adapters[f"{name}.lora_B"] @ adapters[f"{name}.lora_A"]) * 1.0  # alpha = r: scaling 1
+        saved = after[f"{name}.weight"] - before[f"{name}.weight"]
+        if not delta.any():  # the last layer's query / output / MLP feed no K/V the DiT reads: no gradient
+            assert not saved.any(), name
+            continue
+        trained += 1
+        assert (saved - delta).norm() <= 1e-3 * delta.norm(), name
+        rounded = (before[f"{name}.weight"].bfloat16().float() + delta).bfloat16().float() - before[f"{name}.weight"]
+        lost = max(lost, float((rounded - delta).norm() / delta.norm()))
+    assert trained >= 20 and lost > 0.1  # merging into the bf16 copy would have lost over a tenth of the update
+    frozen = "vlm.model.visual.blocks.0.attn.qkv.weight"
+    assert torch.equal(after[frozen], before[frozen])  # a frozen weight comes back as loaded, not bf16-rounded
+    loaded = XR0Policy.from_pretrained(ckpt)
+    obs = random_observation(tr.policy, state_dim=8)
+    obs["images"] = dict(zip(loaded.robot("toy").cameras, obs["images"].values()))
+    with tr.weights_as_loaded():
+        tr.policy.model.eval().float()
+        a = tr.policy.sample(**obs, seed=1, robot_type="toy")
+    b = loaded.sample(**obs, seed=1, robot_type="toy")
+    assert np.abs(a - b).max() <= 1e-5 * max(1.0, np.abs(a).max())
+
+
+def test_no_silent_defaults_under_init(dataset, tmp_path, capsys):
+    """--init onto a robot type the checkpoint has: the data's statistics replace its own and the run says so;
+    --keep-stats keeps them and says so; --chunk-len / --image-size for it fail naming why; no --preset or --init,
+    or both, is an error."""
+    init = tmp_path / "init"
+    first = Trainer(config(dataset, tmp_path / "first", stop_after=1, steps=1, save_every=1))
+    first.run()
+    XR0Policy.from_pretrained(tmp_path / "first").save_pretrained(init)
+    old = XR0Policy.from_pretrained(init).robot("toy")
+    other = tmp_path / "other"  # the same cameras, other actions: other statistics
+    from test_train import write_dataset
+    write_dataset(other, lengths=(30, 26))
+    capsys.readouterr()
+    tr = Trainer(config(other, tmp_path / "ft", init=str(init), stop_after=1))
+    err = capsys.readouterr().err
+    assert "robot type 'toy' (T = 10" in err and "statistics from the data, replacing" in err
+    assert not np.allclose(tr.policy.robot("toy").action_mean, old.action_mean)
+    kept = Trainer(config(other, tmp_path / "keep", init=str(init), keep_stats=True, stop_after=1))
+    assert "statistics kept from" in capsys.readouterr().err
+    np.testing.assert_array_equal(kept.policy.robot("toy").action_mean, old.action_mean)
+    with pytest.raises(ValueError, match="--image-size .*robot type 'toy'"):
+        Trainer(config(other, tmp_path / "img", init=str(init), image_size=(32, 32)))
+    with pytest.raises(ValueError, match="--keep-stats: .* has no statistics of robot type 'new'"):
+        Trainer(config(other, tmp_path / "new", init=str(init), keep_stats=True, robot_type="new"))
+    with pytest.raises(ValueError, match="give --preset NAME .* or --init"):
+        Trainer(config(other, tmp_path / "none", preset=None))
+    with pytest.raises(ValueError, match="--preset tiny and --init .* both given"):
+        Trainer(config(other, tmp_path / "both", preset="tiny", init=str(init)))

@@ -37,7 +37,7 @@ def data(tmp_path_factory):
 
 
 def config(data, out, **kw):
-    base = dict(recipe="stage2", data=str(data), out=str(out), robot_type="toy", steps=4, batch_size=2, grad_accum=2,
+    base = dict(preset="tiny", recipe="stage2", data=str(data), out=str(out), robot_type="toy", steps=4, batch_size=2, grad_accum=2,
                 lr=1e-3, warmup=1, save_every=2, log_every=1, dtype="fp32", seed=0, progress=False,
                 state_dropout=0.5)
     return TrainConfig(**{**base, **kw})

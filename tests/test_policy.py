@@ -150,3 +150,18 @@ def test_a_hugging_face_repo_id_loads_from_the_local_cache_only(tiny, tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "tiny" and "hf download XiaomiRobotics/missing" in lines[1]
+
+
+def test_sample_batch_equals_one_at_a_time(tiny):
+    """The batched path (the LeRobot plugin's predict_action_chunk): prompts of different lengths padded in one
+    VLM pass give the chunks sample() gives one by one."""
+    rng = np.random.default_rng(5)
+    obs = [dict(images={c: rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for c in tiny.config.cameras},
+                instruction=text, state=rng.normal(size=32).astype(np.float32))
+           for text in ("pick", "put the red block in the bowl on the left", "open the drawer")]
+    batched = tiny.sample_batch(obs, seeds=[3, 4, 5])
+    single = np.stack([tiny.sample(**o, seed=s) for o, s in zip(obs, (3, 4, 5))])
+    assert batched.shape == (3, tiny.config.chunk_len, 32)
+    np.testing.assert_allclose(batched, single, atol=2e-5 * max(1.0, np.abs(single).max()))
+    with pytest.raises(ValueError, match="2 seeds for 3 observations"):
+        tiny.sample_batch(obs, seeds=[1, 2])

@@ -55,7 +55,7 @@ def dataset(tmp_path_factory):
 
 
 def config(dataset, out, **kw):
-    base = dict(data=str(dataset), out=str(out), robot_type="toy", steps=30, batch_size=2, lr=3e-3, warmup=3,
+    base = dict(preset=None if "init" in kw else "tiny", data=str(dataset), out=str(out), robot_type="toy", steps=30, batch_size=2, lr=3e-3, warmup=3,
                 save_every=1000, log_every=1, dtype="fp32", seed=0, progress=False)
     return TrainConfig(**{**base, **kw})
 
@@ -371,7 +371,7 @@ def test_stage1_recipe_trains_vlm_and_heads_with_vl_data(dataset, tmp_path):
     assert all(torch.equal(v, tr.heads.state_dict()[k]) for k, v in heads.state_dict().items())
     resumed = Trainer(config(dataset, tmp_path / "s1", **{**kw, "steps": 22, "resume": True}))
     assert all(torch.equal(v, resumed.heads.state_dict()[k]) for k, v in heads.state_dict().items())
-    assert train_cli.main(["--recipe", "stage1", "--data", str(dataset), "--out", str(tmp_path / "bad"),
+    assert train_cli.main(["--preset", "tiny", "--recipe", "stage1", "--data", str(dataset), "--out", str(tmp_path / "bad"),
                            "--vl-data", str(tmp_path / "missing.jsonl")]) == 2
 
 
@@ -381,7 +381,7 @@ def test_cli_run_skips_bad_episodes(tmp_path):
     mp4.write_bytes(mp4.read_bytes()[:200])  # episode 1 unreadable
     with pytest.raises(DataError, match=r"file-001\.mp4.*episode 1"):
         Trainer(config(root, tmp_path / "run", recipe="stage2"))
-    cmd = [sys.executable, "-m", "xr0.cli", "train", "--recipe", "stage2", "--data", str(root), "--out",
+    cmd = [sys.executable, "-m", "xr0.cli", "train", "--preset", "tiny", "--recipe", "stage2", "--data", str(root), "--out",
            str(tmp_path / "run"), "--steps", "2", "--batch-size", "2", "--warmup", "1", "--lr", "1e-3",
            "--robot-type", "toy", "--no-progress", "--dtype", "fp32", "--skip-bad"]
     ok = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -393,7 +393,7 @@ def test_cli_run_skips_bad_episodes(tmp_path):
 
 def cli_command(dataset, save_every: int):
     """out, *extra -> the argv of a 12-step post-async `xr0 train` run on the toy dataset."""
-    args = ["--recipe", "post-async", "--data", str(dataset), "--robot-type", "toy", "--steps", "12",
+    args = ["--preset", "tiny", "--recipe", "post-async", "--data", str(dataset), "--robot-type", "toy", "--steps", "12",
             "--batch-size", "2", "--save-every", str(save_every), "--log-every", "1", "--lr", "1e-3", "--warmup",
             "2", "--no-progress"]
     return lambda out, *extra: [sys.executable, "-m", "xr0.train.cli", "--out", str(out), *args, *extra]

@@ -14,7 +14,7 @@ COMMANDS = {
     "demo": ("xr0.demo", "run the policy and show what it does"),
     "serve": ("xr0.runtime.server", "serve a policy over websocket + msgpack (openpi-compatible)"),
     "train": ("xr0.train.cli", "train with a recipe: stage1 | stage2 | post-sync | post-async"),
-    "data": ("xr0.datagen", "generate or convert datasets"),
+    "data": ("xr0.datagen", "generate datasets (metaworld, vqa) or compute a dataset's statistics (stats)"),
     "eval": ("xr0.sim.cli", "evaluate a policy in a simulator"),
     "bench": ("xr0.bench", "latency and throughput benchmarks (JSON)"),
     "convert": ("xr0.convert", "convert an official Xiaomi-Robotics-0 checkpoint to xr0's format"),

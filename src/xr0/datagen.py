@@ -1,12 +1,15 @@
-"""`xr0 data SOURCE ...`: generate datasets (MetaWorld demonstrations from xr0.sim, synthetic VQA from xr0.data)."""
+"""`xr0 data ACTION ...`: generate datasets (MetaWorld demonstrations from xr0.sim, synthetic VQA from xr0.data) and
+compute a dataset's statistics once (`xr0 data stats`)."""
 
 from __future__ import annotations
 
-from .data import vqa
+from .data import stats_cli, vqa
 from .sim import metaworld_data
 
 SOURCES = {"metaworld": (metaworld_data, "MetaWorld scripted-expert demonstrations -> LeRobotDataset v3"),
-           "vqa": (vqa, "synthetic VQA about rendered shape scenes (exact labels) -> VL JSONL for stage 1")}
+           "vqa": (vqa, "synthetic VQA about rendered shape scenes (exact labels) -> VL JSONL for stage 1"),
+           "stats": (stats_cli, "a LeRobot dataset's statistics (meta/stats.json, LeRobot's layout) and xr0's chunk "
+                                "statistics, written beside it once; xr0 train reads them")}
 
 
 def add_arguments(p) -> None:

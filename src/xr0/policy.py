@@ -208,6 +208,31 @@ class XR0Policy:
             out[: prefix.shape[0]] = prefix
         return out
 
+    def sample_batch(self, observations: list[dict], seeds: list[int] | None = None, steps: int | None = None,
+                     robot_type: str | None = None, noise: torch.Tensor | None = None) -> np.ndarray:
+        """Chunks (B, T, action_dim) of several observations in one batched pass (no prefix): each {"images",
+        "instruction", "state"} as sample() takes them, seeded by `seeds` (default 0 each); `noise` an optional
+        (B, T, D) x_0. The same chunks as sample() one at a time, up to float rounding."""
+        if not observations:
+            raise ValueError("sample_batch needs at least one observation")
+        robot = self.robot(robot_type)
+        B, T, D = len(observations), robot.chunk_len, self.config.action_dim
+        seeds = [0] * B if seeds is None else [int(v) for v in seeds]
+        if len(seeds) != B:
+            raise ValueError(f"{len(seeds)} seeds for {B} observations")
+        if steps is not None:
+            steps = checks.integer(steps, "steps", 1, MAX_STEPS)
+        encoded = [self.processor.encode(o["images"], o["instruction"], robot) for o in observations]
+        batch = self.processor.collate([ids for ids, _ in encoded], [ims for _, ims in encoded])
+        states = np.stack([robot.normalize_state(checks.vector(o["state"], "state", robot.state_dim))
+                           for o in observations])
+        dev, dt = self.model.device, self.model.dtype
+        x0 = torch.cat([check_noise(None if noise is None else noise[i], (1, T, D), dev, dt, seeds[i])
+                        for i in range(B)])
+        mask = torch.from_numpy(robot.action_mask).expand(B, T, D)
+        x = self.model.sample_normalized(batch, torch.from_numpy(states), mask, x0, None, steps)
+        return robot.denormalize_actions(x.float().cpu().numpy())
+
     def metadata(self, robot_type: str | None = None) -> dict:
         """What a client needs to talk to this policy (sent by the server on connect)."""
         robot = self.robot(robot_type)
@@ -225,6 +250,19 @@ class XR0Policy:
 
 
 # ---------------------------------------------------------------------- helpers
+def chunk_lengths(path: str | pathlib.Path) -> dict[str, int]:
+    """Robot type -> chunk length of a checkpoint (xr0's, a release folder, a run, "embedded"), read from its
+    config and statistics without loading the weights (e.g. to size a dataset's action windows first)."""
+    path = resolve_checkpoint(path)
+    if official.is_official(path / CONFIG):
+        meta = json.loads((path / CONFIG).read_text())
+        fallback = meta.get("action_length") or meta.get("chunk_len")
+        return {n: r.chunk_len for n, r in official.load_robots(path, int(fallback) if fallback else None).items()}
+    meta = json.loads(policy_config_file(path).read_text())
+    robots = load_robots(path / NORMS, meta.get("robots", {}))
+    return {name: spec.chunk_len for name, spec in robots.items()}
+
+
 def batch_from_samples(samples: list[dict], config: PolicyConfig, proc: Processor,
                        robot: RobotSpec) -> dict[str, torch.Tensor]:
     """XR0Policy.make_batch without the model (what the trainer's data workers run: xr0.train.loader)."""

@@ -978,6 +978,26 @@ class LeRobotV3Dataset(EpisodeIndex):
         idx, valid = chunk_window(ep.length, frame, self.chunk_len)
         return ep.state[frame].copy(), ep.actions[idx], valid
 
+    def episode_data(self) -> list[_Episode]:
+        """The loaded episodes (state, actions, task index per frame), in order."""
+        return list(self._episodes)
+
+    def lowdim_block(self, indices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """lowdim of many samples at once, vectorised per episode, for statistics (grouped by episode, not in the
+        order of `indices`): (states (B, Ds), actions (B, T, Da), valid (B, T)), float64 / bool."""
+        frames: dict[int, tuple[_Episode, list[int]]] = {}
+        for i in indices:
+            ep, frame = self._locate(int(i))
+            frames.setdefault(ep.index, (ep, []))[1].append(frame)
+        states, actions, valid = [], [], []
+        for ep, fs in frames.values():
+            idx = np.asarray(fs)[:, None] + np.arange(self.chunk_len)
+            states.append(ep.state[fs])
+            actions.append(ep.actions[np.minimum(idx, ep.length - 1)])
+            valid.append(idx < ep.length)
+        return (np.concatenate(states).astype(np.float64), np.concatenate(actions).astype(np.float64),
+                np.concatenate(valid))
+
     def env_state(self, i: int) -> np.ndarray:
         """The environment state of sample i (datasets that record it), without touching video."""
         ep, frame = self._locate(int(i))

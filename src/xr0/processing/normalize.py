@@ -18,6 +18,9 @@ EPS = 1e-6  # (a - mean) / (std + EPS), as the released pipeline
 # "masked": the April post-training server (and xr0's own checkpoints), denormalize_action(x * mask) * mask with
 # std + EPS: dims the action mask drops come back 0.
 DECODES = ("release", "masked")
+# The fields a dataset's statistics set (xr0.train.inputs.robot_spec_from_data); the rest describe how the robot
+# type runs (cameras, images, decoding, delta dims) and come with the weights.
+STAT_FIELDS = ("action_mean", "action_std", "action_mask", "state_mean", "state_std", "action_dim", "state_dim")
 
 
 @dataclass

@@ -21,7 +21,8 @@ _FIELDS = [
     ("--data", "data", str, "LeRobotDataset v3 folder (meta/info.json) or a folder of official JSON episodes"),
     ("--robot-type", "robot_type", str, "name of the robot type the normalisation stats are stored under"),
     ("--out", "out", str, "run folder: metrics.jsonl and checkpoints/"),
-    ("--chunk-len", "chunk_len", int, "fresh runs: action chunk length T (default: the preset's)"),
+    ("--chunk-len", "chunk_len", int, "action chunk length T of a fresh run or of a new robot type under --init "
+                                      "(default: the preset's / the checkpoint's; an existing robot type keeps its own)"),
     ("--steps", "steps", int, "optimiser steps (the schedule's length)"),
     ("--batch-size", "batch_size", int, "samples per process per micro-batch"),
     ("--grad-accum", "grad_accum", int, "micro-batches per optimiser step"),
@@ -57,6 +58,8 @@ _FIELDS = [
 ]
 _SWITCHES = [
     ("--resume", "resume", True, "continue from the latest complete checkpoint in --out"),
+    ("--keep-stats", "keep_stats", True, "--init: keep the checkpoint's statistics of --robot-type (default: computed "
+                                         "from --data, and the run says which)"),
     ("--fsdp", "fsdp", True, "shard with FSDP2 (torch.distributed.fsdp.fully_shard) instead of DDP"),
     ("--grad-checkpointing", "grad_checkpointing", True, "activation checkpointing: recompute every VLM text "
                                                          "layer, vision block and DiT layer in backward"),
@@ -90,7 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         g.add_argument(flag, dest=name, type=typ, default=None, choices=_CHOICES.get(name),
                        help=f"{helptext} (default: {getattr(d, name)})")
     g.add_argument("--image-size", default=None, metavar="H[,W]",
-                   help="fresh runs: resize camera images to H x W, multiples of 32 (default: the preset's)")
+                   help="resize camera images to H x W, multiples of 32, in a fresh run or for a new robot type "
+                        "under --init (default: the preset's / the checkpoint's first robot type's image settings)")
     g.add_argument("--freeze", default=None, metavar="PART[,PART]",
                    help="keep these parts fixed besides what the recipe freezes: " + ", ".join(FREEZE_PARTS))
     g.add_argument("--lora-targets", default=None, metavar="NAME[,NAME]",

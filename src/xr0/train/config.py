@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 class TrainConfig:
     """Every knob of `xr0 train`; defaults are the released post-training run (spec §6.6) on the chosen preset."""
 
-    preset: str = "tiny"
+    preset: str | None = None  # a fresh run's model preset; exactly one of preset and init (or an in-memory policy)
     recipe: str = "post-sync"
     data: str | None = None  # LeRobot v3 folder (meta/info.json) or a folder of official JSON episodes
     robot_type: str = "default"
@@ -48,6 +48,7 @@ class TrainConfig:
     start_repeat: int = 3
     raw_state: bool = False  # feed the state unnormalised, as the released pipeline does
     stats_samples: int | None = None  # cap on samples read for normalisation statistics
+    keep_stats: bool = False  # --init: keep the checkpoint's statistics of --robot-type instead of the data's
     num_workers: int = 0  # data worker processes (xr0.train.loader); 0: samples are made in the training process
     prefetch: int = 2  # micro-batches each data worker prepares ahead (with num_workers > 0)
     overfit_batch: bool = False  # reuse the first batch and its t/noise every step (a sanity check of the loss)
@@ -72,7 +73,9 @@ class TrainConfig:
                   (self.tracker in ("none", "auto", "wandb", "trackio"), f"unknown tracker {self.tracker!r}"),
                   (self.lora_rank >= 0, f"lora_rank must be >= 0, got {self.lora_rank}"),
                   (not (self.lora_rank and self.fsdp), "LoRA runs use DDP (--fsdp shards full fine-tuning; the "
-                                                       "adapters are small)")]
+                                                       "adapters are small)"),
+                  (not (self.preset and self.init), f"--preset {self.preset} and --init {self.init} both given: an "
+                                                    f"--init run takes its architecture from the checkpoint")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"train config: {msg}")

@@ -87,12 +87,19 @@ def camera_map(data_cams: list[str], model_cams: tuple[str, ...], explicit: bool
 
 def robot_spec_from_data(ds, config: PolicyConfig, max_samples: int | None = None,
                          raw_state: bool = False, chunk_len: int | None = None) -> RobotSpec:
-    """Per-timestep action and state statistics (xr0.data.stats, one streaming pass) -> a padded RobotSpec of
-    chunk_len (default config.chunk_len) rows."""
-    from ..data.stats import compute_stats
+    """Per-timestep action and state statistics -> a padded RobotSpec of chunk_len (default config.chunk_len) rows:
+    those `xr0 data stats` wrote beside the dataset for this chunk length when they cover it as it is now, else
+    computed (xr0.data.stats, vectorised). Prints which."""
+    from ..data.stats import CHUNK_STATS, compute_stats, read_chunk_stats
 
-    stats = compute_stats(ds, max_samples=max_samples)
     T, D, Ds = chunk_len or config.chunk_len, config.action_dim, config.state_dim
+    root = getattr(ds, "root", None)
+    stats = None if root is None or max_samples is not None else read_chunk_stats(root, T, len(ds))
+    if stats is not None:
+        print(f"xr0 train: statistics read from {Path(root) / CHUNK_STATS} (T = {T}, {stats.n_samples} samples)",
+              file=sys.stderr)
+    else:
+        stats = compute_stats(ds, max_samples=max_samples)
     da, ds_dim = stats.action_mean.shape[1], stats.state_mean.shape[0]
     if stats.action_mean.shape[0] != T:
         raise ValueError(f"dataset chunks have {stats.action_mean.shape[0]} steps, the model's chunk_len is {T}")

@@ -3,8 +3,10 @@
 Our own ~80 lines rather than `peft`: peft wraps each linear in a new module (`base_layer`, `lora_A.default`), which
 renames every adapted tensor, while xr0 checkpoints must keep the official tensor names and load strictly in every
 command. Here an adapted linear stays an `nn.Linear` under its own name (its class is swapped for `LoRALinear`,
-which adds `lora_A`, `lora_B`), and its `state_dict` entry `weight` is the merged W + (alpha / r) · B A, so every
-writer of the model (`XR0Policy.save_pretrained`, FSDP's state dict) writes the official layout with no adapters.
+which adds `lora_A`, `lora_B`), and its `state_dict` entry `weight` is the merged W + (alpha / r) · B A in fp32, so
+every writer of the model (`XR0Policy.save_pretrained`, FSDP's state dict) writes the official layout with no
+adapters. The merge is never rounded back to the weight's dtype: in bf16 that would drop most small updates (the
+trainer also puts the weights back as they were loaded before it saves: Trainer.weights_as_loaded).
 The forward never builds the merged matrix: y = x Wᵀ + (alpha / r) · (x Aᵀ) Bᵀ keeps only x, A, B and x Aᵀ for
 backward. B starts at zero, so step 0 computes exactly what the base model computes.
 """
@@ -36,8 +38,8 @@ class LoRALinear(nn.Linear):
         return (self.lora_B.float() @ self.lora_A.float()) * self.scaling
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        # the merged weight under the linear's own name, adapters left out (they are saved by `adapter_state`)
-        merged = (self.weight.float() + self.delta()).to(self.weight.dtype)
+        # the merged weight under the linear's own name, in fp32, adapters left out (`adapter_state` saves them)
+        merged = self.weight.float() + self.delta().to(self.weight.device)
         destination[prefix + "weight"] = merged if keep_vars else merged.detach()
         if self.bias is not None:
             destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()

@@ -32,6 +32,7 @@ from ..checkpoints import (CKPT_DIR, LATEST, STATE_JSON, STATE_TENSORS, STEP_FMT
 from ..config import get_preset
 from ..policy import XR0Policy
 from ..processing.images import ImageSpec
+from ..processing.normalize import STAT_FIELDS, RobotSpec
 from .config import TrainConfig
 from .distributed import LossModule, init_distributed, shard
 from .inputs import EpochSampler, camera_map, dataset_cameras, open_dataset, robot_spec_from_data, start_oversampled, \
@@ -104,6 +105,9 @@ class Trainer:
         given = policy is not None
         if source is not None:
             policy = XR0Policy.from_pretrained(source)
+        if policy is None and not cfg.preset:
+            raise ValueError("train config: give --preset NAME (a fresh run: tiny | small | xr0-4b) or --init "
+                             "CHECKPOINT (a fine-tune)")
         config = policy.config if policy is not None else get_preset(cfg.preset)
         known = policy.robots.get(cfg.robot_type) if source is not None else None
         if known is not None:
@@ -151,14 +155,29 @@ class Trainer:
             policy = XR0Policy.from_preset(cfg.preset, seed=cfg.seed, cameras=config.cameras,
                                            chunk_len=config.chunk_len, image_size=config.image_size,
                                            control_hz=float(fps))
-        if resume_from is None and known is None:
-            spec = robot_spec_from_data(dataset, policy.config, cfg.stats_samples, cfg.raw_state, chunk_len)
+        if resume_from is None and cfg.keep_stats and known is None:
+            raise ValueError(f"--keep-stats: {source or 'a fresh run'} has no statistics of robot type "
+                             f"{cfg.robot_type!r} to keep" + (f" (it has {sorted(policy.robots)})" if source else ""))
+        if resume_from is None and not cfg.keep_stats:
+            spec = self._data_statistics(dataset, policy.config, chunk_len)
             robots = {} if source is None else dict(policy.robots)
-            robots[cfg.robot_type] = dataclasses.replace(spec, cameras=cameras, image=image)
+            if known is not None:  # the data's statistics; what the robot type runs with comes with the weights
+                spec = dataclasses.replace(known, **{f: getattr(spec, f) for f in STAT_FIELDS})
+            else:
+                spec = dataclasses.replace(spec, cameras=cameras, image=image)
+            robots[cfg.robot_type] = spec
             policy.robots = robots
-            if source is not None and self.dist.main:
-                print(f"xr0 train: new robot type {cfg.robot_type!r} (T = {chunk_len}, cameras {list(cameras)}) "
-                      f"beside {sorted(set(robots) - {cfg.robot_type})}", file=sys.stderr)
+        if self.dist.main and resume_from is None:
+            if cfg.keep_stats:
+                told = f"kept from {source} (--keep-stats)"
+            elif known is not None:
+                told = f"from the data, replacing {source}'s (--keep-stats keeps those)"
+            else:
+                told = "from the data" + (f"; a new robot type beside {sorted(set(policy.robots) - {cfg.robot_type})}"
+                                          if source is not None else "")
+            robot = policy.robot(cfg.robot_type)
+            print(f"xr0 train: robot type {cfg.robot_type!r} (T = {robot.chunk_len}, cameras {list(robot.cameras)}): "
+                  f"statistics {told}", file=sys.stderr)
         policy.robot(cfg.robot_type)  # clear error if a resumed checkpoint lacks this robot type
         self.recipe.configure(policy.model)
         self._finetuning(policy.model)
@@ -169,9 +188,11 @@ class Trainer:
         # Memory modes: frozen weights are held in the autocast dtype, which every matmul casts them to anyway
         # (cast before the move, so a 4B model never sits on the GPU in fp32).
         self.frozen_cast = bool(cfg.lora_rank or cfg.freeze) and self.amp_dtype is not None and not cfg.fsdp
+        self._loaded: dict[str, torch.Tensor] = {}  # frozen weights as loaded, where the cast changed them (CPU)
         if self.frozen_cast:
-            for p in policy.model.parameters():
-                if not p.requires_grad:
+            for name, p in policy.model.named_parameters():
+                if not p.requires_grad and p.dtype != self.amp_dtype:
+                    self._loaded[name] = p.data.cpu()
                     p.data = p.data.to(self.amp_dtype)
         policy.to(self.dist.device)
         self.policy = policy
@@ -216,6 +237,30 @@ class Trainer:
             self._load_trainer_state(resume_from)
 
     # ------------------------------------------------------------------ helpers
+    def _data_statistics(self, dataset, config, chunk_len: int):
+        """robot_spec_from_data, computed by rank 0 only and sent to the others (tensors, no pickle)."""
+        cfg = self.cfg
+        distributed = self.dist.world > 1 and dist.is_initialized()
+        spec = None
+        if self.dist.main or not distributed:
+            spec = robot_spec_from_data(dataset, config, cfg.stats_samples, cfg.raw_state, chunk_len)
+        if not distributed:
+            return spec
+        T, D, Ds = chunk_len, config.action_dim, config.state_dim
+        sizes = [T * D, T * D, D, Ds, Ds, 2]
+        flat = torch.zeros(sum(sizes), dtype=torch.float64)
+        if spec is not None:
+            flat = torch.from_numpy(np.concatenate([np.ravel(a).astype(np.float64) for a in (
+                spec.action_mean, spec.action_std, spec.action_mask, spec.state_mean, spec.state_std,
+                [spec.action_dim, spec.state_dim])]))
+        device = self.dist.device if self.dist.device.type == "cuda" else torch.device("cpu")
+        flat = flat.to(device)
+        dist.broadcast(flat, src=0)
+        parts = torch.split(flat.cpu(), sizes)
+        arrays = [p.numpy().astype(np.float32) for p in parts[:5]]
+        return RobotSpec(arrays[0].reshape(T, D), arrays[1].reshape(T, D), arrays[2], arrays[3], arrays[4],
+                         int(parts[5][0]), int(parts[5][1]))
+
     def _finetuning(self, model) -> None:
         """--freeze, --lora-rank (a resumed LoRA run gets its frozen base back from where the run started and its
         adapters from the checkpoint) and --grad-checkpointing."""
@@ -515,9 +560,24 @@ class Trainer:
         self.dist.barrier()
         return final
 
+    @contextlib.contextmanager
+    def weights_as_loaded(self):
+        """The frozen weights that training holds in a lower precision, put back as they were loaded while the
+        block runs (what a checkpoint saves; LoRA then merges its update into them in fp32)."""
+        params = dict(self.policy.model.named_parameters())
+        held = {name: params[name].data for name in self._loaded}
+        try:
+            for name, value in self._loaded.items():
+                params[name].data = value
+            yield
+        finally:
+            for name, value in held.items():
+                params[name].data = value
+
     def _write_policy(self, folder: Path, model_sd: dict | None) -> None:
         if model_sd is None:  # (LoRA: the model's state dict holds the merged weights)
-            self.policy.save_pretrained(folder, dtype=torch.float32 if self.frozen_cast else None)
+            with self.weights_as_loaded():
+                self.policy.save_pretrained(folder, dtype=torch.float32 if self.frozen_cast else None)
             return
         # FSDP: materialise a CPU copy from the gathered full state dict, then use the normal writer.
         state = {k[len("model."):]: v for k, v in model_sd.items() if k.startswith("model.")}

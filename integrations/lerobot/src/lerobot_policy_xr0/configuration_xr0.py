@@ -23,7 +23,8 @@ class XR0Config(PreTrainedConfig):
     init_from: instead, start from an xr0 checkpoint or run, an official release folder, "embedded" or a Hugging
         Face repo id in the local cache (--policy.pretrained_path is for folders this plugin saved: lerobot-train
         also loads LeRobot's processor files from there).
-    chunk_len: T, actions per chunk (the dataset's action delta indices); must equal a loaded checkpoint's.
+    chunk_len: T, actions per chunk (the dataset's action delta indices); None: the --policy.init_from checkpoint's
+        (of robot_type, else its first robot type's), else the preset's; must equal a loaded checkpoint's.
     n_action_steps: actions `select_action` executes per chunk before inferring the next (synchronous use;
         lerobot-rollout's RTC mode uses XR-0's committed prefix instead, see modeling_xr0).
     recipe: xr0 training recipe ("post-async": clean action prefix, prefix dropout, Λ mask, L1 re-weighting, as
@@ -38,7 +39,7 @@ class XR0Config(PreTrainedConfig):
 
     preset: str = "tiny"
     init_from: str | None = None
-    chunk_len: int = 20
+    chunk_len: int | None = None
     n_action_steps: int | None = None  # None: chunk_len // 2
     recipe: str = "post-async"
     lambda_mask: bool = True
@@ -62,6 +63,15 @@ class XR0Config(PreTrainedConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.chunk_len is None:
+            from xr0.config import get_preset
+            from xr0.policy import chunk_lengths
+
+            if self.init_from:
+                lengths = chunk_lengths(self.init_from)
+                self.chunk_len = lengths.get(self.robot_type) or next(iter(lengths.values()))
+            else:
+                self.chunk_len = get_preset(self.preset).chunk_len
         if self.chunk_len < 1:
             raise ValueError(f"--policy.chunk_len must be >= 1, got {self.chunk_len}")
         if self.n_action_steps is not None and not 1 <= self.n_action_steps <= self.chunk_len:

@@ -143,10 +143,17 @@ class XR0Policy(PreTrainedPolicy):
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict, noise: torch.Tensor | None = None, inference_delay: int | None = None,
                              prev_chunk_left_over: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        """(B, T, action_dim) in the dataset's units. With `inference_delay` and `prev_chunk_left_over` (LeRobot's
-        RTC call), the new chunk continues the old one (module docstring). `noise`: optional (B, T, 32) x_0."""
+        """(B, T, action_dim) in the dataset's units, the batch in one pass (XR0Policy.sample_batch). With
+        `inference_delay` and `prev_chunk_left_over` (LeRobot's RTC call), the new chunk continues the old one
+        (module docstring), sample by sample. `noise`: optional (B, T, 32) x_0."""
+        samples = self._samples(batch, with_actions=False)
+        if prev_chunk_left_over is None or not inference_delay:
+            seeds = [self.config.seed + self._calls + i for i in range(len(samples))]
+            self._calls += len(samples)
+            chunks = self.inner.sample_batch(samples, seeds, self.config.denoise_steps, self.robot_type, noise)
+            return torch.from_numpy(chunks).to(batch[OBS_STATE].device)
         chunks = []
-        for i, s in enumerate(self._samples(batch, with_actions=False)):
+        for i, s in enumerate(samples):
             prefix, weights = self._prefix(inference_delay, prev_chunk_left_over, i)
             chunk = self.inner.sample(s["images"], s["instruction"], s["state"], prefix=prefix,
                                       prefix_weights=weights, steps=self.config.denoise_steps,
