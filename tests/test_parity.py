@@ -45,19 +45,21 @@ def weight(name: str, shape: tuple[int, ...], offset: int = 0) -> torch.Tensor:
     return y.to(torch.float32)
 
 
-def build_folder(out: pathlib.Path) -> pathlib.Path:
-    """The official-layout folder: model.safetensors from the rule (sha256-checked), config and processor files."""
+def build_folder(out: pathlib.Path, fixture: pathlib.Path = FIXTURE,
+                 files: tuple[str, ...] = ("config.json", "processor_config.json")) -> pathlib.Path:
+    """A fixture's official-layout folder: model.safetensors from the weight rule (sha256-checked against its
+    tensors.tsv) beside the fixture's `files`."""
     import hashlib
 
-    rows = [line.split("\t") for line in (FIXTURE / "tensors.tsv").read_text().splitlines()[1:] if line.strip()]
+    rows = [line.split("\t") for line in (fixture / "tensors.tsv").read_text().splitlines()[1:] if line.strip()]
     tensors = {}
     for _, name, shape, _, _, sha in rows:
         w = weight(name, tuple(int(d) for d in shape.split("x")))
         assert hashlib.sha256(w.numpy().tobytes()).hexdigest() == sha, name
         tensors[name] = w
     save_file(tensors, str(out / "model.safetensors"))
-    for f in ("config.json", "processor_config.json"):
-        (out / f).write_text((FIXTURE / f).read_text())
+    for f in files:
+        (out / f).write_text((fixture / f).read_text())
     return out
 
 

@@ -6,16 +6,15 @@ T = 4). Nothing here was computed by xr0: the weights come from the fixture's ru
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pathlib
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from test_parity import weight
+from test_parity import build_folder
 from xr0 import XR0Policy
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "release_e2e"
@@ -25,16 +24,7 @@ TOL = 1e-4  # relative, fp32 (the fixture README)
 
 def build_release_folder(out: pathlib.Path) -> pathlib.Path:
     """The fixture's folder completed: model.safetensors from the weight rule (sha256-checked) beside its JSON."""
-    rows = [line.split("\t") for line in (FIXTURE / "tensors.tsv").read_text().splitlines()[1:] if line.strip()]
-    tensors = {}
-    for _, name, shape, _, _, sha in rows:
-        w = weight(name, tuple(int(d) for d in shape.split("x")))
-        assert hashlib.sha256(w.numpy().tobytes()).hexdigest() == sha, name
-        tensors[name] = w
-    save_file(tensors, str(out / "model.safetensors"))
-    for f in ("config.json", "preprocessor_config.json"):
-        (out / f).write_text((FIXTURE / f).read_text())
-    return out
+    return build_folder(out, FIXTURE, ("config.json", "preprocessor_config.json"))
 
 
 @pytest.fixture(scope="module")

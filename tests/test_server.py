@@ -174,7 +174,8 @@ def test_valid_request_actions_and_timing(server):
         r2 = c.infer(make_obs(action_prefix=prefix, steps=7, seed=3))
     a = r1["actions"]
     assert a.shape == (T, AD) and a.dtype == np.float32
-    assert r1["server_timing"]["infer_ms"] >= 0 and "queue_ms" in r1["server_timing"]
+    assert r1["server_timing"]["infer_ms"] > 0 and "queue_ms" in r1["server_timing"]
+    assert r1["policy_timing"]["infer_ms"] == r1["server_timing"]["infer_ms"] and r1["seed"] >= 0
     assert "prev_total_ms" in r2["server_timing"]
     np.testing.assert_array_equal(r2["actions"][:3], prefix)
     assert r2["actions"][5, 0] == 7  # steps reached the policy

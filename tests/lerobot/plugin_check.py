@@ -71,7 +71,8 @@ def read(root: str) -> dict:
 
 def train(data: str, out: str, init_from: str | None = None) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    start = [f"--policy.init_from={init_from}"] if init_from else ["--policy.preset=tiny"]
+    # T = 20 as the MetaWorld recipe (a fresh preset's default would be its own, 10 for tiny)
+    start = [f"--policy.init_from={init_from}"] if init_from else ["--policy.preset=tiny", "--policy.chunk_len=20"]
     cmd = [str(Path(sys.executable).with_name("lerobot-train")), "--policy.type=xr0", *start,
            "--policy.device=cpu", "--policy.push_to_hub=false", f"--dataset.repo_id=local/{Path(data).name}",
            f"--dataset.root={data}", f"--output_dir={out}", "--steps=3", "--batch_size=2", "--save_freq=3",
@@ -126,6 +127,22 @@ def act(ckpt: str, data: str) -> dict:
     guided = policy.predict_action_chunk(batch, noise=noise, inference_delay=d, prev_chunk_left_over=left)[0].numpy()
     same_guided = float(np.abs(guided - xr0_sample(prefix=chunk[T // 2:],
                                                    prefix_weights=rtc_prefix_weights(T - T // 2, d))).max())
+    # a batch of 3 frames in one pass equals the frames one by one (each with its own noise)
+    dataset = LeRobotDataset(f"local/{Path(data).name}", root=data)
+    frames = [dataset[i] for i in (2, 9, 17)]
+    one_by_one = []
+    for f in frames:
+        o = {k: v for k, v in f.items() if k.startswith("observation.")}
+        o["task"] = f["task"]
+        one_by_one.append(pre(o))
+    stacked = {k: torch.cat([b[k] for b in one_by_one]) for k in one_by_one[0] if torch.is_tensor(one_by_one[0][k])}
+    stacked["task"] = [f["task"] for f in frames]
+    noises = torch.randn(3, T, inner.config.action_dim, generator=torch.Generator().manual_seed(4))
+    batched = policy.predict_action_chunk(stacked, noise=noises).numpy()
+    single = np.stack([policy.predict_action_chunk(b, noise=noises[i:i + 1])[0].numpy()
+                       for i, b in enumerate(one_by_one)])
+    batch_diff = float(np.abs(batched - single).max())
+    assert batched.shape == (3, T, 4) and batch_diff <= 1e-4 * max(1.0, float(np.abs(single).max())), batch_diff
     policy.reset()
     first = [post(policy.select_action(batch)) for _ in range(policy.config.actions_per_chunk + 1)]
     assert all(tuple(a.shape) == (1, 4) for a in first)
@@ -133,6 +150,7 @@ def act(ckpt: str, data: str) -> dict:
         assert diff == 0.0, (name, diff)
     return {"loaded": ckpt, "chunk": list(chunk.shape), "max_abs_diff_vs_xr0_sample": same_plain,
             "rtc_prefix_diff": same_prefix, "rtc_guided_diff": same_guided, "select_action_calls": len(first),
+            "batch_of_3_vs_one_by_one": batch_diff,
             "max_prefix": inner.config.max_prefix}
 
 

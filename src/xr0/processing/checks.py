@@ -21,10 +21,6 @@ class FieldError(ValueError):
         self.field, self.message = field, message
 
 
-def shape_of(x: Any) -> str:
-    return str(tuple(x.shape)) if isinstance(x, np.ndarray) else type(x).__name__
-
-
 def numeric(value: Any, field: str) -> np.ndarray:
     """Numbers (an array, a list, a tensor) -> finite float32 ndarray; strings, bools, maps and ragged lists refused."""
     if isinstance(value, (str, bytes, dict)) or value is None:

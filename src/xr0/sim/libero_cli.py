@@ -54,13 +54,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------------------------- policy
 def load_policy(checkpoint: str | None, preset: str | None, device: str = "auto", dtype: str = "auto",
                 runtime: dict | None = None):
-    import torch
-
+    from ..model.dtypes import resolve_device, torch_dtype
     from ..policy import XR0Policy
 
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    dt = {"auto": torch.bfloat16 if dev.startswith("cuda") else None, "bf16": torch.bfloat16,
-          "fp32": torch.float32, "keep": None}[dtype]
+    dev = resolve_device(device)
+    # auto: bf16 on a GPU, the checkpoint's own dtype on the CPU; keep: always the checkpoint's
+    dt = None if dtype == "keep" or (dtype == "auto" and not dev.startswith("cuda")) else \
+        torch_dtype("bf16" if dtype == "auto" else dtype)
     if preset:
         policy = XR0Policy.from_preset(preset, device=dev, dtype=dt)
         return policy.set_runtime(**(runtime or {}))
