@@ -192,7 +192,7 @@ class _Policy:
 
 def test_chunk_policy_pads_state_and_prefix_and_seeds_by_observation():
     pol = _Policy({"default": RobotSpec.identity(10)})  # a random preset: one robot type, 32/32 wide
-    cp = libero.ChunkPolicy(pol)
+    cp = libero.libero_policy(pol)
     assert cp.robot_type == "default"
     obs = {"images": {"Base View": np.zeros((4, 4, 3), np.uint8)}, "state": np.arange(8, dtype=np.float32),
            "prompt": "Pick."}
@@ -208,7 +208,7 @@ def test_chunk_policy_pads_state_and_prefix_and_seeds_by_observation():
     assert pol.seen[-1]["seed"] != seen["seed"]
     two = _Policy({"a": RobotSpec.identity(10), "b": RobotSpec.identity(10)})
     with pytest.raises(ValueError, match="no robot type 'libero_all'"):
-        libero.ChunkPolicy(two)
+        libero.libero_policy(two)
 
 
 def test_observation_seed_is_the_official_hash_data_to_seed():
@@ -404,7 +404,14 @@ def test_simpler_images_and_observation():
 
 
 def test_protocol_module_needs_no_simulator():
-    assert "libero" not in protocol.__dict__ and callable(ChunkPolicy)
+    import subprocess
+
+    code = ("import sys, xr0.sim.protocol, xr0.sim.calvin, xr0.sim.simpler; "
+            "bad = [m for m in ('libero', 'calvin_env', 'simpler_env', 'mujoco', 'torch') if m in sys.modules]; "
+            "assert not bad, bad")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert callable(ChunkPolicy)
 
 
 # ---------------------------------------------------------------------------------------------- slow: real LIBERO

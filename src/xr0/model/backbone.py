@@ -24,8 +24,7 @@ def build_vlm(vlm_config: dict) -> Qwen3VLForConditionalGeneration:
 
 class MatmulPatchEmbed(Qwen3VLVisionPatchEmbed):
     """Qwen3-VL's patch embedding (a Conv3d whose stride equals its kernel, over pixel rows that are already one
-    patch each) run as the single matmul it is: same weights and names. One `small` training step at 256 x 256
-    (batch 16, 2 threads, forward + backward) took 3.12 s with the Conv3d and 2.58 s with the matmul (medians of 3)."""
+    patch each) run as the single matmul it is: same weights and names, and faster on the CPU (docs/benchmarks.md)."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         w = self.proj.weight

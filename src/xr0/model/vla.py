@@ -74,7 +74,7 @@ class XR0Model(ActionExpert):
 
     def set_activation_checkpointing(self, on: bool = True) -> "XR0Model":
         """Training memory: recompute every VLM text layer and vision block (transformers' own switch) and every DiT
-        layer in backward instead of keeping their activations. Same gradients (tests/test_memory.py)."""
+        layer in backward instead of keeping their activations. Same gradients (tests/test_finetune.py)."""
         set_activation_checkpointing(self.vlm, on)
         self.checkpoint_layers = on
         return self

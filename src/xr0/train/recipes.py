@@ -1,7 +1,7 @@
 """Named training recipes (spec §4-6): which parameters train, and which flow-matching options each batch uses.
 
 A recipe is a typed config plus three hooks the trainer calls: `configure(model)` once (freezing, ablations),
-`options(rng, generator)` per batch (prefix length, prefix dropout, re-weighting), and `loss(...)`.
+`options(chunk_len, rng, generator, ...)` per batch (prefix length, prefix dropout, re-weighting), and `loss(...)`.
 Every ingredient of the asynchronous recipe is a separate field, so an ablation is one CLI flag.
 """
 
