@@ -209,10 +209,13 @@ class XR0Policy:
         return out
 
     def sample_batch(self, observations: list[dict], seeds: list[int] | None = None, steps: int | None = None,
-                     robot_type: str | None = None, noise: torch.Tensor | None = None) -> np.ndarray:
+                     robot_type: str | None = None, noise: torch.Tensor | None = None,
+                     vlm: dict[str, torch.Tensor] | None = None) -> np.ndarray:
         """Chunks (B, T, action_dim) of several observations in one batched pass (no prefix): each {"images",
         "instruction", "state"} as sample() takes them, seeded by `seeds` (default 0 each); `noise` an optional
-        (B, T, D) x_0. The same chunks as sample() one at a time, up to float rounding."""
+        (B, T, D) x_0; `vlm`: their VLM inputs when already made (`processor.collate` of `processor.encode`, e.g. by
+        the LeRobot plugin's processor step), then the observations need no images. The same chunks as sample() one
+        at a time, up to float rounding."""
         if not observations:
             raise ValueError("sample_batch needs at least one observation")
         robot = self.robot(robot_type)
@@ -222,8 +225,7 @@ class XR0Policy:
             raise ValueError(f"{len(seeds)} seeds for {B} observations")
         if steps is not None:
             steps = checks.integer(steps, "steps", 1, MAX_STEPS)
-        encoded = [self.processor.encode(o["images"], o["instruction"], robot) for o in observations]
-        batch = self.processor.collate([ids for ids, _ in encoded], [ims for _, ims in encoded])
+        batch = vlm if vlm is not None else self.processor.batch(observations, robot)
         states = np.stack([robot.normalize_state(checks.vector(o["state"], "state", robot.state_dim))
                            for o in observations])
         dev, dt = self.model.device, self.model.dtype
@@ -244,9 +246,11 @@ class XR0Policy:
                 "norm_stats_hash": stats_hash(self.robots)}
 
     # ------------------------------------------------------------------ training
-    def make_batch(self, samples: list[dict], robot_type: str | None = None) -> dict[str, torch.Tensor]:
-        """Dataset samples ({images, instruction, state, actions (T, action_dim), action_valid (T,)}) -> tensors."""
-        return batch_from_samples(samples, self.config, self.processor, self.robot(robot_type))
+    def make_batch(self, samples: list[dict], robot_type: str | None = None,
+                   vlm: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Dataset samples ({images, instruction, state, actions (T, action_dim), action_valid (T,)}) -> tensors;
+        `vlm`: their VLM inputs when already made (then the samples need no images)."""
+        return batch_from_samples(samples, self.config, self.processor, self.robot(robot_type), vlm)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -263,12 +267,11 @@ def chunk_lengths(path: str | pathlib.Path) -> dict[str, int]:
     return {name: spec.chunk_len for name, spec in robots.items()}
 
 
-def batch_from_samples(samples: list[dict], config: PolicyConfig, proc: Processor,
-                       robot: RobotSpec) -> dict[str, torch.Tensor]:
+def batch_from_samples(samples: list[dict], config: PolicyConfig, proc: Processor, robot: RobotSpec,
+                       vlm: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """XR0Policy.make_batch without the model (what the trainer's data workers run: xr0.train.loader)."""
     T, D = robot.chunk_len, config.action_dim
-    encoded = [proc.encode(s["images"], s["instruction"], robot) for s in samples]
-    vlm = proc.collate([ids for ids, _ in encoded], [ims for _, ims in encoded])
+    vlm = dict(vlm) if vlm is not None else proc.batch(samples, robot)
     state = np.stack([robot.normalize_state(checks.vector(s["state"], "state", robot.state_dim)) for s in samples])
     actions = [checks.numeric(s["actions"], "actions") for s in samples]
     bad = next((a.shape for a in actions if a.shape != (T, robot.action_dim)), None)

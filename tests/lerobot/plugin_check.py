@@ -128,6 +128,8 @@ def act(ckpt: str, data: str) -> dict:
     obs = {k: v for k, v in frame.items() if k.startswith("observation.")}
     obs["task"] = frame["task"]
     batch = pre(obs)
+    # the preprocessor made the VLM inputs (processor_xr0.XR0VLMInputsStep), restored from the saved folder
+    assert "observation.xr0.input_ids" in batch and "observation.xr0.pixel_values" in batch, sorted(batch)
     inner, T = policy.inner, policy.config.chunk_len
     images = {cam: (batch[key][0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
               for key, cam in policy.cameras.items()}

@@ -15,8 +15,9 @@ from .tokenizer import qwen_tokenizer
 
 
 class Processor:
-    """Turns raw observations into the VLM batch, for one robot type at a time (its cameras and image settings;
-    without one: the config's cameras at its fixed image size). Holds the tokenizer, no weights."""
+    """Turns raw observations into the VLM batch, for one robot type at a time (its cameras and image settings:
+    anything with `cameras` and `image`, e.g. a RobotSpec; without one: the config's cameras at its fixed image
+    size). Holds the tokenizer, no weights."""
 
     def __init__(self, config: PolicyConfig, tokenizer=None):
         self.config = config
@@ -97,6 +98,11 @@ class Processor:
     def __call__(self, images, instruction: str, robot: RobotSpec | None = None) -> dict[str, torch.Tensor]:
         ids, ims = self.encode(images, instruction, robot)
         return self.collate([ids], [ims])
+
+    def batch(self, observations: list[dict], robot: RobotSpec | None = None) -> dict[str, torch.Tensor]:
+        """The VLM batch of several observations ({"images", "instruction", ...}), right-padded."""
+        encoded = [self.encode(o["images"], o["instruction"], robot) for o in observations]
+        return self.collate([ids for ids, _ in encoded], [ims for _, ims in encoded])
 
     # ---- vision-language co-training (stage 1) and greedy answers (xr0.model.choice)
     def vl_prompt_ids(self, question: str, images: list, where: str = "VL sample") -> tuple[list[int], np.ndarray | None]:

@@ -35,6 +35,8 @@ class XR0Config(PreTrainedConfig):
         dataset by this plugin, so LeRobot's normaliser steps stay identity.
     denoise_steps: Euler steps at inference (None = the model's, 5). seed: noise of the first inference call
         (call n uses seed + n).
+    vlm_inputs: filled in by the policy when it is built (xr0's config, the robot type's cameras and image
+        settings, the camera keys), so the preprocessor makes the VLM inputs (processor_xr0.XR0VLMInputsStep).
     """
 
     preset: str = "tiny"
@@ -47,6 +49,7 @@ class XR0Config(PreTrainedConfig):
     robot_type: str | None = None
     denoise_steps: int | None = None
     seed: int = 0
+    vlm_inputs: dict | None = None  # set by the policy: what the processor step needs (processor_xr0)
 
     optimizer_lr: float = _XR0.lr
     optimizer_betas: tuple[float, float] = _XR0.betas

@@ -35,6 +35,7 @@ from xr0.train.optim import param_groups
 from xr0.train.recipes import get_recipe
 
 from .configuration_xr0 import XR0Config
+from .processor_xr0 import uint8_images, vlm_inputs
 
 PAD = "action_is_pad"
 
@@ -71,6 +72,9 @@ class XR0Policy(PreTrainedPolicy):
             raise ValueError(f"robot type {self.robot_type!r} of the checkpoint has chunk length {robot.chunk_len}: "
                              f"pass --policy.chunk_len={robot.chunk_len} (the dataset's action chunks follow it)")
         self.cameras = _camera_map(keys, robot.cameras)
+        # what the processor step (processor_xr0.XR0VLMInputsStep) needs to make the VLM inputs without the model
+        config.vlm_inputs = {"policy_config": inner.config.to_dict(), "cameras": list(robot.cameras),
+                             "image": robot.image.to_dict(), "camera_keys": dict(self.cameras)}
         self.recipe = get_recipe(config.recipe, lambda_mask=config.lambda_mask, rope_offset=config.rope_offset)
         self._queue: deque[torch.Tensor] = deque()
         self._calls = 0
@@ -96,16 +100,19 @@ class XR0Policy(PreTrainedPolicy):
         self.inner.robot(name)  # a clear error for an unknown name
         return name
 
-    def _samples(self, batch: dict, with_actions: bool) -> list[dict]:
+    def _samples(self, batch: dict, with_actions: bool, images: bool = True) -> list[dict]:
+        """The batch as xr0 samples (images: without them, for a batch whose VLM inputs the processor made)."""
         state = batch[OBS_STATE]
         n = state.shape[0]
         tasks = batch.get("task") or [""] * n
         if isinstance(tasks, str):
             tasks = [tasks] * n
-        images = {cam: _uint8_images(batch[key]) for key, cam in self.cameras.items()}
         state = state.detach().float().cpu().numpy()
-        samples = [{"images": {cam: img[i] for cam, img in images.items()}, "instruction": tasks[i], "state": state[i]}
-                   for i in range(n)]
+        samples = [{"instruction": tasks[i], "state": state[i]} for i in range(n)]
+        if images:
+            frames = {cam: uint8_images(batch[key]) for key, cam in self.cameras.items()}
+            for i, s in enumerate(samples):
+                s["images"] = {cam: img[i] for cam, img in frames.items()}
         if with_actions:
             actions = batch[ACTION].detach().float().cpu().numpy()
             valid = ~batch[PAD].cpu().numpy() if PAD in batch else np.ones(actions.shape[:2], bool)
@@ -129,7 +136,8 @@ class XR0Policy(PreTrainedPolicy):
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """The recipe's flow-matching loss on the batch (xr0.train.recipes.Recipe.loss), and its scalar terms."""
-        xb = self.inner.make_batch(self._samples(batch, with_actions=True), self.robot_type)
+        vlm = vlm_inputs(batch)  # made by the processor step (processor_xr0), else here
+        xb = self.inner.make_batch(self._samples(batch, with_actions=True, images=vlm is None), self.robot_type, vlm)
         device = next(self.model.parameters()).device
         xb = {k: v.to(device) if torch.is_tensor(v) else v for k, v in xb.items()}
         seed = int(torch.randint(0, 2**62, (1,)))  # LeRobot seeds torch; the recipe's draws follow it
@@ -152,12 +160,14 @@ class XR0Policy(PreTrainedPolicy):
         """(B, T, action_dim) in the dataset's units, the batch in one pass (XR0Policy.sample_batch). With
         `inference_delay` and `prev_chunk_left_over` (LeRobot's RTC call), the new chunk continues the old one
         (module docstring), sample by sample. `noise`: optional (B, T, 32) x_0."""
-        samples = self._samples(batch, with_actions=False)
+        vlm = vlm_inputs(batch)
         if prev_chunk_left_over is None or not inference_delay:
+            samples = self._samples(batch, with_actions=False, images=vlm is None)
             seeds = [self.config.seed + self._calls + i for i in range(len(samples))]
             self._calls += len(samples)
-            chunks = self.inner.sample_batch(samples, seeds, self.config.denoise_steps, self.robot_type, noise)
+            chunks = self.inner.sample_batch(samples, seeds, self.config.denoise_steps, self.robot_type, noise, vlm)
             return torch.from_numpy(chunks).to(batch[OBS_STATE].device)
+        samples = self._samples(batch, with_actions=False)
         chunks = []
         for i, s in enumerate(samples):
             prefix, weights = self._prefix(inference_delay, prev_chunk_left_over, i)
@@ -221,15 +231,6 @@ def _camera_map(keys: list[str], model_cameras: tuple[str, ...]) -> dict[str, st
     if len(keys) == len(model_cameras):
         return dict(zip(keys, model_cameras))
     raise ValueError(f"the inputs have cameras {keys}, the model expects {len(model_cameras)}: {list(model_cameras)}")
-
-
-def _uint8_images(x: torch.Tensor) -> np.ndarray:
-    """LeRobot images (B, C, H, W) float in [0, 1] (or uint8) -> (B, H, W, 3) uint8, what xr0's processor takes."""
-    if x.ndim == 3:
-        x = x[None]
-    if x.dtype != torch.uint8:
-        x = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _config_for(inner: xr0.XR0Policy) -> XR0Config:
