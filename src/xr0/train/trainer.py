@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from ..checkpoints import (CKPT_DIR, LATEST, STATE_JSON, STATE_TENSORS, STEP_FMT, atomic_write, find_latest,
                            resolve_checkpoint)
-from ..config import get_preset
+from ..config import PolicyConfig, get_preset
 from ..policy import XR0Policy
 from ..processing.images import ImageSpec
 from ..processing.normalize import STAT_FIELDS, RobotSpec
@@ -67,6 +67,19 @@ def _sigterm_flag():
 
 # ---------------------------------------------------------------------- the trainer
 @dataclass
+class RobotPlan:
+    """The trained robot type as the run starts: the policy config, the checkpoint's entry for it (None: a new one),
+    its chunk length, image settings and (once the data are open) cameras; `given`: an in-memory policy."""
+
+    config: PolicyConfig
+    known: RobotSpec | None
+    chunk_len: int
+    image: ImageSpec
+    given: bool
+    cameras: tuple = ()
+
+
+@dataclass
 class TrainResult:
     losses: dict[int, float]  # step (1-based) -> logged loss
     out: Path
@@ -88,18 +101,38 @@ class Trainer:
         self.out = Path(cfg.out)
         self.recipe = get_recipe(cfg.recipe, **cfg.recipe_overrides)
         self._seed_everything(cfg.seed)
+        self.resume_from = self._resume_point()
+        self.source = self.resume_from or (resolve_checkpoint(cfg.init) if cfg.init else None)
+        policy, plan = self._start(policy)
+        self._open_data(dataset, plan)
+        self.policy = self._robot_types(policy, plan)
+        self._prepare_model()
+        self._extras()
+        self._wrap_and_optimise()
+        self.step = 0
+        self.data_position = 0
+        if self.resume_from is not None:
+            self._load_trainer_state(self.resume_from)
+
+    # ------------------------------------------------------------------ construction steps
+    def _resume_point(self) -> Path | None:
+        """The checkpoint a --resume continues from (None: a fresh start); a fresh run into a used --out is refused."""
+        cfg = self.cfg
         if not cfg.resume and find_latest(self.out) is not None:
             raise FileExistsError(f"{self.out / CKPT_DIR} already holds checkpoints: pass --resume to continue "
                                   "that run, or choose another --out")
-
         resume_from = find_latest(self.out) if cfg.resume else None
         if cfg.resume and resume_from is None and self.dist.main:
             print(f"xr0 train: --resume: no complete checkpoint under {self.out / CKPT_DIR}; starting fresh",
                   file=sys.stderr)
-        self.resume_from = resume_from
-        source = resume_from or (resolve_checkpoint(cfg.init) if cfg.init else None)
-        # A checkpoint fixes the architecture and, for its robot types, their chunk length, cameras and image
-        # settings; a new robot type (or a preset) gets --chunk-len / --image-size and the dataset's cameras.
+        return resume_from
+
+    def _start(self, policy: XR0Policy | None) -> tuple[XR0Policy | None, RobotPlan]:
+        """The starting policy (the --init / --resume checkpoint, an in-memory one, or None for a preset built once
+        the data are open) and what the trained robot type will be. A checkpoint fixes the architecture and, for
+        its robot types, their chunk length, cameras and image settings; a new robot type (or a preset) gets
+        --chunk-len / --image-size and the dataset's cameras."""
+        cfg, source = self.cfg, self.source
         if policy is not None and source is not None:
             raise ValueError("train config: an in-memory policy starts a fresh run (no --init or --resume)")
         given = policy is not None
@@ -128,49 +161,57 @@ class Trainer:
                 image = ImageSpec.fixed(config.image_size)
         if policy is None:
             config.chunk_len, config.image_size = chunk_len, image.size
+        return policy, RobotPlan(config, known, chunk_len, image, given)
 
-        # ---- data
+    def _open_data(self, dataset, plan: RobotPlan) -> None:
+        """The dataset (at the robot type's chunk length), its camera map onto the robot type's cameras, the
+        sampler; plan.cameras gets the cameras."""
+        cfg = self.cfg
         if dataset is None:
             if not cfg.data:
                 raise ValueError("train config: data is required (--data PATH)")
-            dataset = open_dataset(cfg.data, chunk_len, cfg.cameras, cfg.skip_bad)
+            dataset = open_dataset(cfg.data, plan.chunk_len, cfg.cameras, cfg.skip_bad)
         self.dataset = dataset
         data_cams = list(cfg.cameras) if cfg.cameras else dataset_cameras(dataset)
-        if known is not None:
-            cameras = known.cameras
-        elif source is None and given:
-            cameras = config.cameras
+        if plan.known is not None:
+            plan.cameras = plan.known.cameras
+        elif self.source is None and plan.given:
+            plan.cameras = plan.config.cameras
         else:
-            cameras = tuple(view_title(c) for c in data_cams)
-        if source is None and not given:
-            config.cameras = cameras
-        self.cam_map = camera_map(data_cams, cameras, explicit=bool(cfg.cameras))
+            plan.cameras = tuple(view_title(c) for c in data_cams)
+        if self.source is None and not plan.given:
+            plan.config.cameras = plan.cameras
+        self.cam_map = camera_map(data_cams, plan.cameras, explicit=bool(cfg.cameras))
         self.sampler = EpochSampler(len(dataset), cfg.seed,
                                     start_oversampled(dataset, cfg.start_frames, cfg.start_repeat))
 
-        # ---- policy and normalisation
+    def _robot_types(self, policy: XR0Policy | None, plan: RobotPlan) -> XR0Policy:
+        """A preset's policy built; the trained robot type's statistics from the data (unless --keep-stats or a
+        resume), beside the checkpoint's other robot types; the run says which."""
+        cfg, source, resume_from = self.cfg, self.source, self.resume_from
         if policy is None:
             # The dataset's frame rate is the robot's control rate (the executors and the server report it).
-            fps = getattr(dataset, "fps", None) or config.control_hz
+            config = plan.config
+            fps = getattr(self.dataset, "fps", None) or config.control_hz
             policy = XR0Policy.from_preset(cfg.preset, seed=cfg.seed, cameras=config.cameras,
                                            chunk_len=config.chunk_len, image_size=config.image_size,
                                            control_hz=float(fps))
-        if resume_from is None and cfg.keep_stats and known is None:
+        if resume_from is None and cfg.keep_stats and plan.known is None:
             raise ValueError(f"--keep-stats: {source or 'a fresh run'} has no statistics of robot type "
                              f"{cfg.robot_type!r} to keep" + (f" (it has {sorted(policy.robots)})" if source else ""))
         if resume_from is None and not cfg.keep_stats:
-            spec = self._data_statistics(dataset, policy.config, chunk_len)
+            spec = self._data_statistics(self.dataset, policy.config, plan.chunk_len)
             robots = {} if source is None else dict(policy.robots)
-            if known is not None:  # the data's statistics; what the robot type runs with comes with the weights
-                spec = dataclasses.replace(known, **{f: getattr(spec, f) for f in STAT_FIELDS})
+            if plan.known is not None:  # the data's statistics; what the robot type runs with comes with the weights
+                spec = dataclasses.replace(plan.known, **{f: getattr(spec, f) for f in STAT_FIELDS})
             else:
-                spec = dataclasses.replace(spec, cameras=cameras, image=image)
+                spec = dataclasses.replace(spec, cameras=plan.cameras, image=plan.image)
             robots[cfg.robot_type] = spec
             policy.robots = robots
         if self.dist.main and resume_from is None:
             if cfg.keep_stats:
                 told = f"kept from {source} (--keep-stats)"
-            elif known is not None:
+            elif plan.known is not None:
                 told = f"from the data, replacing {source}'s (--keep-stats keeps those)"
             else:
                 told = "from the data" + (f"; a new robot type beside {sorted(set(policy.robots) - {cfg.robot_type})}"
@@ -179,9 +220,15 @@ class Trainer:
             print(f"xr0 train: robot type {cfg.robot_type!r} (T = {robot.chunk_len}, cameras {list(robot.cameras)}): "
                   f"statistics {told}", file=sys.stderr)
         policy.robot(cfg.robot_type)  # clear error if a resumed checkpoint lacks this robot type
-        self.recipe.configure(policy.model)
-        self._finetuning(policy.model)
-        for p in policy.model.parameters():  # master weights are fp32 (a policy may come in another dtype)
+        return policy
+
+    def _prepare_model(self) -> None:
+        """The recipe's freezing, --freeze / --lora-rank / --grad-checkpointing, fp32 master weights, the frozen
+        weights held in the autocast dtype (their loaded values kept for saving), on the device."""
+        cfg, model = self.cfg, self.policy.model
+        self.recipe.configure(model)
+        self._finetuning(model)
+        for p in model.parameters():  # master weights are fp32 (a policy may come in another dtype)
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
         self.amp_dtype = resolve_dtype(cfg.dtype, self.dist.device)
@@ -190,13 +237,16 @@ class Trainer:
         self.frozen_cast = bool(cfg.lora_rank or cfg.freeze) and self.amp_dtype is not None and not cfg.fsdp
         self._loaded: dict[str, torch.Tensor] = {}  # frozen weights as loaded, where the cast changed them (CPU)
         if self.frozen_cast:
-            for name, p in policy.model.named_parameters():
+            for name, p in model.named_parameters():
                 if not p.requires_grad and p.dtype != self.amp_dtype:
                     self._loaded[name] = p.data.cpu()
                     p.data = p.data.to(self.amp_dtype)
-        policy.to(self.dist.device)
-        self.policy = policy
-        self.heads = self.recipe.build_heads(policy.model, dataset)
+        self.policy.to(self.dist.device)
+
+    def _extras(self) -> None:
+        """The recipe's extra heads (stage 1's choice heads, the env-state head) and stage 1's VL data."""
+        cfg, source = self.cfg, self.source
+        self.heads = self.recipe.build_heads(self.policy.model, self.dataset)
         if self.heads is not None:
             if source is not None and (source / self.heads.FILE).is_file():
                 self.heads.load_state_dict(type(self.heads).load(source).state_dict())
@@ -207,8 +257,10 @@ class Trainer:
             self.vl = VLDataset(cfg.vl_data, skip_bad=cfg.skip_bad)
             self.vl_sampler = EpochSampler(len(self.vl), cfg.seed + 1)
 
-        # ---- wrapping and optimiser
-        core = LossModule(policy.model, self.recipe, self.heads)
+    def _wrap_and_optimise(self) -> None:
+        """The loss module, wrapped for FSDP2 or DDP when distributed, and AdamW over its parameter groups."""
+        cfg = self.cfg
+        core = LossModule(self.policy.model, self.recipe, self.heads)
         self.core = core
         if cfg.fsdp:
             if self.dist.world == 1 and not dist.is_initialized():
@@ -231,10 +283,6 @@ class Trainer:
             raise ValueError(f"recipe {self.recipe.name}: no trainable parameters")
         self.optimizer = torch.optim.AdamW(self.groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                                            weight_decay=cfg.weight_decay)
-        self.step = 0
-        self.data_position = 0
-        if resume_from is not None:
-            self._load_trainer_state(resume_from)
 
     # ------------------------------------------------------------------ helpers
     def _data_statistics(self, dataset, config, chunk_len: int):
