@@ -39,7 +39,8 @@ MASK_STD = 1e-5  # the release processor's get_action_mask: dims whose action st
 STATS_FILES = ("preprocessor_config.json", "processor_config.json", "norm_stats.json", "statistics.json",
                "dataset_statistics.json")
 # Keys under which a file may hold its robot-type table (else: top-level keys that are robot types).
-STATS_TABLE_KEYS = ("action_config", "robot_types", "norm_stats", "statistics", "stats", "robot_stats", "action_stats", "robot_type_stats")
+STATS_TABLE_KEYS = ("action_config", "robot_types", "norm_stats", "statistics", "stats", "robot_stats", "action_stats",
+                    "robot_type_stats")
 
 ASSUMPTIONS = """\
 How xr0 reads an official folder (facts from the release's processing_mibot.py / modeling_mibot.py, of which a
@@ -76,8 +77,8 @@ verbatim copy is public, and from the official clients; where a layout is not th
    qpos), cameras Base View + Left-Wrist View (clients send 256x256); calvin_*_orig 7 / 7, same cameras (200x200
    and 84x84); bridge_delta 7 / 8, Base View (256x256); fractal_delta 7 / 8, Ego View (256x320, HxW); their
    first 6 action dims are end-effector deltas (a held tick sends 0 there), the gripper absolute. Unknown robot
-   types get 32 / 32, the two-view layout and no delta dims. The config's top-level cameras / image size are the first robot
-   type's (a default for tools that need one).
+   types get 32 / 32, the two-view layout and no delta dims. The config's top-level cameras / image size are the
+   first robot type's (a default for tools that need one).
 7. Runtime settings (written into the converted checkpoint; --dit-window/--rope-offset/--rope-tables override):
    a release folder runs as the Hugging Face runtime of the released checkpoints does: plain causal DiT mask,
    no RoPE offset, fp32 rotary tables, no trained prefix (so --executor async is refused; rtc works). A DeepSpeed

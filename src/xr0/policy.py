@@ -29,7 +29,8 @@ FORMAT = "xr0"
 
 
 class XR0Policy:
-    """The VLA as users run it: `model` (XR0Model, tensors), `robots` (statistics per robot type), `processor`."""
+    """The VLA as users run it: `model` (XR0Model, tensors), `robots` (one RobotSpec per robot type: statistics,
+    chunk length, cameras, image settings), `processor`, and a checkpoint folder's own `tokenizer` if it has one."""
 
     def __init__(self, model: XR0Model, robots: dict[str, RobotSpec] | None = None, tokenizer=None):
         c = model.config
@@ -177,7 +178,8 @@ class XR0Policy:
         for inference-time RTC guidance (Black et al. 2025; model/rtc.py): row i is pulled toward prefix[i] with
         weight prefix_weights[i], rows :p come back as generated (not overwritten), and p may exceed max_prefix.
         noise: optional x_0 (T, D) or (1, T, D); by default flow.initial_noise(seed), the official runtime's draw.
-        Decoded as the release's decode_action (RobotSpec.denormalize_actions).
+        Decoded by the robot type's rule (RobotSpec.decode: the release processor's decode_action for release
+        folders, the April server's masked decode for xr0's and April checkpoints).
         """
         robot = self.robot(robot_type)
         T, D = robot.chunk_len, self.config.action_dim

@@ -63,8 +63,8 @@ def _block(dataset, indices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     lowdim = getattr(dataset, "lowdim", None)
     rows = [lowdim(i) if lowdim is not None else
             (lambda s: (s["state"], s["actions"], s["action_valid"]))(dataset[i]) for i in indices]
-    return (np.stack([np.asarray(r[0], np.float64) for r in rows]), np.stack([np.asarray(r[1], np.float64) for r in rows]),
-            np.stack([np.asarray(r[2], bool) for r in rows]))
+    stack = lambda k, dtype: np.stack([np.asarray(r[k], dtype) for r in rows])  # noqa: E731
+    return stack(0, np.float64), stack(1, np.float64), stack(2, bool)
 
 
 def _combine(n_a, mean_a, m2_a, n_b, mean_b, m2_b):

@@ -3,8 +3,8 @@ length (the statistics' rows), the dims users pass and receive, the cameras and 
 
 from __future__ import annotations
 
-import hashlib
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np

@@ -4,10 +4,10 @@ Protocol (one websocket, binary msgpack frames, numpy arrays as in ``xr0.runtime
   1. On connect the server sends a metadata map (cameras, image_size, state_dim, action_dim, chunk_len,
      control_hz, norm_stats_hash, protocol, max_message_bytes) of the default robot type (``robot_type``), and
      under ``robots`` the same fields for every robot type the checkpoint holds (each its own chunk length,
-     cameras, dims; ``image_size`` null where the processor takes any size, as for release folders). If a token is configured and the client
-     did not send ``Authorization: Api-Key <token>`` (or ``Bearer <token>``), the first frame is instead
-     ``{"auth_required": True, ...}`` and the client must send ``{"token": "..."}``; the reply is the
-     full metadata.
+     cameras, dims; ``image_size`` null where the processor takes any size, as for release folders). If a token
+     is configured and the client did not send ``Authorization: Api-Key <token>`` (or ``Bearer <token>``), the
+     first frame is instead ``{"auth_required": True, ...}`` and the client must send ``{"token": "..."}``; the
+     reply is the full metadata.
   2. Each request is an observation map ``{"images": {camera: HxWx3 uint8}, "state": (state_dim,),
      "prompt": str, "robot_type"?: str, "action_prefix"?: (p, action_dim), "prefix_weights"?: (p,), "steps"?: int,
      "seed"?: int}``; without ``robot_type`` the default one.
@@ -465,7 +465,6 @@ class PolicyServer:
             raise RequestError("decode_error", str(e)) from e
 
     async def _infer(self, obj: Any, t0: float) -> dict:
-        strict = self.strict_image_size
         if self.obs_map is not None:  # an openpi client's keys -> xr0's request; its images may be any size
             robots = self.policy_metadata.get("robots") or {}
             wanted = obj.get("robot_type") if isinstance(obj, dict) else None
@@ -483,10 +482,10 @@ class PolicyServer:
                 raise RequestError(e.type, message, field) from e
         else:
             obs = validate_observation(obj, self.policy_metadata, max_prompt_chars=self.max_prompt_chars,
-                                       strict_image_size=strict)
+                                       strict_image_size=self.strict_image_size)
         if obs.seed is None:
-            obs.seed = (request_seed(obs.robot_type, obs.state, obs.images, obs.prompt) if self.seed_mode == "observation"
-                        else int(np.random.default_rng().integers(2**31)))
+            obs.seed = (request_seed(obs.robot_type, obs.state, obs.images, obs.prompt)
+                        if self.seed_mode == "observation" else int(np.random.default_rng().integers(2**31)))
         if self._pending >= self.max_queue:
             raise RequestError("busy", f"server busy: {self._pending} requests already queued (max_queue)")
         self._pending += 1
