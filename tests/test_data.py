@@ -131,12 +131,12 @@ def test_lerobot_round_trip(lerobot):
 
 
 def test_keep_decoded_decodes_each_episode_once(lerobot, monkeypatch):
-    import xr0.data.lerobot_v3 as lr
+    import xr0.data.video as video
 
     root, _ = lerobot
     calls = []
-    decode = lr.decode_frames
-    monkeypatch.setattr(lr, "decode_frames", lambda *a: calls.append(a) or decode(*a))
+    decode = video.decode_frames
+    monkeypatch.setattr(video, "decode_frames", lambda *a: calls.append(a) or decode(*a))
     kept = LeRobotV3Dataset(root, chunk_len=T)  # small: kept in memory by default
     lazy = LeRobotV3Dataset(root, chunk_len=T, keep_decoded=False)
     assert kept.keep_decoded and not lazy.keep_decoded
@@ -151,7 +151,9 @@ def test_keep_decoded_decodes_each_episode_once(lerobot, monkeypatch):
     for i in order:
         a, b = kept[i], lazy[i]
         assert all(np.array_equal(a["images"][c], b["images"][c]) for c in CAMS)
-    monkeypatch.setattr(lr, "KEEP_DECODED_MAX_BYTES", kept.decoded_bytes - 1)
+    import xr0.data.lerobot_v3.reader as reader
+
+    monkeypatch.setattr(reader, "KEEP_DECODED_MAX_BYTES", kept.decoded_bytes - 1)
     assert not LeRobotV3Dataset(root, chunk_len=T).keep_decoded
 
 

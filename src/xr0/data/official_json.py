@@ -37,7 +37,8 @@ from xr0.config import PADDED_DIM
 from xr0.rotations import matrix_to_axis_angle
 from xr0.data import DataError, EpisodeIndex, Skipped, chunk_window
 from xr0.data.integrity import Digests, seal
-from xr0.data.lerobot_v3 import FrameCache, VideoEncoder, cached_frame, check_video_range, probe_video
+from xr0.data.lerobot_v3.layout import VIEW_TITLES
+from xr0.data.video import FrameCache, VideoEncoder, cached_frame, check_video_range, probe_video
 
 ACTION_DIM = STATE_DIM = PADDED_DIM
 ARMS = ("left", "right")
@@ -56,7 +57,6 @@ for _slc in ACTION_LAYOUT.values():
     ACTIVE_DIMS[_slc] = True
 
 TASK_MARKER = "Generate robot actions for the task:"
-VIEW_TITLES = {"ego": "Ego View", "wrist_left": "Left-Wrist View", "wrist_right": "Right-Wrist View"}
 TRAJECTORY_TYPES = ("success", "ongoing", "invalid")
 
 

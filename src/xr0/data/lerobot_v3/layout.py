@@ -1,0 +1,43 @@
+"""LeRobotDataset v3.0's on-disk names: file path templates, feature keys, camera keys and the prompt's view titles."""
+
+from __future__ import annotations
+
+import re
+
+
+
+CODEBASE_VERSION = "v3.0"
+CHUNKS_SIZE = 1000  # files per chunk directory, as in LeRobot
+DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+TASKS_PATH = "meta/tasks.parquet"
+INFO_PATH = "meta/info.json"
+STATS_PATH = "meta/stats.json"
+STATE_KEY = "observation.state"
+# Optional privileged simulator state (objects, goals) for training-only supervision (xr0.train.env_state). Not under
+# `observation.`: LeRobot's policies take every observation.* feature as an input. Datasets written before read too.
+ENV_STATE_KEY = "supervision.environment_state"
+ENV_STATE_KEYS = (ENV_STATE_KEY, "observation.environment_state")
+ACTION_KEY = "action"
+IMAGE_PREFIX = "observation.images."
+
+# Official camera names -> the prompt's view titles (the official JSON layout; others: "base_view" -> "Base View")
+VIEW_TITLES = {"ego": "Ego View", "wrist_left": "Left-Wrist View", "wrist_right": "Right-Wrist View"}
+
+
+def camera_key(name: str) -> str:
+    """A camera name as a LeRobot feature key suffix: lower case, runs of other characters as one "_"."""
+    key = re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
+    if not key:
+        raise ValueError(f"camera name {name!r} has no letters or digits")
+    return key
+
+
+def view_title(camera: str) -> str:
+    """A dataset camera name -> the view title of the prompt, camera_key's way back: the official names by the
+    released table ("ego" -> "Ego View"), snake_case keys word by word ("base_view" -> "Base View"), others as they
+    are."""
+    if camera in VIEW_TITLES:
+        return VIEW_TITLES[camera]
+    return " ".join(w.capitalize() for w in camera.split("_")) if "_" in camera else camera
