@@ -506,6 +506,15 @@ def read_tensors(shards: dict[str, pathlib.Path]) -> dict[str, torch.Tensor]:
     return rename_tensors(stored)
 
 
+def release_robots(path: pathlib.Path, meta: dict | None = None,
+                   stats_file: str | pathlib.Path | None = None) -> dict[str, RobotSpec]:
+    """A release folder's robot types (statistics, chunk lengths, cameras, image settings), without its weights;
+    config.json's `action_length` is only the fallback chunk length (ASSUMPTIONS item 1)."""
+    meta = _read_json(path / CONFIG) if meta is None else meta
+    fallback_T = meta.get("action_length") or meta.get("chunk_len")
+    return load_robots(path, int(fallback_T) if fallback_T else None, stats_file)
+
+
 def read_release(path: str | pathlib.Path, stats_file: str | pathlib.Path | None = None,
                  **settings) -> tuple[PolicyConfig, dict[str, RobotSpec], dict[str, torch.Tensor]]:
     """(config, robots, tensors in xr0's names) of an official release folder (strict; see ASSUMPTIONS), the config
@@ -519,8 +528,7 @@ def read_release(path: str | pathlib.Path, stats_file: str | pathlib.Path | None
     shards = weight_map(path)
     prefix = _strip_wrapper(list(shards))
     shapes = {remap_key(n[len(prefix):]): s for n, s in tensor_shapes(shards).items()}
-    fallback_T = meta.get("action_length") or meta.get("chunk_len")
-    robots = load_robots(path, int(fallback_T) if fallback_T else None, stats_file)
+    robots = release_robots(path, meta, stats_file)
     config = official_config(path, shapes, robots, meta).override(**{**RELEASE_RUNTIME, **settings})
     return config, robots, read_tensors(shards)
 

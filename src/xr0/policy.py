@@ -261,9 +261,7 @@ def chunk_lengths(path: str | pathlib.Path) -> dict[str, int]:
     config and statistics without loading the weights (e.g. to size a dataset's action windows first)."""
     path = resolve_checkpoint(path)
     if official.is_official(path / CONFIG):
-        meta = json.loads((path / CONFIG).read_text())
-        fallback = meta.get("action_length") or meta.get("chunk_len")
-        return {n: r.chunk_len for n, r in official.load_robots(path, int(fallback) if fallback else None).items()}
+        return {n: r.chunk_len for n, r in official.release_robots(path).items()}
     meta = json.loads(policy_config_file(path).read_text())
     robots = load_robots(path / NORMS, meta.get("robots", {}))
     return {name: spec.chunk_len for name, spec in robots.items()}

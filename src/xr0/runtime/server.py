@@ -119,6 +119,20 @@ def validate_observation(obs: Any, meta: dict, *, max_prompt_chars: int = 2048, 
         raise RequestError("invalid_request", str(e), e.field) from e
 
 
+def request_robot(obs: dict, meta: dict) -> tuple[str | None, dict]:
+    """(robot type, its metadata) of a request: its `robot_type` field, else the served default; (None, meta) for
+    a policy without robot types."""
+    robots = meta.get("robots") or {}
+    robot_type = obs.get("robot_type")
+    if robot_type is not None:
+        if not isinstance(robot_type, str) or robot_type not in robots:
+            raise _bad("robot_type", f"unknown robot type {str(robot_type)[:64]!r} (this checkpoint has "
+                                     f"{sorted(robots)})")
+    elif robots:
+        robot_type = meta["robot_type"]
+    return robot_type, (meta if robot_type is None else robots[robot_type])
+
+
 def _observation(obs: Any, meta: dict, max_prompt_chars: int, strict_image_size: bool) -> Observation:
     if not isinstance(obs, dict):
         raise RequestError("invalid_request", f"request must be a msgpack map (dict), got {type(obs).__name__}")
@@ -129,16 +143,7 @@ def _observation(obs: Any, meta: dict, max_prompt_chars: int, strict_image_size:
     for key in ("images", "state", "prompt"):
         if key not in obs:
             raise _bad(key, "missing required field")
-    robots = meta.get("robots") or {}
-    robot_type = obs.get("robot_type")
-    if robot_type is not None:
-        if not isinstance(robot_type, str) or robot_type not in robots:
-            raise _bad("robot_type", f"unknown robot type {str(robot_type)[:64]!r} (this checkpoint has "
-                                     f"{sorted(robots)})")
-    elif robots:
-        robot_type = meta["robot_type"]
-    if robot_type is not None:
-        meta = robots[robot_type]
+    robot_type, meta = request_robot(obs, meta)
 
     images = obs["images"]
     if not isinstance(images, dict):
@@ -466,10 +471,8 @@ class PolicyServer:
 
     async def _infer(self, obj: Any, t0: float) -> dict:
         if self.obs_map is not None:  # an openpi client's keys -> xr0's request; its images may be any size
-            robots = self.policy_metadata.get("robots") or {}
-            wanted = obj.get("robot_type") if isinstance(obj, dict) else None
-            meta = robots.get(wanted) if isinstance(wanted, str) else None
-            cameras = list((meta or self.policy_metadata)["cameras"])
+            _, meta = request_robot(obj if isinstance(obj, dict) else {}, self.policy_metadata)
+            cameras = list(meta["cameras"])
             try:
                 obj = self.obs_map.apply(obj, cameras)
                 obs = validate_observation(obj, self.policy_metadata, max_prompt_chars=self.max_prompt_chars,
@@ -610,9 +613,7 @@ def prepare_for_serving(policy: Any, steps: int | None = None, warmup: bool = Tr
     model, cuda = policy.model, policy.model.device.type == "cuda"
     out = {}
     for name, robot in policy.robots.items():
-        h, w = robot.image.size or policy.config.image_size  # a release robot: the size its clients send
-        if robot.image.size is None:
-            h, w = robot.image.target(h, w)
+        h, w = robot.image.target(*policy.config.image_size)  # a release robot: what its clients' size becomes
         tokens = [tokens_per_image((h, w))] * len(robot.cameras)
         length = len(policy.processor.prompt_ids("x " * 48, robot, tokens))  # a ~50-token instruction
         max_len = -(-length // 64) * 64

@@ -17,7 +17,7 @@ from ..checkpoints import resolve_checkpoint
 from ..runtime import (AsyncExecutor, IdentityActions, InferenceFailed, NaiveAsyncExecutor, RealClock, RTCExecutor,
                        SimClock, SyncExecutor, default_k)
 from .metaworld import DELTA_DIMS
-from .protocol import ChunkPolicy
+from .protocol import ChunkPolicy, pad_prefix
 
 # rtc: inference-time RTC (guided soft prefix over all remaining actions), for checkpoints not trained async.
 EXECUTORS = {"sync": SyncExecutor, "async": AsyncExecutor, "naive-async": NaiveAsyncExecutor, "rtc": RTCExecutor}
@@ -196,9 +196,7 @@ class RemoteChunks:
         if self.steps is not None:
             msg["steps"] = self.steps
         if prefix is not None and len(prefix):
-            padded = np.zeros((len(prefix), self.action_dim), np.float32)
-            padded[:, : prefix.shape[1]] = prefix
-            msg["action_prefix"] = padded
+            msg["action_prefix"] = pad_prefix(prefix, self.action_dim)
             if prefix_weights is not None:
                 msg["prefix_weights"] = np.asarray(prefix_weights, np.float32)
         t0 = time.perf_counter()

@@ -24,8 +24,8 @@ from ..rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
 __all__ = ["quat_to_matrix", "matrix_to_quat", "euler_to_matrix", "matrix_to_euler", "euler_to_axis_angle",
            "axis_angle_to_euler", "quat_to_axis_angle", "axis_angle_to_matrix", "matrix_to_axis_angle",
-           "center_crop_resize", "resize", "observation_seed", "pil", "pad_state", "add_noise_seed_argument", "noise_seeds",
-           "resolve_robot_type", "ChunkPolicy"]
+           "center_crop_resize", "resize", "observation_seed", "request_seed", "pil", "pad_prefix", "pad_state",
+           "add_noise_seed_argument", "noise_seeds", "resolve_robot_type", "ChunkPolicy"]
 
 
 # ---------------------------------------------------------------------------------------------- rotations
@@ -123,6 +123,13 @@ def pil(img: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(img), mode="RGB")
 
 
+def pad_prefix(prefix: np.ndarray, width: int) -> np.ndarray:
+    """(p, d) committed actions -> (p, width) float32 with zeros after d (the served or sampled action width)."""
+    out = np.zeros((len(prefix), width), np.float32)
+    out[:, : prefix.shape[1]] = prefix
+    return out
+
+
 def pad_state(state, width: int = 32) -> np.ndarray:
     """(d,) -> (width,) float32 with zeros after d."""
     state = np.asarray(state, dtype=np.float32).reshape(-1)
@@ -195,9 +202,7 @@ class ChunkPolicy:
     def __call__(self, obs: dict, prefix: np.ndarray | None = None, prefix_weights=None) -> np.ndarray:
         state = pad_state(obs["state"], self.robot.state_dim)
         if prefix is not None:
-            padded = np.zeros((len(prefix), self.robot.action_dim), np.float32)
-            padded[:, : prefix.shape[1]] = prefix
-            prefix = padded
+            prefix = pad_prefix(prefix, self.robot.action_dim)
         t0 = time.perf_counter()
         extra = {k: v for k, v in (("steps", self.steps), ("prefix_weights", prefix_weights)) if v is not None}
         chunk = self.policy.sample(obs["images"], obs["prompt"], state, prefix=prefix, seed=self.seed(obs),
