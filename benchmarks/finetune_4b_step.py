@@ -55,7 +55,7 @@ def main(argv=None) -> int:
 
     from xr0 import XR0Policy
     from xr0.config import get_preset
-    from xr0.model.vla import count_parameters
+    from xr0.model.weights import count_parameters
     from xr0.train import TrainConfig, Trainer
 
     base_rss = rss_gib()

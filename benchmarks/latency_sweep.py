@@ -16,7 +16,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 from PIL import Image, ImageDraw  # noqa: E402
 
-from xr0.sim.evaluate import EXECUTORS, checkpoint_setup, evaluate, load_policy, render_view  # noqa: E402
+from xr0.sim.metaworld_eval import EXECUTORS, checkpoint_setup, evaluate, load_policy, render_view  # noqa: E402
 
 COLORS = {"sync": (214, 39, 40), "async": (44, 160, 44), "naive-async": (31, 119, 180), "rtc": (148, 103, 189)}
 

@@ -18,10 +18,10 @@ import torch
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from xr0.sim.evaluate import (checkpoint_setup, load_policy, make_env, make_runner, render_view,  # noqa: E402
-                              sampling_seeds)
+from xr0.sim.common import ChunkPolicy, pad_state  # noqa: E402
 from xr0.sim.metaworld import PLACEMENTS  # noqa: E402
-from xr0.sim.protocol import ChunkPolicy, pad_state  # noqa: E402
+from xr0.sim.metaworld_eval import (checkpoint_setup, load_policy, make_env, make_runner,  # noqa: E402
+                                    render_view, sampling_seeds)
 from xr0.sim.reactivity import expert_chunk  # noqa: E402
 
 HEIGHTS = (0.08, 0.15, 0.22, 0.29)  # goal z (m) of the first-chunk probe, across reach-v3's 0.05-0.30 range

@@ -17,7 +17,7 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from xr0.sim.evaluate import EXECUTORS, checkpoint_setup, load_policy, render_view  # noqa: E402
+from xr0.sim.metaworld_eval import EXECUTORS, checkpoint_setup, load_policy, render_view  # noqa: E402
 from xr0.sim.metaworld import MOVABLE_TARGETS  # noqa: E402
 from xr0.sim.reactivity import reactivity  # noqa: E402
 

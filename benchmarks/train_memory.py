@@ -1,4 +1,4 @@
-"""Does the training-memory planner (xr0.train.plan) predict real training? Planned vs measured on this CPU.
+"""Does the training-memory planner (xr0.train.memory) predict real training? Planned vs measured on this CPU.
 
 For each preset (tiny, small) and setup (full = post-sync, frozen VLM = stage2, and, when the trainer has them,
 LoRA and activation checkpointing) a fresh subprocess (OMP_NUM_THREADS=1, one at a time) builds the real Trainer
@@ -113,7 +113,7 @@ def child(args) -> dict:
 
     from xr0.config import get_preset
     from xr0.train import TrainConfig, Trainer
-    from xr0.train import plan as P
+    from xr0.train import memory as P
 
     torch.set_num_threads(1)
     recipe, extra, tune, ckpt = SETUPS[args.setup]
@@ -144,7 +144,7 @@ def child(args) -> dict:
     work = P.Workload(batch=args.batch, vlm_tokens=batch["input_ids"].shape[1],
                       patches=batch["pixel_values"].shape[0] // args.batch, images=len(data.cameras),
                       repeat=tr.recipe.repeat, padded=bool((batch["attention_mask"] == 0).any()))
-    row = P.plan(counts, dims, work, P.Setup(tune, ckpt, "ddp", 1, "fp32", "cpu", extra.get("lora_rank", 16)))
+    row = P.plan(counts, dims, work, P.TrainingSetup(tune, ckpt, "ddp", 1, "fp32", "cpu", extra.get("lora_rank", 16)))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return dict(preset=args.preset, setup=args.setup, batch=args.batch, steps=args.steps, peak_reset=reset,
                 baseline_mib=base_rss / MIB, baseline_maxrss_mib=base_max / MIB,

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from xr0.processing import RobotSpec
-from xr0.sim import calvin, libero, protocol, simpler
-from xr0.sim.protocol import (
+from xr0.sim import calvin, common, libero, simpler
+from xr0.sim.common import (
     ChunkPolicy, axis_angle_to_euler, center_crop_resize, euler_to_axis_angle, euler_to_matrix, matrix_to_euler,
     matrix_to_quat, observation_seed, quat_to_axis_angle, quat_to_matrix,
 )
@@ -300,7 +300,7 @@ def test_eval_calvin_and_simpler_commands(monkeypatch, capsys):
     assert "pip install -e ManiSkill2_real2sim" in capsys.readouterr().err
     assert main(["eval", "simpler", "--preset", "tiny", "--env-options", "x.json", "--noise-seed", "abc"]) == 2
     assert "--noise-seed must be 'official' or an integer" in capsys.readouterr().err
-    assert protocol.noise_seeds("official") is None and protocol.noise_seeds("7")(3) == 7
+    assert common.noise_seeds("official") is None and common.noise_seeds("7")(3) == 7
 
 
 # ---------------------------------------------------------------------------------------------- CALVIN
@@ -403,10 +403,10 @@ def test_simpler_images_and_observation():
     assert simpler.embodiment("widowx") is simpler.BRIDGE
 
 
-def test_protocol_module_needs_no_simulator():
+def test_common_module_needs_no_simulator():
     import subprocess
 
-    code = ("import sys, xr0.sim.protocol, xr0.sim.calvin, xr0.sim.simpler; "
+    code = ("import sys, xr0.sim.common, xr0.sim.calvin, xr0.sim.simpler; "
             "bad = [m for m in ('libero', 'calvin_env', 'simpler_env', 'mujoco', 'torch') if m in sys.modules]; "
             "assert not bad, bad")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from xr0.data import DataError
 from xr0.data.augment import ImageAugment
-from xr0.data.lerobot_v3 import LeRobotV3Dataset, LeRobotV3Writer
+from xr0.data.lerobot_v3 import LeRobotV3Dataset, LeRobotV3Writer, match_cameras, view_title
 from xr0.data.official_json import (
     ACTION_LAYOUT,
     ACTIVE_DIMS,
@@ -25,6 +25,7 @@ from xr0.data.official_json import (
 from xr0.data.stats import ChunkStats, compute_stats
 from xr0.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from xr0.data.vl import VLDataset
+from xr0.processing import RobotSpec
 
 from data_mutants import frames as make_frames, official_arms  # noqa: E402  (tests/ is on sys.path)
 
@@ -266,6 +267,25 @@ def test_environment_state_round_trip_and_errors(tmp_path, lerobot):
             images, np.zeros((6, DS)), np.zeros((6, DA)), "t", env_states=env)
 
 
+def test_match_cameras_by_title_else_by_position_else_an_error(caplog):
+    """The one camera rule of training, `xr0 eval metaworld` and the LeRobot plugin."""
+    # by view title, in the given order; given cameras of other titles are left out
+    assert match_cameras(["top_view", "base_view", "wrist"], ("Base View", "Top View")) == {
+        "top_view": "Top View", "base_view": "Base View"}
+    assert match_cameras(["observation.images.ego"], ("Ego View",),
+                         title=lambda k: view_title(k.removeprefix("observation.images."))) == {
+        "observation.images.ego": "Ego View"}
+    # by position when the counts match, said once, naming the pairs
+    with caplog.at_level("WARNING", logger="xr0.data.lerobot_v3.layout"):
+        assert match_cameras(["front", "wrist"], ("Base View", "Top View"), source="the dataset") == {
+            "front": "Base View", "wrist": "Top View"}
+    assert len(caplog.records) == 1
+    assert "the dataset" in caplog.text and "'front' -> 'Base View', 'wrist' -> 'Top View'" in caplog.text
+    # else an error naming both lists
+    with pytest.raises(ValueError, match=r"\['front'\] .* model's \['Base View', 'Top View'\] .*; pick two"):
+        match_cameras(["front"], ("Base View", "Top View"), hint="pick two")
+
+
 # ------------------------------------------------------------------------------------------
 # Statistics
 # ------------------------------------------------------------------------------------------
@@ -284,10 +304,12 @@ def test_stats_equal_numpy_over_all_chunks(lerobot):
     states = states.astype(np.float64)
     np.testing.assert_allclose(stats.state_mean, states.mean(0), rtol=1e-10)
     np.testing.assert_allclose(stats.state_std, states.std(0), rtol=1e-10)
+    # the normalising is RobotSpec's, per chunk position, with these statistics
+    spec = RobotSpec(stats.action_mean, stats.action_std, np.ones(DA), stats.state_mean, stats.state_std, DA, DS)
     x = chunks[0]
     expect = (x - stats.action_mean) / (stats.action_std + 1e-6)
-    np.testing.assert_allclose(stats.normalize_actions(x), expect, rtol=1e-5)
-    np.testing.assert_allclose(stats.denormalize_actions(stats.normalize_actions(x)), x, atol=1e-5)
+    np.testing.assert_allclose(spec.normalize_actions(x), expect, rtol=1e-5)
+    np.testing.assert_allclose(spec.denormalize_actions(spec.normalize_actions(x)), x, atol=1e-5)
     again = ChunkStats.from_dict(json.loads(json.dumps(stats.to_dict())))
     assert again.sha256() == stats.sha256()
 

@@ -64,7 +64,7 @@ def test_hostile_frames_get_an_error_or_a_chunk_and_the_server_keeps_serving(map
 
 def test_an_unknown_field_with_an_empty_name_is_still_named():
     """Found by benchmarks/fuzz_server.py: {'': ...} used to come back with an empty field name."""
-    from xr0.runtime.server import RequestError, validate_observation
+    from xr0.runtime.requests import RequestError, validate_observation
 
     meta = FakePolicy().metadata()
     for key, named in (("", "''"), (" ", "' '"), ("extra", "extra")):
@@ -79,7 +79,7 @@ def test_an_unknown_field_with_an_empty_name_is_still_named():
 def test_a_policy_not_trained_with_prefixes_takes_only_a_guided_prefix():
     """max_prefix 0 (a release folder, a post-sync run): a bare action_prefix is refused and says why; the same
     prefix with prefix_weights (RTC guidance) is accepted."""
-    from xr0.runtime.server import RequestError, validate_observation
+    from xr0.runtime.requests import RequestError, validate_observation
 
     meta = {**FakePolicy().metadata(), "max_prefix": 0}
     prefix = np.zeros((3, meta["action_dim"]), np.float32)

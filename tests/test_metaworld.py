@@ -9,10 +9,9 @@ import pytest
 os.environ.setdefault("MUJOCO_GL", "egl")
 pytest.importorskip("metaworld")
 
-from xr0.data.lerobot_v3 import LeRobotV3Dataset
-from xr0.train.inputs import view_title  # noqa: E402
+from xr0.data.lerobot_v3 import LeRobotV3Dataset, view_title
 from xr0.sim.metaworld_data import episode_counts, generate  # noqa: E402
-from xr0.sim.evaluate import checkpoint_setup, evaluate, load_policy, make_env, render_view  # noqa: E402
+from xr0.sim.metaworld_eval import checkpoint_setup, evaluate, load_policy, make_env, render_view  # noqa: E402
 from xr0.sim.reactivity import copying_index, expert_chunk, reactivity  # noqa: E402
 from xr0.sim.export import export  # noqa: E402
 from xr0.sim.metaworld import (CAMERAS, DEFAULT_GOAL_MARKER_RADIUS, DEFAULT_ORIENTATION,  # noqa: E402

@@ -213,7 +213,7 @@ def test_statistics_variants_and_errors(tmp_path):
     two = {"libero_all": {"mean": np.zeros((10, 7)).tolist(), "std": np.ones((10, 7)).tolist()},
            "calvin_abc_orig": {"mean": np.zeros((4, 7)).tolist(), "std": np.ones((4, 7)).tolist()}}
     (tmp_path / "norm_stats.json").write_text(json.dumps(two))
-    robots = official.load_robots(tmp_path)
+    robots = official.stats_table_robots(tmp_path)
     assert {n: r.chunk_len for n, r in robots.items()} == {"libero_all": 10, "calvin_abc_orig": 4}
     # without an explicit mask the release's rule: std > 1e-5 on the given columns
     std = np.ones((4, 7))

@@ -12,6 +12,7 @@ import torch
 
 from conftest import random_observation
 from xr0 import RobotSpec, XR0Policy
+from xr0.model.weights import load_strict
 from xr0.inspect import official_layout
 
 
@@ -112,7 +113,7 @@ def test_strict_load_lists_missing_and_unexpected(tiny):
     state["dit.layers.9.adaln_table"] = torch.zeros(6, 32)
     other = XR0Policy.from_preset("tiny", device="meta")
     with pytest.raises(ValueError, match=r"missing \(1\).*sink.weight[\s\S]*unexpected \(1\).*layers.9"):
-        other.model.load_weights(state)
+        load_strict(other.model, state)
 
 
 def test_checkpoint_without_frozen_embedding(tmp_path):

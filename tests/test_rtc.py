@@ -7,7 +7,7 @@ import torch
 from conftest import random_observation
 from xr0.model.rtc import BETA, guidance_weight
 from xr0.runtime import RTCExecutor, SimClock, rtc_prefix_weights
-from xr0.runtime.server import RequestError, validate_observation
+from xr0.runtime.requests import RequestError, validate_observation
 
 HZ = 30.0
 

@@ -187,7 +187,7 @@ def test_sample_refuses_a_clean_prefix_longer_than_trained(tmp_path):
 def test_a_held_tick_sends_zero_motion_on_delta_dims(embedded):
     """The embedded checkpoint records MetaWorld's xyz as per-tick deltas: a late chunk holds the arm still
     (gripper kept) by default, without the caller naming an action space."""
-    from xr0.sim.protocol import ChunkPolicy
+    from xr0.sim.common import ChunkPolicy
 
     assert embedded.robot().delta_dims == (0, 1, 2) and embedded.metadata()["delta_dims"] == [0, 1, 2]
     chunk = ChunkPolicy(embedded, None, act_dims=4)
@@ -202,7 +202,7 @@ def test_a_held_tick_sends_zero_motion_on_delta_dims(embedded):
 def test_realtime_metaworld_over_the_socket(embedded):
     """The robot side alone: MetaWorld on the wall clock, chunks from the server over the socket (a short run;
     docs/latency.md has the 12-episode table). A server of another policy is refused by name."""
-    from xr0.sim.evaluate import checkpoint_setup, evaluate, render_view
+    from xr0.sim.metaworld_eval import checkpoint_setup, evaluate, render_view
 
     setup = checkpoint_setup("embedded")
     with PolicyServer(embedded, port=0) as srv:

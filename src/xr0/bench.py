@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tr.add_argument("--steps", type=int, default=10, help="timed optimiser steps (after warm-up)")
     tr.add_argument("--warmup", type=int, default=2)
     tr.add_argument("--freeze-vlm", action="store_true", help="train the expert only (pre-training stage 2)")
-    pl = tr.add_argument_group("memory plan (--plan: nothing is allocated or run; xr0.train.plan)")
+    pl = tr.add_argument_group("memory plan (--plan: nothing is allocated or run; xr0.train.memory)")
     pl.add_argument("--plan", action="store_true",
                     help="print the planned peak memory per GPU of full / frozen-VLM / LoRA fine-tuning, with and "
                          "without activation checkpointing, single GPU, DDP and FSDP2, at --batch-size per GPU "
@@ -172,7 +172,8 @@ class Clock:
 
 
 class Runner:
-    """XR0Policy.sample() cut into timed stages (same calls, same order), for one Setup."""
+    """Times the stages of XR0Policy.sample() for one Setup, through XR0Model.stage_hook; `naive` runs the
+    counterfactual without a KV cache (the VLM and the context again at every denoising step) from the same parts."""
 
     def __init__(self, policy, setup: Setup, obs: dict, steps: int, device: str):
         self.policy, self.setup, self.obs, self.steps, self.device = policy, setup, obs, steps, device
@@ -181,79 +182,69 @@ class Runner:
         if setup.cuda_graph and not setup.naive:
             L = len(policy.processor.prompt_ids(obs["instruction"]))
             self.static = policy.model.use_static_denoiser(max_len=-(-L // 64) * 64, steps=steps, cuda_graph=True)
-            policy.model.use_static_denoiser(None)  # installed per run (runners may share a policy)
-        self.dtype = policy.model.dtype
+            policy.model.install_static_denoiser(None)  # installed per run (runners may share a policy)
 
     @contextlib.contextmanager
     def _installed(self):
-        """Per run: this runner's static denoiser, and a probe that marks the start of every DiT step."""
+        """Per run: this runner's static denoiser and the clock as the model's stage hook."""
         m = self.policy.model
-        m._static_denoisers = {} if self.static is None else {self.static.shape[1]: self.static}
-        own = m.__dict__.get("forward")  # a compiled step, if this setup has one
-        if not self.setup.naive and self.static is None:  # never probe inside a CUDA-graph capture
-            inner, calls = m.forward, [0]
-
-            def probe(*a):
-                self.clock.mark(f"dit_step_{calls[0] - 1}" if calls[0] else "dit_setup")
-                calls[0] += 1
-                return inner(*a)
-
-            m.forward = probe
+        m.install_static_denoiser(self.static)
+        m.stage_hook = self.clock.mark
         try:
             yield
         finally:
-            m._static_denoisers = {}
-            if own is None:
-                m.__dict__.pop("forward", None)
-            else:
-                m.forward = own
+            m.install_static_denoiser(None)
+            m.stage_hook = None
 
     def chunk(self) -> tuple[np.ndarray, dict[str, float], float]:
+        obs, clock = self.obs, self.clock
+        with self._installed():
+            clock.start()
+            if self.setup.naive:
+                out = self._naive_chunk()
+            else:
+                out = self.policy.sample(obs["images"], obs["instruction"], obs["state"], prefix=obs["prefix"],
+                                         steps=self.steps)
+        stages = clock.stages()
+        steps = [stages[k] for k in stages if k.startswith("dit_")]
+        if steps:
+            stages["denoise"] = sum(steps)
+        return out, stages, 1e3 * (clock.marks[-1][1] - clock.marks[0][1])
+
+    def _naive_chunk(self) -> np.ndarray:
         import torch
 
         from .model.flow import euler_sample, initial_noise
 
         p, obs, dev, clock = self.policy, self.obs, self.device, self.clock
         m, robot = p.model, p.robot()
-        T, D = p.config.chunk_len, p.config.action_dim
-        with torch.inference_mode(), self._installed():
-            clock.start()
-            batch = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in p.processor(obs["images"],
-                                                                                       obs["instruction"]).items()}
+        T, D = robot.chunk_len, p.config.action_dim
+        with torch.inference_mode():
+            batch = p.processor(obs["images"], obs["instruction"], robot)
             state = torch.from_numpy(robot.normalize_state(obs["state"]))[None].to(dev)
             mask = torch.from_numpy(robot.action_mask).expand(1, T, D).to(dev)
-            noise = initial_noise((1, T, D), 0, dev, self.dtype)
+            noise = initial_noise((1, T, D), 0, dev, m.dtype)
             prefix, n_pre = obs["prefix"], 0 if obs["prefix"] is None else len(obs["prefix"])
-            prefix_t = (None if prefix is None
-                        else torch.from_numpy(robot.normalize_actions(prefix))[None].to(dev, self.dtype))
+            prefix_t = None
+            if prefix is not None:
+                prefix_t = torch.from_numpy(robot.normalize_actions(prefix))[None].to(dev, m.dtype)
             clock.mark("preprocess")
-            if self.setup.naive:
-                def velocity(x, t, k):  # the VLM and the context again at every step
-                    cache = m.encode(batch)
-                    clock.mark("prefill")
-                    ctx = m.context(cache, state, mask, n_pre)
-                    clock.mark("context")
-                    v = m.velocity(ctx, x, t)
-                    clock.mark(f"dit_step_{k}")
-                    return v
 
-                x = euler_sample(velocity, noise, self.steps, prefix_t)
-            else:
+            def velocity(x, t, k):
                 cache = m.encode(batch)
                 clock.mark("prefill")
                 ctx = m.context(cache, state, mask, n_pre)
                 clock.mark("context")
-                x = m.denoise(ctx, noise, self.steps, prefix_t)
-                clock.mark("dit_step_%d" % (self.steps - 1) if self.static is None else "denoise")
+                v = m.velocity(ctx, x, t)
+                clock.mark(f"dit_step_{k}")
+                return v
+
+            x = euler_sample(velocity, noise, self.steps, prefix_t)
             out = robot.denormalize_actions(x[0].float().cpu().numpy())
             if prefix is not None:
                 out[:n_pre] = prefix
             clock.mark("postprocess")
-        stages = clock.stages()
-        steps = [stages[k] for k in stages if k.startswith("dit_")]
-        if steps:
-            stages["denoise"] = sum(steps)
-        return out, stages, 1e3 * (clock.marks[-1][1] - clock.marks[0][1])
+        return out
 
 
 def _setup_from_args(args, device: str) -> Setup:
@@ -396,7 +387,7 @@ def plan_workload(config, batch: int, instruction: str = INSTRUCTION, repeat: in
     ~20-token INSTRUCTION), 16 x 16 patches per camera; padded: batches mix prompt lengths (a padding mask)."""
     from .processing import Processor
     from .processing.images import PATCH
-    from .train.plan import Workload
+    from .train.memory import Workload
 
     h, w = config.image_size
     tokens = len(Processor(config).prompt_ids(instruction))
@@ -406,9 +397,9 @@ def plan_workload(config, batch: int, instruction: str = INSTRUCTION, repeat: in
 
 
 def plan_memory(args) -> dict:
-    """`xr0 bench train --plan`: the table of xr0.train.plan for a preset, from its modules built on the meta device."""
+    """`xr0 bench train --plan`: the table of xr0.train.memory for a preset, from its modules built on the meta device."""
     from .config import get_preset
-    from .train import plan as P
+    from .train import memory as P
 
     dtype = args.dtype or "bf16"
     if dtype == "auto":

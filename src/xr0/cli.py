@@ -12,9 +12,10 @@ import sys
 COMMANDS = {
     "inspect": ("xr0.inspect", "parameter counts per part and whether the layout matches the official checkpoint"),
     "demo": ("xr0.demo", "run the policy and show what it does"),
-    "serve": ("xr0.runtime.server", "serve a policy over websocket + msgpack (openpi-compatible)"),
+    "serve": ("xr0.runtime.server", "serve a policy over websocket + msgpack (openpi's client works unchanged)"),
     "train": ("xr0.train.cli", "train with a recipe: stage1 | stage2 | post-sync | post-async"),
-    "data": ("xr0.datagen", "generate datasets (metaworld, vqa) or compute a dataset's statistics (stats)"),
+    "data": ("xr0.datagen", "generate datasets (MetaWorld demonstrations, synthetic VQA) or compute a dataset's "
+                            "statistics"),
     "eval": ("xr0.sim.cli", "evaluate a policy in a simulator"),
     "bench": ("xr0.bench", "latency and throughput benchmarks (JSON)"),
     "convert": ("xr0.convert", "convert an official Xiaomi-Robotics-0 checkpoint to xr0's format"),

@@ -32,7 +32,7 @@ def official_layout() -> dict[str, tuple[int, ...]]:
 
 def report(preset: str | None = None, checkpoint: str | None = None) -> dict:
     """Counts and layout of a preset (built on the meta device) or of a checkpoint folder (xr0 or official)."""
-    from .model.vla import count_parameters
+    from .model.weights import count_parameters
     from .policy import XR0Policy
 
     if checkpoint is not None:

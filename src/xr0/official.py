@@ -449,7 +449,7 @@ def image_spec(path: pathlib.Path) -> ImageSpec:
         raise OfficialFormatError(f"{where}: {e}") from e
 
 
-def load_robots(path: pathlib.Path, fallback_T: int | None = None, stats_file: str | pathlib.Path | None = None,
+def stats_table_robots(path: pathlib.Path, fallback_T: int | None = None, stats_file: str | pathlib.Path | None = None,
                 decode: str = "release") -> dict[str, RobotSpec]:
     """Every robot type of the statistics table, each with its own chunk length (its rows), cameras and the
     folder's image settings; decoded as the release processor (or, for the April code, its server) does."""
@@ -512,7 +512,7 @@ def release_robots(path: pathlib.Path, meta: dict | None = None,
     config.json's `action_length` is only the fallback chunk length (ASSUMPTIONS item 1)."""
     meta = _read_json(path / CONFIG) if meta is None else meta
     fallback_T = meta.get("action_length") or meta.get("chunk_len")
-    return load_robots(path, int(fallback_T) if fallback_T else None, stats_file)
+    return stats_table_robots(path, int(fallback_T) if fallback_T else None, stats_file)
 
 
 def read_release(path: str | pathlib.Path, stats_file: str | pathlib.Path | None = None,
@@ -575,7 +575,7 @@ def read_april(file: str | pathlib.Path, stats_file: str | pathlib.Path | None,
                                   f"(per robot type: action_mean/action_std (T, 32), optional action_mask)")
     state = read_deepspeed(file)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    robots = load_robots(file.parent, None, stats_file, decode="masked")
+    robots = stats_table_robots(file.parent, None, stats_file, decode="masked")
     meta = {"vlm_config": deepspeed_vlm_config(vlm_config)}
     config = official_config(file.parent, shapes, robots, meta).override(**{**APRIL_RUNTIME, **settings})
     config.name = f"april:{file.parent.name}"

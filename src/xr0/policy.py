@@ -18,7 +18,8 @@ from . import official
 from .checkpoints import (CONFIG, WEIGHTS, atomic_write, file_sha256, policy_config_file, resolve_checkpoint,
                           verify_manifest)
 from .config import MAX_STEPS, PolicyConfig, get_preset
-from .model.vla import EMBED, XR0Model, check_noise, seeded_embedding
+from .model.vla import XR0Model, check_noise
+from .model.weights import EMBED, load_strict, seeded_embedding, state_to_save
 from .processing import Processor, RobotSpec, checks, stats_hash
 from .processing.images import ImageSpec
 from .processing.tokenizer import folder_tokenizer
@@ -87,7 +88,7 @@ class XR0Policy:
         """The model of `config` built on the meta device and loaded strictly from `state`, in `dtype`, eval mode."""
         with torch.device("meta"):
             model = XR0Model(config)
-        model.load_weights(state, device=device)
+        load_strict(model, state, device=device)
         if dtype is not None:
             model.to(dtype)
         return cls(model.eval(), robots, tokenizer)
@@ -113,7 +114,7 @@ class XR0Policy:
             raise ValueError(f"{cfg_file} is not a valid xr0 config: {e}") from e
         config.override(**settings)
         verify_manifest(path, meta.get("sha256", {}))  # checkpoints saved before the manifest have none
-        robots = load_robots(path / NORMS, meta.get("robots", {}))
+        robots = checkpoint_robots(path / NORMS, meta.get("robots", {}))
         state = _load_safetensors(path / WEIGHTS)
         if EMBED not in state and "embedding_sha256" in meta:
             stored_dtype = next(iter(state.values())).dtype  # e.g. a bf16 export stays bf16 throughout
@@ -130,7 +131,7 @@ class XR0Policy:
         """
         path = pathlib.Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state, extra = self.model.state_to_save(dtype, store_embedding)
+        state, extra = state_to_save(self.model, dtype, store_embedding)
         atomic_write(path / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
         norms = {f"{name}.{key}": torch.from_numpy(arr) for name, spec in self.robots.items()
                  for key, arr in spec.arrays().items()}
@@ -204,10 +205,12 @@ class XR0Policy:
         x0 = check_noise(noise, (1, T, D), self.model.device, self.model.dtype, int(seed))
         prefix_t = None if prefix is None else torch.from_numpy(robot.normalize_actions(prefix))[None]
         guide = None if weights is None else _guide_weights(weights, mask)
+        self.model.mark_stage("preprocess")
         x = self.model.sample_normalized(batch, state_t, mask, x0, prefix_t, steps, guide)
         out = robot.denormalize_actions(x[0].float().cpu().numpy())
         if prefix is not None and weights is None:
             out[: prefix.shape[0]] = prefix
+        self.model.mark_stage("postprocess")
         return out
 
     def sample_batch(self, observations: list[dict], seeds: list[int] | None = None, steps: int | None = None,
@@ -263,7 +266,7 @@ def chunk_lengths(path: str | pathlib.Path) -> dict[str, int]:
     if official.is_official(path / CONFIG):
         return {n: r.chunk_len for n, r in official.release_robots(path).items()}
     meta = json.loads(policy_config_file(path).read_text())
-    robots = load_robots(path / NORMS, meta.get("robots", {}))
+    robots = checkpoint_robots(path / NORMS, meta.get("robots", {}))
     return {name: spec.chunk_len for name, spec in robots.items()}
 
 
@@ -305,7 +308,7 @@ def _load_safetensors(file: pathlib.Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{file} is not a readable safetensors file: {e}") from e
 
 
-def load_robots(file: pathlib.Path, setups: dict) -> dict[str, RobotSpec]:
+def checkpoint_robots(file: pathlib.Path, setups: dict) -> dict[str, RobotSpec]:
     """The robot types of an xr0 checkpoint: arrays from `file`, the rest from config.json's `robots` entries
     (RobotSpec.setup; older checkpoints lack cameras / image, which the policy then takes from its config)."""
     arrays = _load_safetensors(file)

@@ -3,6 +3,8 @@
 XR-0 normalises each position of the chunk with its own statistics, (a − mean[t]) / (std[t] + 1e-6)
 (spec §6.7), because later steps of a chunk spread wider than early ones. Statistics are taken over
 valid (non-padded) steps only, in one streaming pass (Welford, float64), without decoding video.
+ChunkStats only holds them: the normalising is xr0.processing.RobotSpec's (xr0.train.inputs.robot_spec_from_data
+turns these statistics into one).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-STD_EPS = 1e-6
 CHUNK_STATS = "meta/xr0_chunk_stats.json"  # beside a LeRobot dataset: {str(T): ChunkStats.to_dict()}, `xr0 data stats`
 
 
@@ -27,12 +28,6 @@ class ChunkStats:
     state_std: np.ndarray  # (Ds,)
     count: np.ndarray  # (T,) int64
     n_samples: int
-
-    def normalize_actions(self, actions: np.ndarray) -> np.ndarray:
-        return ((actions - self.action_mean) / (self.action_std + STD_EPS)).astype(np.float32)
-
-    def denormalize_actions(self, actions: np.ndarray) -> np.ndarray:
-        return (actions * (self.action_std + STD_EPS) + self.action_mean).astype(np.float32)
 
     def to_dict(self) -> dict:
         """JSON-ready nested lists (no pickle anywhere)."""

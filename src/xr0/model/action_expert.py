@@ -204,7 +204,9 @@ class ExpertContext:
 
 
 class ActionExpert(nn.Module):
-    """The flow-matching DiT. Subclassed by XR0Model, so its parameter names sit at the checkpoint's top level."""
+    """The flow-matching DiT: `step` (= forward) is one pass, `velocity` one pass at times t. Subclassed by XR0Model,
+    so its parameter names sit at the checkpoint's top level (XR0Model's forward is the training loss; the DiT
+    pass is always called as `step`)."""
 
     def __init__(self, cfg: ExpertConfig, action_dim: int, state_dim: int, text_config):
         super().__init__()
@@ -251,8 +253,8 @@ class ActionExpert(nn.Module):
         plus_one = torch.tensor([0, 1, 0, 0, 1, 0], dtype=time_mod.dtype, device=time_mod.device)[:, None]
         return (time_mod[None] + tables[:, None] + plus_one).unsqueeze(3)
 
-    def forward(self, ctx: ExpertContext, x: torch.Tensor, mod: torch.Tensor,
-                return_hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def step(self, ctx: ExpertContext, x: torch.Tensor, mod: torch.Tensor,
+             return_hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """One DiT pass: the velocity (B, T, D) for actions x (B, T, D), zero on the prefix rows, given the adaLN
         rows `mod` of modulation_table(t) (num_layers, B, 6, 1, H). return_hidden=True also returns the last
         hidden states (B, 2 + T, H) of [sink, state, actions]."""
@@ -269,9 +271,11 @@ class ActionExpert(nn.Module):
         velocity = self.action_output_layer(h[:, FIRST_ACTION:]).to(x.dtype) * ctx.velocity_mask
         return (velocity, h) if return_hidden else velocity
 
+    forward = step
+
     def velocity(self, ctx: ExpertContext, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """forward() at times t (B,)."""
-        return self(ctx, x, self.modulation_table(t))
+        """step() at times t (B,)."""
+        return self.step(ctx, x, self.modulation_table(t))
 
 
 class StaticDenoiser:
@@ -279,7 +283,7 @@ class StaticDenoiser:
 
     Built for a batch size, a VLM prompt capacity `max_len` (shorter prompts are right-padded; the padding is masked
     out), the chunk length and the step count. Each call copies one chunk's context into the buffers and runs the
-    loop: eagerly on CPU (same numbers as ActionExpert.forward), or on CUDA by replaying a graph captured on the
+    loop: eagerly on CPU (same numbers as ActionExpert.step), or on CUDA by replaying a graph captured on the
     first call, which removes the launch overhead of steps x layers x ~30 kernels. The modulation table is computed
     once here, so rebuild after changing the weights.
     """
@@ -334,7 +338,7 @@ class StaticDenoiser:
             self.x[:, : prefix_actions.shape[1]].copy_(prefix_actions)
 
     def _loop(self) -> None:
-        self.out.copy_(euler_sample(lambda x, t, k: self.expert(self.ctx, x, self.table[:, k]),
+        self.out.copy_(euler_sample(lambda x, t, k: self.expert.step(self.ctx, x, self.table[:, k]),
                                     self.x, self.steps, times=self.times))
 
     def _capture(self) -> None:

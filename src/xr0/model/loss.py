@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,10 +23,19 @@ class LossOptions:
     # `generator`. Reproducing a run of the official code needs its draws: its Beta sampler is another stream.
     time: torch.Tensor | None = None
     noise: torch.Tensor | None = None
-    # Training-only: a head predicting batch["env_state"] from the image tokens and the expert's sink token
-    # (xr0.train.env_state)
-    env_state_head: torch.nn.Module | None = None
-    env_state_weight: float = 0.0
+    # Training-only: an extra objective on the pass's features, (features) -> (weighted term added to the loss,
+    # values to log), e.g. xr0.train.env_state's readout of object and goal positions.
+    auxiliary: Callable[[LossFeatures], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
+
+
+@dataclass
+class LossFeatures:
+    """What an auxiliary objective may read from one loss pass."""
+
+    batch: dict  # the training batch as given
+    last_values: torch.Tensor  # (B, kv_heads, L, Dh): the VLM's last layer values, what the expert's last layer reads
+    sink_hidden: torch.Tensor  # (B * repeat, H): the DiT's last hidden state at the sink token
+    repeat: int  # noise/time draws per VLM pass (sample-major)
 
 
 def flow_loss(pred: torch.Tensor, target: torch.Tensor, active: torch.Tensor, weight: torch.Tensor,

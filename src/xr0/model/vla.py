@@ -1,15 +1,14 @@
 """XR0Model: Qwen3-VL + the DiT action expert, tensors in and out: encode -> VLMCache, context, denoise, loss.
 
 Normalisation, observation checks and checkpoint files live above it, in xr0.policy (XR0Policy = processor +
-model). Parameter names are the checkpoint's: `vlm.*` (transformers' Qwen3-VL) + the official expert names at top
-level (the model is the expert, extended by the VLM).
+model); loading and saving its tensors in xr0.model.weights. Parameter names are the checkpoint's: `vlm.*`
+(transformers' Qwen3-VL) + the official expert names at top level (the model is the expert, extended by the VLM).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
+from collections.abc import Callable
 
 import torch
 from transformers import Qwen3VLConfig
@@ -19,15 +18,22 @@ from . import rtc
 from .action_expert import ActionExpert, ExpertContext, StaticDenoiser, VLMCache
 from .backbone import build_vlm, encode, set_activation_checkpointing
 from .flow import euler_sample, euler_times, initial_noise, interpolate, sample_time
-from .loss import LossOptions, flow_loss
+from .loss import LossFeatures, LossOptions, flow_loss
 from .masks import SINK, expert_mask, expert_positions
+from .weights import seeded_embedding
 
-EMBED = "vlm.model.language_model.embed_tokens.weight"
 logger = logging.getLogger(__name__)
 
 
 class XR0Model(ActionExpert):
-    """The whole network of one PolicyConfig. `forward` (inherited) is one DiT step; `sample_normalized` a chunk."""
+    """The whole network of one PolicyConfig: the action expert extended by the VLM (a subclass, so the official
+    expert tensor names stay at the checkpoint's top level).
+
+    `model(batch, opts)` is the training loss, as the official `XR0.forward(batch, return_loss=True)`;
+    `sample_normalized` generates one chunk; `step` / `velocity` (ActionExpert) are one DiT pass.
+    `stage_hook`, when set, is called with a stage name at each boundary of inference ("prefill", "context",
+    "dit_setup", "dit_step_K" or "denoise"): how `xr0 bench` times the stages of `XR0Policy.sample()`.
+    """
 
     def __init__(self, config: PolicyConfig):
         config.validate()
@@ -37,8 +43,18 @@ class XR0Model(ActionExpert):
         self.vlm = build_vlm(config.vlm)
         if self.sink.weight.device.type != "meta":
             with torch.no_grad():
-                self.vlm.model.language_model.embed_tokens.weight.copy_(self.seeded_embedding())
+                self.vlm.model.language_model.embed_tokens.weight.copy_(seeded_embedding(config))
         self._static_denoisers: dict[int, StaticDenoiser] = {}  # chunk length -> fixed-shape denoiser
+        self.stage_hook: Callable[[str], None] | None = None
+
+    def forward(self, batch: dict[str, torch.Tensor], opts: LossOptions | None = None) -> dict[str, torch.Tensor]:
+        """The training loss (`loss`)."""
+        return self.loss(batch, opts)
+
+    def mark_stage(self, stage: str) -> None:
+        """Call stage_hook (if set) at a stage boundary."""
+        if self.stage_hook is not None:
+            self.stage_hook(stage)
 
     @property
     def device(self) -> torch.device:
@@ -47,30 +63,6 @@ class XR0Model(ActionExpert):
     @property
     def dtype(self) -> torch.dtype:
         return self.sink.weight.dtype
-
-    # ------------------------------------------------------------------ weights
-    def load_weights(self, state: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> None:
-        """Strict load (the tied lm_head may be absent); lists every missing/unexpected/mis-shaped tensor."""
-        expected = {k: v.shape for k, v in self.state_dict().items()}
-        tied = "vlm.lm_head.weight" if self.vlm.config.tie_word_embeddings else None
-        missing = sorted(set(expected) - set(state) - {tied})
-        unexpected = sorted(set(state) - set(expected))
-        wrong = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k])}"
-                       for k in set(state) & set(expected) if state[k].shape != expected[k])
-        if missing or unexpected or wrong:
-            raise ValueError("checkpoint does not match the model:\n"
-                             + "".join(f"  {title} ({len(keys)}): {keys[:20]}{' ...' if len(keys) > 20 else ''}\n"
-                                       for title, keys in (("missing", missing), ("unexpected", unexpected),
-                                                           ("shape mismatch", wrong)) if keys))
-        # Fresh (aligned) copies: tensors viewing a file buffer can take other SIMD paths and change results in
-        # the last bit. Popping keeps peak memory near one copy.
-        state = {k: state.pop(k).to(device, copy=True) for k in list(state)}
-        if tied and tied not in state:
-            state[tied] = state["vlm.model.language_model.embed_tokens.weight"]
-        self.load_state_dict(state, strict=True, assign=True)
-        if tied:
-            self.vlm.lm_head.weight = self.vlm.model.language_model.embed_tokens.weight
-        self.reset_rope_buffers(device)
 
     def set_activation_checkpointing(self, on: bool = True) -> "XR0Model":
         """Training memory: recompute every VLM text layer and vision block (transformers' own switch) and every DiT
@@ -100,27 +92,6 @@ class XR0Model(ActionExpert):
         out = super().to(*args, **kwargs)
         self.reset_rope_buffers(self.device)  # keep RoPE tables in fp32 whatever the weights' dtype
         return out
-
-    def seeded_embedding(self, expect_sha256: str | None = None) -> torch.Tensor:
-        """seeded_embedding(self.config): the token embedding's initial value."""
-        return seeded_embedding(self.config, expect_sha256)
-
-    def state_to_save(self, dtype: torch.dtype | None = None, store_embedding: bool = True) -> tuple[dict, dict]:
-        """(tensors, extra config entries) as a checkpoint stores them: CPU, contiguous, the tied lm_head omitted;
-        with store_embedding=False also the token embedding, which must still be at its seeded value."""
-        state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in self.state_dict().items()}
-        if self.vlm.config.tie_word_embeddings:
-            state.pop("vlm.lm_head.weight", None)
-        extra = {}
-        if not store_embedding:
-            seeded = self.seeded_embedding()
-            current = self.vlm.model.language_model.embed_tokens.weight.detach().float().cpu()
-            if not torch.equal(current, seeded.to(current.dtype)):
-                raise ValueError("store_embedding=False needs the token embedding at its seeded initial value, "
-                                 "but it was trained or loaded from elsewhere")
-            del state[EMBED]
-            extra["embedding_sha256"] = _sha256(seeded)
-        return state, extra
 
     # ------------------------------------------------------------------ forward pieces
     def batch_to_device(self, batch: dict) -> dict:
@@ -156,14 +127,23 @@ class XR0Model(ActionExpert):
         fast = self._static_denoisers.get(noise.shape[1])
         if fast is not None and not self.training:
             if fast.fits(ctx, noise, steps):
-                return fast(ctx, noise, prefix_actions)
+                out = fast(ctx, noise, prefix_actions)
+                self.mark_stage("denoise")
+                return out
             if not fast.warned:
                 fast.warned = True
                 logger.info("a chunk of %d VLM tokens, %d steps, batch %d does not fit the fixed DiT buffers (%d "
                             "tokens, %d steps, batch %d): the eager loop runs it", ctx.cache.keys[0].shape[2], steps,
                             noise.shape[0], fast.max_len, fast.steps, fast.shape[0])
         times, table = self._step_tables(steps, noise)
-        return euler_sample(lambda x, t, k: self(ctx, x, table[:, k]), noise, steps, prefix_actions, times)
+        self.mark_stage("dit_setup")
+
+        def step(x, t, k):
+            v = self.step(ctx, x, table[:, k])
+            self.mark_stage(f"dit_step_{k}")
+            return v
+
+        return euler_sample(step, noise, steps, prefix_actions, times)
 
     def _step_tables(self, steps: int, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The Euler times (steps, B) and their adaLN modulation (computed once: it depends on t alone)."""
@@ -188,13 +168,18 @@ class XR0Model(ActionExpert):
                                                    steps or self.config.num_steps, cuda_graph)
         return self._static_denoisers[T]
 
+    def install_static_denoiser(self, denoiser: StaticDenoiser | None) -> None:
+        """Route its chunk length through `denoiser` (one built by use_static_denoiser, e.g. kept per benchmark
+        setup), replacing any installed ones; None: all off."""
+        self._static_denoisers = {} if denoiser is None else {denoiser.shape[1]: denoiser}
+
     def compile_denoiser(self, **options) -> None:
-        """torch.compile the per-step DiT pass (forward) with static shapes; parameter names are unchanged.
+        """torch.compile the per-step DiT pass (`step`) with static shapes; parameter names are unchanged.
 
         Pays off where the step is launch/overhead-bound (measured in docs/benchmarks.md). Inference only: the
         compiled step is specialised to these weights' dtype.
         """
-        self.forward = torch.compile(self.forward, dynamic=False, **options)
+        self.step = torch.compile(self.step, dynamic=False, **options)
 
     def guided_denoise(self, ctx: ExpertContext, noise: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
                        steps: int | None = None, beta: float = rtc.BETA) -> torch.Tensor:
@@ -208,7 +193,7 @@ class XR0Model(ActionExpert):
         steps = steps or self.config.num_steps
         with torch.no_grad():
             times, table = self._step_tables(steps, noise)
-        return rtc.guided_euler_sample(lambda x, t, k: self(ctx, x, table[:, k]), noise, target, weights,
+        return rtc.guided_euler_sample(lambda x, t, k: self.step(ctx, x, table[:, k]), noise, target, weights,
                                        steps, beta, times)
 
     def sample_normalized(self, batch: dict, state: torch.Tensor, action_mask: torch.Tensor, noise: torch.Tensor,
@@ -225,7 +210,10 @@ class XR0Model(ActionExpert):
         prefix = None if prefix is None else prefix.to(self.device, self.dtype)
         with torch.no_grad() if guided else torch.inference_mode():  # guidance differentiates through the expert
             p = 0 if prefix is None or guided else prefix.shape[1]
-            ctx = self.context(self.encode(batch), state, action_mask, p)
+            cache = self.encode(batch)
+            self.mark_stage("prefill")
+            ctx = self.context(cache, state, action_mask, p)
+            self.mark_stage("context")
             if not guided:
                 return self.denoise(ctx, noise, steps, prefix)
             target = torch.zeros(action_mask.shape, device=self.device)
@@ -234,7 +222,8 @@ class XR0Model(ActionExpert):
 
     # ------------------------------------------------------------------ training
     def loss(self, batch: dict[str, torch.Tensor], opts: LossOptions | None = None) -> dict[str, torch.Tensor]:
-        """The official flow-matching loss on the non-prefix rows (flow_loss), plus the optional env-state term."""
+        """The official flow-matching loss on the non-prefix rows (flow_loss), plus the optional training-only
+        auxiliary term (`opts.auxiliary`, e.g. xr0.train.env_state)."""
         opts = opts or LossOptions()
         p, r = opts.prefix_len, opts.repeat
         dev, dtype = self.device, self.dtype
@@ -255,7 +244,7 @@ class XR0Model(ActionExpert):
         x_t, target = interpolate(actions, noise, t.to(dtype))
         if p:
             x_t[:, :p] = actions[:, :p]
-        v, hidden = self(ctx, x_t.to(dtype), self.modulation_table(t), return_hidden=True)
+        v, hidden = self.step(ctx, x_t.to(dtype), self.modulation_table(t), return_hidden=True)
         v = v.float()[:, p:]
         target, active = target[:, p:].float(), mask[:, p:].bool()
         weight = torch.ones_like(v)
@@ -265,39 +254,12 @@ class XR0Model(ActionExpert):
                 rollout = self.denoise(ctx, start, opts.reweight_steps, start[:, :p]).float()
                 weight = (rollout[:, p:] - actions[:, p:]).abs()
         out = flow_loss(v, target, active, weight, opts.freq_weight)
-        if opts.env_state_head is not None:
-            if "env_state" not in batch:
-                raise ValueError("the env-state loss needs samples with env_state (supervision.environment_state)")
-            tokens = image_values(last_values, batch["mm_token_type_ids"])
-            terms = opts.env_state_head.loss(tokens, hidden[:, SINK], batch["env_state"], r)
-            out.update({f"env_state_{k}": v for k, v in terms.items()})
-            out["env_state"] = sum(terms.values()) / len(terms)
-            out["loss"] = out["loss"] + opts.env_state_weight * out["env_state"]
+        if opts.auxiliary is not None:
+            term, logged = opts.auxiliary(LossFeatures(batch, last_values, hidden[:, SINK], r))
+            out.update(logged)
+            out["loss"] = out["loss"] + term
         return out
 
-
-
-def image_values(values: torch.Tensor, mm_token_type_ids: torch.Tensor) -> torch.Tensor:
-    """One layer's values (B, kv_heads, L, Dh) at the image tokens (mm_token_type_ids != 0): (B, N, kv_heads * Dh),
-    what the env-state head reads (xr0.train.env_state)."""
-    images = mm_token_type_ids.to(values.device).bool()
-    return values.transpose(1, 2).flatten(2)[images].unflatten(0, (images.shape[0], -1))
-
-
-def seeded_embedding(config: PolicyConfig, expect_sha256: str | None = None) -> torch.Tensor:
-    """The token embedding's initial value, a pure function of `config.embedding_seed` (and the vocabulary size,
-    width and initializer range of `config.vlm`).
-
-    Every recipe that keeps the input embedding frozen leaves it at this value, so a checkpoint may omit it
-    (151,936 rows are most of a small model's bytes) and the loader regenerates it, checking the hash.
-    """
-    text = Qwen3VLConfig(**config.vlm).text_config
-    gen = torch.Generator().manual_seed(config.embedding_seed)
-    weight = torch.randn((text.vocab_size, text.hidden_size), generator=gen) * text.initializer_range
-    if expect_sha256 is not None and _sha256(weight) != expect_sha256:
-        raise ValueError("the regenerated token embedding does not match the checkpoint's hash "
-                         "(a different torch random generator?); this checkpoint needs its stored embedding")
-    return weight
 
 
 def check_noise(noise, shape: tuple[int, ...], device, dtype, seed: int) -> torch.Tensor:
@@ -310,16 +272,3 @@ def check_noise(noise, shape: tuple[int, ...], device, dtype, seed: int) -> torc
     if not torch.isfinite(noise).all():
         raise ValueError("noise contains NaN or inf")
     return noise.reshape(shape).to(device, dtype)
-
-
-def _sha256(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
-
-
-def count_parameters(module: torch.nn.Module) -> int:
-    seen, total = set(), 0
-    for p in module.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += math.prod(p.shape)
-    return total

@@ -21,7 +21,7 @@ import random
 
 import numpy as np
 
-from .protocol import ChunkPolicy, center_crop_resize, observation_seed, pil
+from .common import ChunkPolicy, center_crop_resize, observation_seed, pil
 
 INSTALL_HINT = ("CALVIN is not installed (it is not on PyPI): clone the CALVIN repository (mees/calvin) with its "
                 "submodules, `pip install -e calvin_env/tacto -e calvin_env -e calvin_models`, and download a split "

@@ -9,7 +9,7 @@ import time
 
 def metaworld_demo(args) -> int:
     from ..assets import embedded_checkpoint
-    from .evaluate import checkpoint_setup, evaluate, load_policy, print_table, render_view
+    from .metaworld_eval import checkpoint_setup, evaluate, load_policy, print_table, render_view
     from .metaworld import ACTION_NAMES, require_metaworld
     from .plot import plot_actions
 

@@ -14,8 +14,8 @@ import torch
 
 from ..assets import HERE
 from ..checkpoints import resolve_checkpoint
-from .evaluate import SETUP_FILE
 from .metaworld import DELTA_DIMS, STOCK_GOAL_MARKER_RADIUS, check_tasks
+from .metaworld_eval import SETUP_FILE
 
 
 def export(run: str, data: str, dest=HERE / "metaworld") -> int:

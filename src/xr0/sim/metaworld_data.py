@@ -215,7 +215,7 @@ def run(args) -> int:
                            args.goal_marker_radius, args.move_targets,
                            parse_cameras(args.cameras) if args.cameras else None, args.hand_starts,
                            args.goal_marker_color)
-    except ValueError as e:
+    except (ValueError, ImportError) as e:  # a bad flag, or MetaWorld not installed (the message names the step)
         print(f"xr0 data metaworld: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary))

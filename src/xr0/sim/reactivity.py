@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .evaluate import make_env, make_runner, sampling_seeds
-from .protocol import ChunkPolicy
+from .common import ChunkPolicy
+from .metaworld_eval import make_env, make_runner, sampling_seeds
 
 COS_THRESHOLD = 0.8  # "turned toward the new target"
 PHASES = 20  # consecutive move ticks, cycled over the episodes

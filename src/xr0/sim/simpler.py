@@ -22,10 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..processing.images import RESAMPLE, resize
 from ..processing.prompts import action_prompt
-from .protocol import (
+from .common import (
     ChunkPolicy, center_crop_resize, euler_to_axis_angle, matrix_to_euler, matrix_to_quat, observation_seed, pil,
-    quat_to_matrix, resize,
+    quat_to_matrix,
 )
 
 INSTALL_HINT = ("SimplerEnv is not installed (it is not on PyPI): clone SimplerEnv with its ManiSkill2_real2sim "
@@ -114,7 +115,7 @@ def env_action(raw, emb: Embodiment) -> np.ndarray:
 
 
 def simpler_image(image: np.ndarray, emb: Embodiment, crop: float = CROP) -> np.ndarray:
-    return center_crop_resize(resize(image, emb.image_size), crop)
+    return center_crop_resize(resize(image, emb.image_size, RESAMPLE["bicubic"]), crop)
 
 
 def simpler_prompt(instruction: str) -> str:

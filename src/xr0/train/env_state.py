@@ -24,6 +24,13 @@ FILE = "env_state_head.safetensors"
 FORMAT = "xr0-env-state-head"
 
 
+def image_values(values: torch.Tensor, mm_token_type_ids: torch.Tensor) -> torch.Tensor:
+    """One layer's values (B, kv_heads, L, Dh) at the image tokens (mm_token_type_ids != 0): (B, N, kv_heads * Dh),
+    what the head's image readout reads."""
+    images = mm_token_type_ids.to(values.device).bool()
+    return values.transpose(1, 2).flatten(2)[images].unflatten(0, (images.shape[0], -1))
+
+
 class EnvStateHead(nn.Module):
     """Two readouts of the environment state (B, De), each trained to predict it:
 
@@ -87,6 +94,21 @@ class EnvStateHead(nn.Module):
         pred = self(tokens, sink_hidden)
         return {"vlm": (pred["vlm"] - target).pow(2).mean(),
                 "expert": (pred["expert"] - target.repeat_interleave(repeat, dim=0)).pow(2).mean()}
+
+    def objective(self, weight: float):
+        """The auxiliary term of XR0Model.loss (LossOptions.auxiliary): `weight` x the mean of both readouts' MSE,
+        each logged (env_state_vlm, env_state_expert) with their mean (env_state)."""
+
+        def term(features) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            if "env_state" not in features.batch:
+                raise ValueError("the env-state loss needs samples with env_state (supervision.environment_state)")
+            tokens = image_values(features.last_values, features.batch["mm_token_type_ids"])
+            terms = self.loss(tokens, features.sink_hidden, features.batch["env_state"], features.repeat)
+            logged = {f"env_state_{k}": v for k, v in terms.items()}
+            logged["env_state"] = sum(terms.values()) / len(terms)
+            return weight * logged["env_state"], logged
+
+        return term
 
     def save(self, folder: str | pathlib.Path, state_dict: dict | None = None) -> pathlib.Path:
         sd = self.state_dict() if state_dict is None else state_dict

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import PADDED_DIM, PolicyConfig
-from ..data.lerobot_v3 import view_title
+from ..data.lerobot_v3 import match_cameras
 from ..processing import RobotSpec
 
 
@@ -40,7 +40,7 @@ def start_oversampled(dataset, start_frames: int, repeat: int) -> np.ndarray | N
     all samples in order, then the start frames again (repeat - 1) times. None when off.
 
     Where the target's position decides the motion, the first frames of an episode are the few samples that
-    show it (later, the arm's own position already says where it is heading); see docs/metaworld.md.
+    show it (later, the arm's own position already says where it is heading); see docs/changelog.md.
     """
     if start_frames <= 0 or repeat <= 1:
         return None
@@ -72,17 +72,11 @@ def dataset_cameras(ds) -> list[str]:
 
 
 def camera_map(data_cams: list[str], model_cams: tuple[str, ...], explicit: bool) -> dict[str, str]:
-    """Dataset camera -> model camera: by name (or view title) if they match, else by position."""
-    titled = [view_title(c) for c in data_cams]
-    if set(titled) == set(model_cams):
-        return dict(zip(data_cams, titled))
-    if len(data_cams) == len(model_cams):
-        if not explicit:
-            print(f"xr0 train: mapping dataset cameras {data_cams} onto model cameras {list(model_cams)} by position "
-                  "(pass --cameras to choose the order)", file=sys.stderr)
-        return dict(zip(data_cams, model_cams))
-    raise ValueError(f"the dataset has cameras {data_cams} but the model expects {len(model_cams)}: "
-                     f"{list(model_cams)}; choose {len(model_cams)} with --cameras")
+    """Dataset camera -> model camera (`match_cameras`: by view title, else by position when the counts match).
+    explicit: the cameras (and their order) came from --cameras."""
+    n = len(model_cams)
+    hint = f"--cameras must name {n}, in the model's order" if explicit else f"pick {n} and their order with --cameras"
+    return match_cameras(data_cams, model_cams, source="the dataset", hint=hint)
 
 
 def robot_spec_from_data(ds, config: PolicyConfig, max_samples: int | None = None,

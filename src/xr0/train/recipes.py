@@ -118,7 +118,7 @@ class Recipe:
         if self.stage == 1:
             return choice.stage1_loss(model, heads, batch, vl_batch)
         if heads is not None:
-            opts = dataclasses.replace(opts, env_state_head=heads, env_state_weight=self.env_state_weight)
+            opts = dataclasses.replace(opts, auxiliary=heads.objective(self.env_state_weight))
         return model.loss(batch, opts)
 
     def build_heads(self, model: XR0Model, dataset=None) -> torch.nn.Module | None:

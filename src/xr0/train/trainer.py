@@ -30,13 +30,13 @@ from safetensors.torch import load_file, save_file
 from ..checkpoints import (CKPT_DIR, LATEST, STATE_JSON, STATE_TENSORS, STEP_FMT, atomic_write, find_latest,
                            resolve_checkpoint)
 from ..config import PolicyConfig, get_preset
+from ..data.lerobot_v3 import view_title
 from ..policy import XR0Policy
 from ..processing.images import ImageSpec
 from ..processing.normalize import STAT_FIELDS, RobotSpec
 from .config import TrainConfig
 from .distributed import LossModule, init_distributed, shard
-from .inputs import EpochSampler, camera_map, dataset_cameras, open_dataset, robot_spec_from_data, start_oversampled, \
-    view_title
+from .inputs import EpochSampler, camera_map, dataset_cameras, open_dataset, robot_spec_from_data, start_oversampled
 from .loader import BatchJob, MicroBatches
 from .optim import lr_at, param_groups, resolve_dtype
 from .lora import ADAPTERS, DEFAULT_TARGETS, adapter_state, add_lora, load_adapters, lora_modules

@@ -29,7 +29,7 @@ from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 
 import xr0
 from xr0.checkpoints import LEROBOT_XR0_CONFIG, resolve_checkpoint
-from xr0.data.lerobot_v3 import camera_key, view_title
+from xr0.data.lerobot_v3 import camera_key, match_cameras, view_title
 from xr0.runtime import rtc_prefix_weights
 from xr0.train.optim import param_groups
 from xr0.train.recipes import get_recipe
@@ -54,7 +54,7 @@ class XR0Policy(PreTrainedPolicy):
         elif inner is None:  # a fresh preset: cameras and control rate from the dataset
             inner = xr0.XR0Policy.from_preset(
                 config.preset, seed=config.seed, chunk_len=config.chunk_len,
-                cameras=tuple(view_title(k.removeprefix(OBS_IMAGES + ".")) for k in keys),
+                cameras=tuple(_key_title(k) for k in keys),
                 **({"control_hz": float(dataset_meta.fps)} if dataset_meta is not None else {}))
             if dataset_meta is not None:
                 inner.robots = {}  # the statistics come from the dataset (_robot_for)
@@ -71,7 +71,8 @@ class XR0Policy(PreTrainedPolicy):
         if robot.chunk_len != config.chunk_len:
             raise ValueError(f"robot type {self.robot_type!r} of the checkpoint has chunk length {robot.chunk_len}: "
                              f"pass --policy.chunk_len={robot.chunk_len} (the dataset's action chunks follow it)")
-        self.cameras = _camera_map(keys, robot.cameras)
+        # LeRobot image key -> xr0 camera: by the keys' view titles, else by position (xr0's one rule)
+        self.cameras = match_cameras(keys, robot.cameras, title=_key_title, source="the image features")
         # what the processor step (processor_xr0.XR0VLMInputsStep) needs to make the VLM inputs without the model
         config.vlm_inputs = {"policy_config": inner.config.to_dict(), "cameras": list(robot.cameras),
                              "image": robot.image.to_dict(), "camera_keys": dict(self.cameras)}
@@ -222,15 +223,9 @@ class XR0Policy(PreTrainedPolicy):
         return policy
 
 
-def _camera_map(keys: list[str], model_cameras: tuple[str, ...]) -> dict[str, str]:
-    """LeRobot image key -> xr0 camera: by view title (observation.images.base_view -> "Base View"), else by
-    position when the counts match."""
-    titles = [view_title(k.removeprefix(OBS_IMAGES + ".")) for k in keys]
-    if set(titles) == set(model_cameras):
-        return dict(zip(keys, titles))
-    if len(keys) == len(model_cameras):
-        return dict(zip(keys, model_cameras))
-    raise ValueError(f"the inputs have cameras {keys}, the model expects {len(model_cameras)}: {list(model_cameras)}")
+def _key_title(key: str) -> str:
+    """A LeRobot image key -> its xr0 view title (observation.images.base_view -> "Base View")."""
+    return view_title(key.removeprefix(OBS_IMAGES + "."))
 
 
 def _config_for(inner: xr0.XR0Policy) -> XR0Config:

@@ -23,7 +23,7 @@ from xr0.data.video import (FPS_TOLERANCE, KEEP_DECODED_MAX_BYTES, VIDEO_PRESET,
 
 from .layout import (ACTION_KEY, CHUNKS_SIZE, CODEBASE_VERSION, DATA_PATH, ENV_STATE_KEY, ENV_STATE_KEYS, EPISODES_PATH,
                      IMAGE_PREFIX, INFO_PATH, STATE_KEY, STATS_PATH, TASKS_PATH, VIDEO_PATH, VIEW_TITLES, camera_key,
-                     view_title)
+                     match_cameras, view_title)
 from .reader import LeRobotV3Dataset
 from .stats import QUANTILE_BINS, QUANTILES, STAT_KEYS, _json_stats, aggregate_stats, feature_stats, histogram_quantile
 from .writer import LeRobotV3Writer

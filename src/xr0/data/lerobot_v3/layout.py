@@ -1,8 +1,11 @@
-"""LeRobotDataset v3.0's on-disk names: file path templates, feature keys, camera keys and the prompt's view titles."""
+"""LeRobotDataset v3.0's on-disk names: file path templates, feature keys, camera keys and the prompt's view titles,
+and how cameras are matched to a model's view titles (`match_cameras`)."""
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Callable, Sequence
 
 
 
@@ -41,3 +44,31 @@ def view_title(camera: str) -> str:
     if camera in VIEW_TITLES:
         return VIEW_TITLES[camera]
     return " ".join(w.capitalize() for w in camera.split("_")) if "_" in camera else camera
+
+
+def match_cameras(given: Sequence[str], wanted: Sequence[str], title: Callable[[str], str] = view_title,
+                  source: str = "the inputs", hint: str = "") -> dict[str, str]:
+    """Cameras `given` (a dataset's, a LeRobot batch's image keys, a simulator's) -> the `wanted` view titles (the
+    model's cameras), the one rule training, `xr0 eval metaworld` and the LeRobot plugin share:
+
+    - by view title (`title`, default `view_title`) when every wanted title is among the given cameras' (given
+      cameras with other titles are left out);
+    - else by position when the counts match, said once as a warning naming the pairs;
+    - else a ValueError naming both lists.
+
+    The result keeps the order of `given`. `source` names the given cameras in messages; `hint` ends them (e.g. the
+    option that chooses the cameras).
+    """
+    given, wanted = list(given), list(wanted)
+    titles = [title(g) for g in given]
+    if set(wanted) <= set(titles):
+        return {g: t for g, t in zip(given, titles) if t in wanted}
+    tail = f"; {hint}" if hint else ""
+    if len(given) == len(wanted):
+        pairs = dict(zip(given, wanted))
+        logging.getLogger(__name__).warning(
+            "the view titles %s of the cameras of %s are not the model's %s: mapping them by position, %s%s", titles,
+            source, wanted, ", ".join(f"{g!r} -> {w!r}" for g, w in pairs.items()), tail)
+        return pairs
+    raise ValueError(f"the cameras of {source}, {given} (view titles {titles}), match the model's {wanted} neither "
+                     f"by view title nor in number{tail}")

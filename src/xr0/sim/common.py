@@ -1,4 +1,7 @@
-"""Pieces shared by the official XR-0 evaluation protocols (spec §9.4): rotations, crops, prompts, noise seeds.
+"""What the benchmark clients (LIBERO, CALVIN, SimplerEnv, MetaWorld: xr0.sim.libero, calvin, simpler,
+metaworld_eval) share, per the official XR-0 evaluation protocols (spec §9.4): rotation conventions, the test-time
+crop, payload images, state / prefix padding, noise seeds and --noise-seed, and ChunkPolicy (an XR0Policy as the
+executors' chunk callable).
 
 Pure numpy + PIL, importable without any simulator. Rotation conventions (the ones the released checkpoints were
 trained with, so the state a policy sees matches its training data):
@@ -18,13 +21,12 @@ import time
 import numpy as np
 from PIL import Image
 
-from ..processing.images import resize as _resize_filtered
 from ..processing.seeds import observation_seed, request_seed
 from ..rotations import axis_angle_to_matrix, matrix_to_axis_angle
 
 __all__ = ["quat_to_matrix", "matrix_to_quat", "euler_to_matrix", "matrix_to_euler", "euler_to_axis_angle",
            "axis_angle_to_euler", "quat_to_axis_angle", "axis_angle_to_matrix", "matrix_to_axis_angle",
-           "center_crop_resize", "resize", "observation_seed", "request_seed", "pil", "pad_prefix", "pad_state",
+           "center_crop_resize", "observation_seed", "request_seed", "pil", "pad_prefix", "pad_state",
            "add_noise_seed_argument", "noise_seeds", "resolve_robot_type", "ChunkPolicy"]
 
 
@@ -100,11 +102,6 @@ def quat_to_axis_angle(q_xyzw) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- images
-def resize(img: np.ndarray, size_hw: tuple[int, int], resample=Image.BICUBIC) -> np.ndarray:
-    """(H, W, 3) uint8 -> size (H, W); bicubic by default, as Qwen's (slow) image processor resamples."""
-    return np.ascontiguousarray(_resize_filtered(img, size_hw, resample))
-
-
 def center_crop_resize(img: np.ndarray, ratio: float = 0.95) -> np.ndarray:
     """Centre crop int(H*ratio) x int(W*ratio) (offsets floor((H-h)/2)), then bilinear back to (H, W):
     the official CALVIN/SimplerEnv test-time counterpart of the training-time random 0.95 crop."""

@@ -1,4 +1,4 @@
-"""The training-memory planner (xr0.train.plan): its parameter counts are the real model's, its per-layer activation
+"""The training-memory planner (xr0.train.memory): its parameter counts are the real model's, its per-layer activation
 formulas match what autograd really saves (saved-tensor hooks on the tiny model, fp32 and bf16 autocast), and the
 plan moves the right way (checkpointing, LoRA, FSDP). The RSS comparison of real training steps lives in
 benchmarks/train_memory.py (slow; one tiny run is here under -m slow)."""
@@ -18,7 +18,7 @@ from xr0 import XR0Policy
 from xr0.bench import observation, plan_workload
 from xr0.cli import main as xr0_main
 from xr0.config import get_preset
-from xr0.train import plan as P
+from xr0.train import memory as P
 from xr0.train.lora import add_lora
 from xr0.train.recipes import EMBEDDINGS, get_recipe
 
@@ -71,7 +71,7 @@ def test_planned_trainable_parameters_are_what_the_recipe_trains(tune):
     counts = P.count_parts(P.meta_model(get_preset("tiny")))
     dims = P.Dims.from_config(get_preset("tiny"))
     row = P.plan(counts, dims, P.Workload(batch=1, vlm_tokens=80, patches=32),
-                 P.Setup(tune, dtype="fp32", attn="cpu", lora_rank=4))
+                 P.TrainingSetup(tune, dtype="fp32", attn="cpu", lora_rank=4))
     model = configured(tune, lora_rank=4).model
     assert row.trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
     if tune == "lora":
@@ -142,15 +142,16 @@ def test_activation_formulas_match_saved_tensors(tune, dtype, padded):
     measured = saved_bytes(policy, batch, dtype)
     work = P.Workload(batch=4, vlm_tokens=batch["input_ids"].shape[1], patches=batch["pixel_values"].shape[0] // 4,
                       images=len(policy.config.cameras), padded=padded)
-    plan = P.activations(P.Dims.from_config(policy.config), work, P.Setup(tune, dtype=dtype, attn="cpu", lora_rank=4))
+    plan = P.activations(P.Dims.from_config(policy.config), work,
+                         P.TrainingSetup(tune, dtype=dtype, attn="cpu", lora_rank=4))
     assert measured.get("text", 0) == pytest.approx(plan["text"], rel=0.03, abs=1)
     assert measured.get("vision", 0) == pytest.approx(plan["vision"], rel=0.03, abs=1)
     # the DiT layers + its projectors, heads and loss (planned together under "expert")
     assert measured["expert"] + measured.get("rest", 0) == pytest.approx(plan["expert"], rel=0.1)
     if dtype == "bf16":  # autocast's weight copies: 2 bytes per trainable linear parameter
         counts = P.count_parts(policy.model)
-        row = P.plan(counts, P.Dims.from_config(policy.config), work, P.Setup(tune, dtype="bf16", attn="cpu",
-                                                                             lora_rank=4))
+        row = P.plan(counts, P.Dims.from_config(policy.config), work, P.TrainingSetup(tune, dtype="bf16", attn="cpu",
+                                                                                     lora_rank=4))
         assert measured["weight_copies"] == pytest.approx(row.full["autocast_copies"], rel=0.05)
 
 
@@ -168,7 +169,7 @@ def test_plan_is_monotonic(preset, big):
     else:
         config = get_preset(preset)
         counts, dims, work = P.count_parts(P.meta_model(config)), P.Dims.from_config(config), plan_workload(config, 8)
-    run = lambda **kw: P.plan(counts, dims, work, P.Setup(**kw))  # noqa: E731
+    run = lambda **kw: P.plan(counts, dims, work, P.TrainingSetup(**kw))  # noqa: E731
     for tune in P.TUNES:
         plain, ckpt = run(tune=tune), run(tune=tune, checkpointing=True)
         act = lambda r: sum(v for k, v in r.full.items() if k.startswith("activations_"))  # noqa: E731
@@ -189,16 +190,16 @@ def test_plan_is_monotonic(preset, big):
 def test_xr0_4b_plan_numbers(big):
     """The headline numbers of docs/training.md ("Memory plan"), so a change to the model is noticed."""
     counts, dims, work = big
-    gib = lambda **kw: P.plan(counts, dims, work, P.Setup(**kw)).total / P.GIB  # noqa: E731
+    gib = lambda **kw: P.plan(counts, dims, work, P.TrainingSetup(**kw)).total / P.GIB  # noqa: E731
     assert counts.total == pytest.approx(4.716e9, rel=1e-3)
     assert 12 < gib(tune="lora", checkpointing=True) < 20  # fits a 24 GB card
     assert gib(tune="lora") > gib(tune="lora", checkpointing=True) + 5
     assert gib(tune="full") > 75  # a single 80 GB card is not enough for full fine-tuning at batch 8
     assert gib(tune="full", checkpointing=True, strategy="fsdp", gpus=8) < 24
     # AdamW's foreach step allocates sqrt(exp_avg_sq) for all trainable parameters: 4 bytes each
-    foreach = P.plan(counts, dims, work, P.Setup(tune="full"))
+    foreach = P.plan(counts, dims, work, P.TrainingSetup(tune="full"))
     assert foreach.full["optimizer_step_temp"] == foreach.full["grads"]
-    assert P.plan(counts, dims, work, P.Setup(tune="full", adamw="fused")).full["optimizer_step_temp"] == 0
+    assert P.plan(counts, dims, work, P.TrainingSetup(tune="full", adamw="fused")).full["optimizer_step_temp"] == 0
 
 
 def test_bench_plan_cli(capsys):

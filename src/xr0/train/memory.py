@@ -4,7 +4,7 @@
 without activation checkpointing, single process or DDP or FSDP2 over N GPUs, at a per-GPU batch. Everything here is
 a pure function of parameter counts (`count_parts`, taken from the real modules built on the meta device, so
 nothing is allocated), the model dimensions (`Dims.from_config`) and the batch's sequence lengths (`Workload`).
-`tests/test_plan.py` checks the per-layer activation formulas against the tensors autograd really saves
+`tests/test_memory.py` checks the per-layer activation formulas against the tensors autograd really saves
 (saved-tensor hooks on the tiny model, fp32 and bf16 autocast, full / frozen / LoRA, padded or not: within 3 %);
 `benchmarks/train_memory.py` checks whole plans against the peak RSS of real training steps on the CPU
 (docs/training.md, "Memory plan").
@@ -21,15 +21,15 @@ Assumptions, each a term below:
   trainable parameter; frozen parameters hold no grad or state. Parameters that never get a gradient (the last VLM
   layer's o_proj, post-attention norm and MLP and the final norm: they feed no K/V the DiT reads; in LoRA that
   layer's o/gate/up/down adapters) get no grad and no state (AdamW skips them).
-- Frozen weights are held in bf16 under bf16 autocast (`Setup.frozen_bf16`; the trainer does this with `--freeze`
-  or `--lora-rank`, not with a recipe's own freezing alone, and never under FSDP, which keeps them fp32 and
-  sharded), fp32 otherwise. With a bf16 embedding (or FSDP's bf16 gathering) the VLM residual stream is bf16.
+- Frozen weights are held in bf16 under bf16 autocast (`TrainingSetup.frozen_bf16`; the trainer does this with
+  `--freeze` or `--lora-rank`, not with a recipe's own freezing alone, and never under FSDP, which keeps them fp32
+  and sharded), fp32 otherwise. With a bf16 embedding (or FSDP's bf16 gathering) the VLM residual stream is bf16.
 - bf16 = torch.autocast: linears run in bf16 and save bf16 (cast) inputs, one cast per consuming linear; the
   RMSNorms compute in fp32 and save fp32 copies (HF's Qwen3 RMSNorm, the DiT's F.rms_norm on x.float()); on a GPU
   LayerNorm runs in fp32 too (CUDA autocast's fp32 list), on the CPU in bf16. Autocast keeps a bf16 copy of every
   trainable fp32 linear weight from its forward to its backward (2 B/param, `autocast_copies`), except under FSDP,
   whose bf16 MixedPrecisionPolicy (distributed.shard with --dtype bf16) gathers bf16 weights directly.
-- Attention (`Setup.attn`): "gpu" = the flash / memory-efficient SDPA kernels: q, k, v, out and logsumexp saved,
+- Attention (`TrainingSetup.attn`): "gpu" = the flash / memory-efficient SDPA kernels: q, k, v, out and logsumexp saved,
   no L x L matrix; a mask is saved as one float copy per call. "cpu" = this CPU's torch: torch 2.13's CPU SDPA is
   a flash kernel too (checked with saved-tensor hooks: q, k, v, out, logsumexp, the mask as a float copy), so it
   saves the same; only LayerNorm precision (above) and AdamW (below) differ. "math" = SDPA's math fallback (older
@@ -62,8 +62,8 @@ Assumptions, each a term below:
   saved activations (and autocast copies, and FSDP's gathered text layers) as it produces that part's grads: both
   change evenly within a part, so their sum peaks at a part boundary; plus a working set (one layer's activations
   for the activation grads, the K/V grads the DiT sends the VLM layers, with checkpointing one replayed layer).
-  (3) The optimiser step: weights + grads + state + AdamW's temporaries (`Setup.adamw`): torch's default on CUDA,
-  the foreach implementation, allocates sqrt(exp_avg_sq) for all parameters at once (4 B/param); fused AdamW none;
+  (3) The optimiser step: weights + grads + state + AdamW's temporaries (`TrainingSetup.adamw`): torch's default on
+  CUDA, the foreach implementation, allocates sqrt(exp_avg_sq) for all parameters at once (4 B/param); fused AdamW none;
   on the CPU AdamW runs per tensor (two temporaries of the largest). zero_grad(set_to_none=True) frees the grads
   after the step.
 - The table's columns are the bytes of each kind alive at that peak moment, so they add up to the total: "grads" is
@@ -183,7 +183,10 @@ class Workload:
 
 
 @dataclass(frozen=True)
-class Setup:
+class TrainingSetup:
+    """How one fine-tuning run trains: what is tuned, activation checkpointing, the parallel strategy over how many
+    GPUs, the precision, the attention kernels, the LoRA rank, where frozen weights live and which AdamW runs."""
+
     tune: str = "full"  # full | frozen | lora
     checkpointing: bool = False
     strategy: str = "ddp"  # ddp (single process when gpus == 1) | fsdp
@@ -225,7 +228,7 @@ class Row:
     """One setup's plan, in bytes. The six columns are what is alive at the peak (they sum to total); `full` holds
     every term at its full size, `phase` says where the peak is (forward end, backward, optimiser step)."""
 
-    setup: Setup
+    setup: TrainingSetup
     weights: int
     grads: int
     optimizer: int
@@ -313,7 +316,7 @@ class _Bytes:
     r: int = FP32  # the VLM residual stream: bf16 when the embedding's output is (frozen in bf16, or FSDP-gathered)
 
 
-def _bytes(setup: Setup) -> _Bytes:
+def _bytes(setup: TrainingSetup) -> _Bytes:
     bf16 = setup.dtype == "bf16"
     residual = 2 if bf16 and (setup.frozen_in_bf16 or setup.strategy == "fsdp") else FP32
     return _Bytes(a=2 if bf16 else 4, autocast=bf16, ln_fp32=bf16 and setup.attn != "cpu",
@@ -407,7 +410,7 @@ def kv_copies(d: Dims, w: Workload, b: _Bytes) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------- the plan
-def activations(d: Dims, w: Workload, setup: Setup) -> dict[str, float]:
+def activations(d: Dims, w: Workload, setup: TrainingSetup) -> dict[str, float]:
     """Saved-for-backward bytes per part at the end of the forward (checkpointing included), the transient K/V
     repeat copy, and the working sets; the per-layer formulas are text_layer_bytes, vision_bytes, dit_bytes."""
     b = _bytes(setup)
@@ -459,7 +462,7 @@ def activations(d: Dims, w: Workload, setup: Setup) -> dict[str, float]:
     return out
 
 
-def plan(counts: Counts, dims: Dims, work: Workload, setup: Setup) -> Row:
+def plan(counts: Counts, dims: Dims, work: Workload, setup: TrainingSetup) -> Row:
     """One setup's peak memory per GPU (see the module docstring for every assumption)."""
     N = setup.gpus
     fsdp = setup.strategy == "fsdp"
@@ -566,7 +569,7 @@ def table(counts: Counts, dims: Dims, work: Workload, gpus: tuple[int, ...] = (1
                 if tune == "lora" and strategy == "fsdp":
                     continue
                 for ck in (False, True):
-                    rows.append(plan(counts, dims, work, Setup(tune, ck, strategy, n, dtype, attn, lora_rank)))
+                    rows.append(plan(counts, dims, work, TrainingSetup(tune, ck, strategy, n, dtype, attn, lora_rank)))
     return rows
 
 

@@ -16,8 +16,8 @@ from tqdm import tqdm
 from ..checkpoints import resolve_checkpoint
 from ..runtime import (AsyncExecutor, IdentityActions, InferenceFailed, NaiveAsyncExecutor, RealClock, RTCExecutor,
                        SimClock, SyncExecutor, default_k)
+from .common import ChunkPolicy, pad_prefix
 from .metaworld import DELTA_DIMS
-from .protocol import ChunkPolicy, pad_prefix
 
 # rtc: inference-time RTC (guided soft prefix over all remaining actions), for checkpoints not trained async.
 EXECUTORS = {"sync": SyncExecutor, "async": AsyncExecutor, "naive-async": NaiveAsyncExecutor, "rtc": RTCExecutor}
@@ -245,7 +245,7 @@ def make_env(policy, task: str, seed: int, orientation: str | None, cameras: dic
     from .metaworld import DEFAULT_GOAL_MARKER_RADIUS, DEFAULT_ORIENTATION, MetaWorldEnv
 
     return MetaWorldEnv(task, seed=seed, image_size=tuple(image_size or policy.config.image_size),
-                        cameras=_camera_map(policy.config.cameras, cameras),
+                        cameras=_metaworld_cameras(policy.config.cameras, cameras),
                         orientation=orientation or DEFAULT_ORIENTATION,
                         goal_marker_radius=goal_marker_radius or DEFAULT_GOAL_MARKER_RADIUS,
                         goal_marker_color=goal_marker_color, placements=placements)
@@ -282,17 +282,19 @@ def summarize(rows: list[dict], tasks: list[str], executor: str, latency_ms: flo
     }
 
 
-def _camera_map(model_cameras, cameras: dict[str, str] | None = None) -> dict[str, str]:
-    """The policy's camera names -> MetaWorld cameras: by name from `cameras` (default metaworld.CAMERAS), else by
-    position."""
+def _metaworld_cameras(model_cameras, cameras: dict[str, str] | None = None) -> dict[str, str]:
+    """The policy's cameras -> MetaWorld cameras: `cameras` (view title -> MetaWorld camera, default
+    metaworld.CAMERAS) matched to the policy's by data.lerobot_v3.match_cameras (by view title, else by position)."""
+    from ..data.lerobot_v3 import match_cameras
     from .metaworld import CAMERAS
 
     cameras = cameras or CAMERAS
-    if set(model_cameras) <= set(cameras):
-        return {c: cameras[c] for c in model_cameras}
-    if len(model_cameras) > len(cameras):
-        raise ValueError(f"the policy wants {len(model_cameras)} cameras; the setup offers {list(cameras)}")
-    return dict(zip(model_cameras, cameras.values()))  # by position
+    matched = match_cameras(cameras, model_cameras, source="the MetaWorld setup",
+                            hint=f"a checkpoint's {SETUP_FILE} names the cameras its data were rendered with")
+    setup_of = {}
+    for c, w in matched.items():
+        setup_of.setdefault(w, c)  # two setup cameras of one title: the first
+    return {w: cameras[setup_of[w]] for w in model_cameras}
 
 
 class _VideoRecorder:
