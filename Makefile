@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow venv clean libero test-libero lerobot test-lerobot train-metaworld
+.PHONY: demo test test-slow venv clean libero test-libero lerobot test-lerobot train-metaworld train-mt50 eval-mt50
 
 venv: $(STAMP)
 
@@ -83,3 +83,32 @@ train-metaworld: $(STAMP)
 		--out runs/mw-train --steps 2400 --batch-size 16 --lr 3e-4 --warmup 100 --save-every 100 --keep 3 --dtype fp32 \
 		--env-state-loss 1.0 --start-frames 8 --start-repeat 3
 	$(BIN)/python -m xr0.sim.export runs/mw-train runs/mw-data
+
+# MetaWorld MT50 under LeRobot's protocol (docs/mt50.md); needs `make lerobot` first. Demonstrations recorded
+# through LeRobot's own MetaWorld env (about 2 min per task on one core), then the small preset trained in the
+# background at low priority, then exported to checkpoints/mt50 in the LeRobot plugin's folder format (bf16).
+# Re-running continues: recorded episodes are kept, training resumes from its newest checkpoint.
+LEROBOT_BIN := $(LEROBOT_VENV)/bin
+MT50_EPISODES ?= 10
+MT50_STEPS ?= 12000
+train-mt50: $(STAMP)
+	@test -x $(LEROBOT_BIN)/lerobot-eval || { echo "make train-mt50 records through LeRobot's env: make lerobot first"; exit 2; }
+	nice -n 19 env LP_NUM_THREADS=1 MUJOCO_GL=$${MUJOCO_GL:-egl} $(LEROBOT_BIN)/xr0 data mt50 --out runs/mt50 \
+		--episodes $(MT50_EPISODES)
+	nice -n 19 $(BIN)/xr0 train --recipe post-async --preset small --chunk-len 20 --data runs/mt50/dataset \
+		--robot-type metaworld_mt50 --out runs/mt50-train --steps $(MT50_STEPS) --batch-size 16 --lr 3e-4 --warmup 200 \
+		--save-every 200 --keep 3 --dtype fp32 --env-state-loss 1.0 --start-frames 8 --start-repeat 3 --resume \
+		--no-progress
+	$(LEROBOT_BIN)/python -m lerobot_policy_xr0.export runs/mt50-train checkpoints/mt50
+
+# lerobot-eval on a split (easy | medium | hard | very_hard, or task names) with EPISODES per task, seeds 1000 on.
+SPLIT ?= easy
+EPISODES ?= 10
+MT50_CHECKPOINT ?= checkpoints/mt50
+eval-mt50:
+	@test -x $(LEROBOT_BIN)/lerobot-eval || { echo "make eval-mt50 runs LeRobot's lerobot-eval: make lerobot first"; exit 2; }
+	rm -rf runs/eval-mt50/$(SPLIT)-$(EPISODES)
+	MUJOCO_GL=$${MUJOCO_GL:-egl} $(LEROBOT_BIN)/lerobot-eval --policy.path=$(MT50_CHECKPOINT) --policy.device=cpu \
+		--env.type=metaworld --env.task=$(SPLIT) --eval.n_episodes=$(EPISODES) --eval.batch_size=$(EPISODES) \
+		--output_dir=runs/eval-mt50/$(SPLIT)-$(EPISODES)
+	$(LEROBOT_BIN)/python benchmarks/mt50_table.py runs/eval-mt50/$(SPLIT)-$(EPISODES) --markdown
