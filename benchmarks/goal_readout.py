@@ -24,7 +24,7 @@ from xr0.sim.metaworld import ENV_STATE_NAMES  # noqa: E402
 from xr0.sim.metaworld_eval import checkpoint_setup, load_policy, make_env, render_view  # noqa: E402
 from xr0.train.env_state import EnvStateHead, image_values  # noqa: E402
 
-PARK = np.array([0.0, 0.05, -0.06])  # m from the goal: where v7/v8's failed reach episodes end (docs/metaworld.md)
+PARK = np.array([0.0, 0.05, -0.06])  # m from the goal: where v7/v8's failed reach episodes end (docs/changelog.md, v8)
 GOAL = slice(ENV_STATE_NAMES.index("goal_x"), ENV_STATE_NAMES.index("goal_z") + 1)
 
 

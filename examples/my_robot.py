@@ -110,10 +110,10 @@ class LocalChunks:
         self.max_prefix = policy.config.max_prefix  # the executor sends at most this many prefix actions
         self.delta_dims = policy.robot(ROBOT_TYPE).delta_dims  # dims a held tick sets to 0 (none: absolute targets)
 
-    def __call__(self, request: dict, prefix=None) -> np.ndarray:
-        self.calls += 1
+    def __call__(self, request: dict, prefix=None, prefix_weights=None) -> np.ndarray:
+        self.calls += 1  # prefix_weights: RTCExecutor's inference-time guidance (a checkpoint with max_prefix 0)
         return self.policy.sample(request["images"], request["prompt"], request["state"], prefix=prefix,
-                                  seed=self.calls, robot_type=ROBOT_TYPE)
+                                  prefix_weights=prefix_weights, seed=self.calls, robot_type=ROBOT_TYPE)
 
 
 def remote_policy(url: str):

@@ -281,6 +281,14 @@ def test_match_cameras_by_title_else_by_position_else_an_error(caplog):
             "front": "Base View", "wrist": "Top View"}
     assert len(caplog.records) == 1
     assert "the dataset" in caplog.text and "'front' -> 'Base View', 'wrist' -> 'Top View'" in caplog.text
+    # once per process and pair of lists; never when the order was chosen on purpose (--cameras)
+    with caplog.at_level("WARNING", logger="xr0.data.lerobot_v3.layout"):
+        match_cameras(["front", "wrist"], ("Base View", "Top View"), source="the dataset")
+        match_cameras(["left", "right"], ("Base View", "Top View"), warn=False)
+    assert len(caplog.records) == 1
+    # two given cameras of one wanted title: an error, not the last one silently
+    with pytest.raises(ValueError, match=r"'Base View'.* more than once"):
+        match_cameras(["base_view", "Base View"], ("Base View",))
     # else an error naming both lists
     with pytest.raises(ValueError, match=r"\['front'\] .* model's \['Base View', 'Top View'\] .*; pick two"):
         match_cameras(["front"], ("Base View", "Top View"), hint="pick two")

@@ -146,7 +146,7 @@ def observation(policy, seed: int = 0, prefix_len: int = 0) -> dict:
 
 
 # ---------------------------------------------------------------------- latency
-class Clock:
+class StageTimer:
     """Stage boundaries; on CUDA each mark waits for the queued kernels, so a stage is charged its own GPU time."""
 
     def __init__(self, device: str):
@@ -177,7 +177,7 @@ class Runner:
 
     def __init__(self, policy, setup: Setup, obs: dict, steps: int, device: str):
         self.policy, self.setup, self.obs, self.steps, self.device = policy, setup, obs, steps, device
-        self.clock = Clock(device)
+        self.clock = StageTimer(device)
         self.static = None
         if setup.cuda_graph and not setup.naive:
             L = len(policy.processor.prompt_ids(obs["instruction"]))
@@ -281,6 +281,10 @@ def latency(args) -> dict:
         if s.dtype not in base:  # same random weights, other dtype
             base[s.dtype] = copy.deepcopy(base[primary.dtype]).to(torch_dtype(s.dtype))
     policies = {}
+    trained = base[primary.dtype].config.max_prefix
+    if args.prefix > trained:  # sample() refuses a clean prefix longer than trained, as a robot's request would be
+        raise SystemExit(f"xr0 bench: --prefix {args.prefix} is longer than the preset's trained clean prefix "
+                         f"({trained})")
     obs = observation(base[primary.dtype], args.seed, args.prefix)
     steps = args.steps or base[primary.dtype].config.num_steps
     runners = {}
@@ -335,7 +339,7 @@ def train(args) -> dict:
     from .model.loss import LossOptions
 
     device, dtype = args.device, resolve_dtype(args.dtype, args.device)
-    clock = Clock(device)
+    clock = StageTimer(device)
     load_before = os.getloadavg()
     policy = build_policy(args.preset, device, "fp32", args.seed)  # fp32 master weights
     model = policy.model.train()

@@ -449,8 +449,8 @@ def image_spec(path: pathlib.Path) -> ImageSpec:
         raise OfficialFormatError(f"{where}: {e}") from e
 
 
-def stats_table_robots(path: pathlib.Path, fallback_T: int | None = None, stats_file: str | pathlib.Path | None = None,
-                decode: str = "release") -> dict[str, RobotSpec]:
+def stats_table_robots(path: pathlib.Path, fallback_T: int | None = None,
+                       stats_file: str | pathlib.Path | None = None, decode: str = "release") -> dict[str, RobotSpec]:
     """Every robot type of the statistics table, each with its own chunk length (its rows), cameras and the
     folder's image settings; decoded as the release processor (or, for the April code, its server) does."""
     table, file = find_stats_table(path, stats_file)

@@ -204,9 +204,9 @@ class ExpertContext:
 
 
 class ActionExpert(nn.Module):
-    """The flow-matching DiT: `step` (= forward) is one pass, `velocity` one pass at times t. Subclassed by XR0Model,
-    so its parameter names sit at the checkpoint's top level (XR0Model's forward is the training loss; the DiT
-    pass is always called as `step`)."""
+    """The flow-matching DiT: `step` is one pass, `velocity` one pass at times t. Subclassed by XR0Model, so its
+    parameter names sit at the checkpoint's top level (XR0Model's forward is the training loss; the DiT pass is
+    always called as `step`)."""
 
     def __init__(self, cfg: ExpertConfig, action_dim: int, state_dim: int, text_config):
         super().__init__()
@@ -270,8 +270,6 @@ class ActionExpert(nn.Module):
                 h = layer(h, layer_mod, k, v, ctx.cos, ctx.sin, ctx.mask)
         velocity = self.action_output_layer(h[:, FIRST_ACTION:]).to(x.dtype) * ctx.velocity_mask
         return (velocity, h) if return_hidden else velocity
-
-    forward = step
 
     def velocity(self, ctx: ExpertContext, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """step() at times t (B,)."""

@@ -31,8 +31,9 @@ class XR0Model(ActionExpert):
 
     `model(batch, opts)` is the training loss, as the official `XR0.forward(batch, return_loss=True)`;
     `sample_normalized` generates one chunk; `step` / `velocity` (ActionExpert) are one DiT pass.
-    `stage_hook`, when set, is called with a stage name at each boundary of inference ("prefill", "context",
-    "dit_setup", "dit_step_K" or "denoise"): how `xr0 bench` times the stages of `XR0Policy.sample()`.
+    `stage_hook`, when set, is called with a stage name at each boundary of inference ("preprocess" and
+    "postprocess" from XR0Policy.sample, "prefill", "context", "dit_setup", "dit_step_K" or "denoise"): how
+    `xr0 bench` times the stages of `XR0Policy.sample()`.
     """
 
     def __init__(self, config: PolicyConfig):

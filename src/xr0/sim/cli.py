@@ -9,7 +9,7 @@ import sys
 from ..config import add_runtime_arguments, runtime_settings
 from . import libero_cli
 from .common import add_noise_seed_argument, noise_seeds
-from .metaworld import ORIENTATIONS
+from .metaworld import ORIENTATIONS, MetaWorldNotInstalled
 
 
 def add_metaworld_arguments(p) -> None:
@@ -56,7 +56,7 @@ def run_metaworld(args) -> int:
         result, _ = evaluate(policy, args.tasks or setup["tasks"], args.episodes, args.executor,
                              args.latency_ms, args.seed, args.k, args.max_ticks, args.video, args.steps,
                              server=args.server, realtime=args.realtime, **render_view(setup))
-    except (ConnectionError, ValueError, ImportError) as e:  # no server there, another policy, no MetaWorld
+    except (ConnectionError, ValueError, MetaWorldNotInstalled) as e:  # no server there, another policy, no MetaWorld
         print(f"xr0 eval metaworld: {e}", file=sys.stderr)
         return 2
     print_table(result)

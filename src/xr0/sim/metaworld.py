@@ -23,7 +23,7 @@ ENV_STATE_NAMES = ("object_x", "object_y", "object_z", "goal_x", "goal_y", "goal
 # its table position, and the low corner view "corner", which sees heights: together they place a point on the
 # reach range to 0.8 / 0.9 / 1.2 cm per pixel in x / y / z at 128x128, where the steep "corner3" (the default
 # until the v4 checkpoint) left z at 2.2 cm per pixel, its height and depth almost along one image direction
-# (docs/metaworld.md). The wrist camera "gripperPOV" sees mostly its own finger at 128x128.
+# (docs/changelog.md, v4). The wrist camera "gripperPOV" sees mostly its own finger at 128x128.
 CAMERAS = {"Base View": "corner", "Top View": "topview"}
 # How rendered images are turned (see `MetaWorldEnv.render`). mujoco.Renderer already returns rows top-down; what
 # looks upside-down are MetaWorld's fixed corner cameras, which are rolled (their image-up axis points below the
@@ -35,13 +35,13 @@ ORIENTATIONS = ("flipud", "upright")
 DEFAULT_ORIENTATION = "upright"
 # Radius (m) of the goal marker as rendered (reach's red sphere, the drawers' and window's green one); a site is
 # drawn only, never touched, so the task is unchanged. MetaWorld draws 2 cm, about 3 pixels at 128x128: too small
-# for the policy's 32-pixel image tokens to place (docs/metaworld.md). Data and evaluation must use the same value
+# for the policy's 32-pixel image tokens to place (docs/changelog.md, v2). Data and evaluation must use the same value
 # (meta/xr0_metaworld.json records it; checkpoints without it were trained on MetaWorld's own).
 STOCK_GOAL_MARKER_RADIUS = 0.02
 DEFAULT_GOAL_MARKER_RADIUS = 0.04
 # Colour of the goal marker as rendered (`goal_marker_color`, RGBA by name; None: MetaWorld's own). "green" is
 # MetaWorld's drawer and window goal colour: its red reach goal looks like the red arm, and once the hand is near
-# the goal the two share an image token (docs/metaworld.md, v10). Only drawn, like the radius; data and evaluation
+# the goal the two share an image token (docs/changelog.md, v10). Only drawn, like the radius; data and evaluation
 # must use the same (meta/xr0_metaworld.json records it).
 GOAL_MARKER_COLORS = {"green": (0.0, 0.8, 0.0, 1.0)}
 
@@ -71,6 +71,10 @@ DEFAULT_TASKS = ("reach-v3", "drawer-open-v3", "drawer-close-v3", "button-press-
                  "handle-press-v3")
 
 
+class MetaWorldNotInstalled(ImportError):
+    """MetaWorld, MuJoCo or gymnasium is missing; the message names the install step."""
+
+
 def require_metaworld():
     os.environ.setdefault("MUJOCO_GL", "egl")
     try:
@@ -78,7 +82,7 @@ def require_metaworld():
         import metaworld  # noqa: F401  (registers the Meta-World/* environments)
         import mujoco
     except ImportError as e:
-        raise ImportError(f"MetaWorld is not installed ({e}); `pip install 'xr0[sim]'` (a checkout: `make test` or "
+        raise MetaWorldNotInstalled(f"MetaWorld is not installed ({e}); `pip install 'xr0[sim]'` (a checkout: `make test` or "
                           "`.venv/bin/pip install -r requirements.txt`)") from e
     return gym, mujoco
 

@@ -207,7 +207,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from .metaworld import DEFAULT_TASKS, parse_cameras
+    from .metaworld import DEFAULT_TASKS, MetaWorldNotInstalled, parse_cameras
 
     try:  # a bad flag is named before anything is written (the env checks camera names against the scene)
         summary = generate(args.tasks or ",".join(DEFAULT_TASKS), args.episodes, args.out, args.image_size,
@@ -215,7 +215,7 @@ def run(args) -> int:
                            args.goal_marker_radius, args.move_targets,
                            parse_cameras(args.cameras) if args.cameras else None, args.hand_starts,
                            args.goal_marker_color)
-    except (ValueError, ImportError) as e:  # a bad flag, or MetaWorld not installed (the message names the step)
+    except (ValueError, MetaWorldNotInstalled) as e:  # a bad flag, or MetaWorld missing (the message names the step)
         print(f"xr0 data metaworld: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary))

@@ -7,6 +7,7 @@ keeps stepping, so synchronous and asynchronous execution are compared honestly 
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 
 import numpy as np
@@ -18,6 +19,8 @@ from ..runtime import (AsyncExecutor, IdentityActions, InferenceFailed, NaiveAsy
                        SimClock, SyncExecutor, default_k)
 from .common import ChunkPolicy, pad_prefix
 from .metaworld import DELTA_DIMS
+
+logger = logging.getLogger(__name__)
 
 # rtc: inference-time RTC (guided soft prefix over all remaining actions), for checkpoints not trained async.
 EXECUTORS = {"sync": SyncExecutor, "async": AsyncExecutor, "naive-async": NaiveAsyncExecutor, "rtc": RTCExecutor}
@@ -283,18 +286,27 @@ def summarize(rows: list[dict], tasks: list[str], executor: str, latency_ms: flo
 
 
 def _metaworld_cameras(model_cameras, cameras: dict[str, str] | None = None) -> dict[str, str]:
-    """The policy's cameras -> MetaWorld cameras: `cameras` (view title -> MetaWorld camera, default
-    metaworld.CAMERAS) matched to the policy's by data.lerobot_v3.match_cameras (by view title, else by position)."""
-    from ..data.lerobot_v3 import match_cameras
+    """The policy's cameras -> the MetaWorld cameras to render: `cameras` (view title -> MetaWorld camera, default
+    metaworld.CAMERAS) by the policy's view titles, else the first len(model_cameras) of them by position (a
+    warning, once per process and pair of lists), else a ValueError."""
     from .metaworld import CAMERAS
 
     cameras = cameras or CAMERAS
-    matched = match_cameras(cameras, model_cameras, source="the MetaWorld setup",
-                            hint=f"a checkpoint's {SETUP_FILE} names the cameras its data were rendered with")
-    setup_of = {}
-    for c, w in matched.items():
-        setup_of.setdefault(w, c)  # two setup cameras of one title: the first
-    return {w: cameras[setup_of[w]] for w in model_cameras}
+    if set(model_cameras) <= set(cameras):
+        return {c: cameras[c] for c in model_cameras}
+    if len(model_cameras) > len(cameras):
+        raise ValueError(f"the policy wants cameras {list(model_cameras)}; the MetaWorld setup offers {list(cameras)} "
+                         f"(a checkpoint's {SETUP_FILE} names the cameras its data were rendered with)")
+    pairs = dict(zip(model_cameras, cameras.values()))
+    key = (tuple(model_cameras), tuple(cameras))
+    if key not in _WARNED:
+        _WARNED.add(key)
+        logger.warning("the policy's cameras %s are not the setup's %s: rendering %s by position", list(model_cameras),
+                       list(cameras), ", ".join(f"{m!r} as {c!r}" for c, m in pairs.items()))
+    return pairs
+
+
+_WARNED: set[tuple] = set()
 
 
 class _VideoRecorder:

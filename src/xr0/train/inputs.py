@@ -76,7 +76,7 @@ def camera_map(data_cams: list[str], model_cams: tuple[str, ...], explicit: bool
     explicit: the cameras (and their order) came from --cameras."""
     n = len(model_cams)
     hint = f"--cameras must name {n}, in the model's order" if explicit else f"pick {n} and their order with --cameras"
-    return match_cameras(data_cams, model_cams, source="the dataset", hint=hint)
+    return match_cameras(data_cams, model_cams, source="the dataset", hint=hint, warn=not explicit)
 
 
 def robot_spec_from_data(ds, config: PolicyConfig, max_samples: int | None = None,

@@ -46,29 +46,39 @@ def view_title(camera: str) -> str:
     return " ".join(w.capitalize() for w in camera.split("_")) if "_" in camera else camera
 
 
+_WARNED: set[tuple] = set()  # (given, wanted) pairs already mapped by position with a warning in this process
+
+
 def match_cameras(given: Sequence[str], wanted: Sequence[str], title: Callable[[str], str] = view_title,
-                  source: str = "the inputs", hint: str = "") -> dict[str, str]:
+                  source: str = "the inputs", hint: str = "", warn: bool = True) -> dict[str, str]:
     """Cameras `given` (a dataset's, a LeRobot batch's image keys, a simulator's) -> the `wanted` view titles (the
     model's cameras), the one rule training, `xr0 eval metaworld` and the LeRobot plugin share:
 
     - by view title (`title`, default `view_title`) when every wanted title is among the given cameras' (given
       cameras with other titles are left out);
-    - else by position when the counts match, said once as a warning naming the pairs;
-    - else a ValueError naming both lists.
+    - else by position when the counts match, said as a warning naming the pairs (once per process and pair of
+      lists; `warn=False` where the order was chosen on purpose, e.g. `--cameras`);
+    - else a ValueError naming both lists; also when two given cameras have the same wanted title.
 
     The result keeps the order of `given`. `source` names the given cameras in messages; `hint` ends them (e.g. the
     option that chooses the cameras).
     """
     given, wanted = list(given), list(wanted)
     titles = [title(g) for g in given]
-    if set(wanted) <= set(titles):
-        return {g: t for g, t in zip(given, titles) if t in wanted}
     tail = f"; {hint}" if hint else ""
+    if set(wanted) <= set(titles):
+        twice = sorted({t for t in titles if t in wanted and titles.count(t) > 1})
+        if twice:
+            raise ValueError(f"the cameras of {source}, {given}, give the view title(s) {twice} more than once{tail}")
+        return {g: t for g, t in zip(given, titles) if t in wanted}
     if len(given) == len(wanted):
         pairs = dict(zip(given, wanted))
-        logging.getLogger(__name__).warning(
+        key = (tuple(given), tuple(wanted))
+        if warn and key not in _WARNED:
+            _WARNED.add(key)
+            logging.getLogger(__name__).warning(
             "the view titles %s of the cameras of %s are not the model's %s: mapping them by position, %s%s", titles,
-            source, wanted, ", ".join(f"{g!r} -> {w!r}" for g, w in pairs.items()), tail)
+                source, wanted, ", ".join(f"{g!r} -> {w!r}" for g, w in pairs.items()), tail)
         return pairs
     raise ValueError(f"the cameras of {source}, {given} (view titles {titles}), match the model's {wanted} neither "
                      f"by view title nor in number{tail}")

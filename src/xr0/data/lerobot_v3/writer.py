@@ -14,7 +14,7 @@ from xr0.data.integrity import seal
 from xr0.data.video import VIDEO_PRESET, VideoEncoder
 
 from .layout import (ACTION_KEY, CHUNKS_SIZE, CODEBASE_VERSION, DATA_PATH, ENV_STATE_KEY, EPISODES_PATH, IMAGE_PREFIX,
-                     INFO_PATH, STATE_KEY, STATS_PATH, TASKS_PATH, VIDEO_PATH, camera_key, view_title)
+                     INFO_PATH, STATE_KEY, STATS_PATH, TASKS_PATH, VIDEO_PATH, camera_key)
 from .parquet import _fixed_list
 from .stats import _json_stats, aggregate_stats, feature_stats
 
