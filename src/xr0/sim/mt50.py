@@ -205,7 +205,8 @@ def generate(out, episodes: int, split: str = "all", image_size: int = 128) -> d
 
 
 def write_dataset(out: Path, episodes: int, lerobot_metaworld, tasks: list[str]) -> Path:
-    """DIR/episodes -> DIR/dataset (rewritten): the first `episodes` successful seeds of every task."""
+    """DIR/episodes -> DIR/dataset: the first `episodes` successful seeds of every task. A dataset already holding
+    exactly those episodes is kept as it is (a resumed training run reads the same files)."""
     import importlib.metadata as md
     import shutil
 
@@ -213,6 +214,11 @@ def write_dataset(out: Path, episodes: int, lerobot_metaworld, tasks: list[str])
 
     image_size = json.loads((out / "settings.json").read_text())["image_size"]
     dest, tmp = out / "dataset", out / "dataset.tmp"
+    wanted = {task: _Log(out / "episodes" / task).kept()[:episodes] for task in tasks}
+    if (dest / "meta" / SIDECAR).exists() and json.loads((dest / "meta" / SIDECAR).read_text())["seeds"] == wanted:
+        print(f"xr0 data mt50: {dest} already holds these {sum(map(len, wanted.values()))} episodes; kept",
+              file=sys.stderr)
+        return dest
     shutil.rmtree(tmp, ignore_errors=True)
     writer = LeRobotV3Writer(tmp, fps=FPS, cameras={CAMERA: (image_size, image_size)}, state_dim=4, action_dim=4,
                              robot_type=ROBOT_TYPE, env_state_names=list(ENV_STATE_NAMES))
