@@ -128,6 +128,8 @@ def test_param_groups_and_schedule(dataset, tmp_path):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert trainer_mod.resolve_dtype("bf16", cpu) == trainer_mod.resolve_dtype("auto", cuda) == torch.bfloat16
     assert trainer_mod.resolve_dtype("fp32", cuda) is None and tr.amp_dtype is None  # config(): dtype fp32
+    with pytest.raises(ValueError, match="--dtype"):  # one name check for training and inference
+        trainer_mod.resolve_dtype("fp16", cpu)
     # spec §6.6 shape: 5e-7 -> peak over the warm-up, cosine to 5e-7 at max_steps
     assert lr_at(0, 1e-4, 2000, 30_000) == 5e-7
     assert lr_at(1000, 1e-4, 2000, 30_000) == pytest.approx(5e-7 + (1e-4 - 5e-7) / 2)

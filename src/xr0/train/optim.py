@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from ..model.dtypes import resolve_dtype as precision
+
 NO_DECAY = ("bias", "norm", "ln", "rotary_emb", "adaln")  # released no-weight-decay name patterns (spec §6.6)
 
 
@@ -32,13 +34,8 @@ def param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> 
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = plain fp32). "auto" avoids bf16 on CPUs that only emulate it (much slower there)."""
-    if name == "fp32":
-        return None
-    if name == "bf16" or device.type == "cuda":
+    """The autocast dtype (None = plain fp32): --dtype through `model.dtypes.resolve_dtype` (its "auto" avoids bf16 on
+    CPUs that only emulate it, much slower there), except that "auto" trains in bf16 on any GPU, as the recipe does."""
+    if device.type == "cuda" and name == "auto":
         return torch.bfloat16
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
-    return torch.bfloat16 if native else None
+    return None if precision(name, device.type) == "fp32" else torch.bfloat16
