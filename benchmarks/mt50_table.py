@@ -3,8 +3,12 @@ split means (the SmolVLA paper's "Avg."), as JSON; `--markdown` adds the table b
 `--plot PNG` a bar per task (PIL only).
 
 Run with LeRobot's Python (it reads the split lists from LeRobot's own metaworld_config.json):
-  .venv-lerobot/bin/python benchmarks/mt50_table.py runs/eval-mt50/easy-10 runs/eval-mt50/medium-10 ... \
-      [--markdown] [--plot docs/mt50.png]
+  .venv-lerobot/bin/python benchmarks/mt50_table.py runs/eval-mt50/easy-10 docs/mt50/results/*.json ... \
+      [--markdown] [--plot docs/mt50.png] [--save docs/mt50/results/NAME.json]
+
+Inputs are lerobot-eval output folders (every eval_info.json under them) or results files written by --save
+(task -> successes, a few hundred bytes: what `make eval-mt50` commits, so that splits evaluated in different
+sessions make one table). A task found in two inputs is refused, not counted twice.
 """
 
 from __future__ import annotations
@@ -24,18 +28,31 @@ PUBLISHED = {
 }
 
 
-def read(folders: list[str], difficulty_to_tasks: dict[str, list[str]]) -> dict[str, list[bool]]:
-    """task name -> successes, from every eval_info.json under `folders`."""
+def read(inputs: list[str], difficulty_to_tasks: dict[str, list[str]]) -> dict[str, list[bool]]:
+    """task name -> successes, from every eval_info.json under folders and from --save results files."""
     out: dict[str, list[bool]] = {}
-    for folder in folders:
-        files = sorted(Path(folder).rglob("eval_info.json"))
+    seen: dict[str, str] = {}
+
+    def add(task: str, successes, source: str) -> None:
+        if task in seen and seen[task] != source:
+            raise SystemExit(f"{task} is in both {seen[task]} and {source}: pass one of them")
+        seen[task] = source
+        out.setdefault(task, []).extend(bool(s) for s in successes)
+
+    for item in inputs:
+        path = Path(item)
+        if path.is_file():
+            for task, successes in json.loads(path.read_text())["successes"].items():
+                add(task, successes, item)
+            continue
+        files = sorted(path.rglob("eval_info.json"))
         if not files:
-            raise SystemExit(f"{folder}: no eval_info.json (did lerobot-eval finish?)")
+            raise SystemExit(f"{item}: no eval_info.json (did lerobot-eval finish?) and not a results file")
         for file in files:
             for entry in json.loads(file.read_text())["per_task"]:
                 group, tid = entry["task_group"], int(entry["task_id"])
                 task = difficulty_to_tasks[group][tid] if group in difficulty_to_tasks else group
-                out.setdefault(task, []).extend(bool(s) for s in entry["metrics"]["successes"])
+                add(task, entry["metrics"]["successes"], item)
     return out
 
 
@@ -58,8 +75,13 @@ def markdown(summary: dict, label: str) -> str:
     rows = ["| policy | easy | medium | hard | very hard | mean |", "|---|---:|---:|---:|---:|---:|"]
     for name, values in PUBLISHED.items():
         rows.append(f"| {name} | " + " | ".join(fmt(v) for v in values) + " |")
-    ours = [summary["splits"].get(s, {}).get("success") for s in SPLITS] + [summary["mean_of_splits"]]
-    rows.append(f"| **{label}** | " + " | ".join(fmt(v) for v in ours) + " |")
+    ours = []
+    for split in SPLITS:  # a split evaluated on part of its tasks says how many
+        got = summary["splits"].get(split)
+        part = "" if got is None or got["tasks"] == got["of"] else f" ({got['tasks']} of {got['of']} tasks)"
+        ours.append(fmt(got and got["success"]) + part)
+    ours.append(fmt(summary["mean_of_splits"]))
+    rows.append(f"| **{label}** | " + " | ".join(ours) + " |")
     return "\n".join(rows)
 
 
@@ -86,13 +108,19 @@ def plot(summary: dict, difficulty_to_tasks: dict[str, list[str]], path: str) ->
 def main() -> None:
     from lerobot.envs.metaworld import DIFFICULTY_TO_TASKS
 
+    from xr0.sim.mt50 import write_results
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("folders", nargs="+", help="lerobot-eval output folders (one per split run)")
+    ap.add_argument("inputs", nargs="+", help="lerobot-eval output folders, or results files written by --save")
     ap.add_argument("--markdown", action="store_true", help="also print the table beside the published numbers")
     ap.add_argument("--label", default="xr0 small (this repo)", help="our row's name in the table")
     ap.add_argument("--plot", default=None, metavar="PNG", help="write a bar chart of success per task")
+    ap.add_argument("--save", default=None, metavar="JSON", help="write the inputs' successes per task (small)")
     args = ap.parse_args()
-    summary = summarise(read(args.folders, DIFFICULTY_TO_TASKS), DIFFICULTY_TO_TASKS)
+    results = read(args.inputs, DIFFICULTY_TO_TASKS)
+    if args.save:
+        write_results(args.save, results, runner="lerobot-eval", inputs=args.inputs)
+    summary = summarise(results, DIFFICULTY_TO_TASKS)
     if args.plot:
         plot(summary, DIFFICULTY_TO_TASKS, args.plot)
     if args.markdown:

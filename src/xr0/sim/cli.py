@@ -1,4 +1,4 @@
-"""`xr0 eval BENCHMARK ...`: MetaWorld (the embedded demo task set), and LIBERO, CALVIN and SimplerEnv with the
+"""`xr0 eval BENCHMARK ...`: MetaWorld (the embedded demo task set), MT50 on LeRobot's env, and LIBERO, CALVIN and SimplerEnv with the
 official clients' protocols (their simulators are optional installs; a missing one is named with its install step)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..config import add_runtime_arguments, runtime_settings
-from . import libero_cli
+from . import libero_cli, mt50_eval
 from .common import add_noise_seed_argument, noise_seeds
 from .metaworld import ORIENTATIONS, MetaWorldNotInstalled
 
@@ -125,6 +125,8 @@ def run_benchmark(args) -> int:
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="benchmark", required=True)
     add_metaworld_arguments(sub.add_parser("metaworld", help="MetaWorld v3 under simulated latency"))
+    mt50_eval.add_arguments(sub.add_parser("mt50", help="MetaWorld MT50 on LeRobot's env with xr0's executors "
+                                                        "(run in .venv-lerobot)"))
     libero_cli.add_arguments(sub.add_parser("libero", help="LIBERO, official XR-0 protocol"))
     add_calvin_arguments(sub.add_parser("calvin", help="CALVIN, official XR-0 protocol (needs calvin_env)"))
     add_simpler_arguments(sub.add_parser("simpler", help="SimplerEnv Bridge / Fractal, official XR-0 protocol "
@@ -134,6 +136,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if args.benchmark == "metaworld":
         return run_metaworld(args)
+    if args.benchmark == "mt50":
+        return mt50_eval.run(args)
     if args.benchmark in ("calvin", "simpler"):
         return run_benchmark(args)
     return libero_cli.run(args)

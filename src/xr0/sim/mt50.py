@@ -13,7 +13,7 @@ frame), and keeps every episode as DIR/episodes/<task>/<seed>.npz as soon as it 
 where it stopped, and a larger N later adds episodes. With --split all, once every task has its N, DIR/dataset is
 (re)written (a LeRobotDataset v3, one camera, robot type ROBOT_TYPE) with meta/xr0_mt50.json (versions, seeds,
 counts). Several processes may record at once (each task is locked while one records it: the others skip it), then
-`--split all` assembles.
+`--split all` assembles; `--workers N` starts N such recorders itself.
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ SPLITS = ("easy", "medium", "hard", "very_hard")
 SIDECAR = "xr0_mt50.json"
 
 
-def _lerobot_metaworld():
+def _lerobot_metaworld(command: str = "xr0 data mt50"):
     os.environ.setdefault("MUJOCO_GL", "egl")
     try:
         from lerobot.envs import metaworld as lerobot_metaworld
     except ImportError as e:
-        raise ImportError(f"xr0 data mt50 records through LeRobot's MetaWorld env ({e}); run it with LeRobot's "
-                          "venv: `make lerobot`, then .venv-lerobot/bin/xr0 data mt50 ...") from e
+        raise ImportError(f"{command} runs LeRobot's MetaWorld env ({e}); run it with LeRobot's venv: "
+                          f"`make lerobot`, then .venv-lerobot/bin/{command} ...") from e
     return lerobot_metaworld
 
 
@@ -59,6 +59,16 @@ def split_tasks(split: str, difficulty_to_tasks: dict[str, list[str]]) -> list[s
     if unknown or not tasks:
         raise ValueError(f"--split: {unknown or split!r} is neither all, a split {list(SPLITS)} nor MT50 task names")
     return tasks
+
+
+def write_results(path, successes: dict[str, list[bool]], **about) -> None:
+    """MT50 results kept in git (docs/mt50/results/): {"successes": {task: [bool per episode]}, **about}, one task
+    per line. benchmarks/mt50_table.py makes the table from any number of them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ",\n".join(f"  {json.dumps(task)}: {json.dumps([bool(s) for s in done])}" for task, done in successes.items())
+    head = "".join(f"{json.dumps(k)}: {json.dumps(v)}, " for k, v in about.items())
+    _atomic_write(path, lambda p: p.write_text("{" + head + '"successes": {\n' + lines + "\n}}\n"))
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -160,13 +170,41 @@ def record(task: str, seeds_needed: int, folder: Path, image_size: int, lerobot_
     return log.seeds
 
 
-def generate(out, episodes: int, split: str = "all", image_size: int = 128) -> dict:
+def _record_in_parallel(out: Path, episodes: int, tasks: list[str], image_size: int, workers: int,
+                        progress: bool) -> None:
+    """`workers` recorder processes (one render thread each), worker i walking the task list from its i-th share
+    on, round the end: each task is locked by the one recording it, so together they record every task once."""
+    import subprocess
+
+    env = dict(os.environ, LP_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    procs = []
+    for i in range(workers):
+        start = i * len(tasks) // workers
+        order = ",".join(tasks[start:] + tasks[:start])
+        procs.append(subprocess.Popen([sys.executable, "-m", "xr0.cli", "data", "mt50", "--out", str(out),
+                                       "--episodes", str(episodes), "--split", order, "--image-size",
+                                       str(image_size), "--no-progress"], env=env, stdout=subprocess.DEVNULL))
+    with tqdm(total=len(tasks), desc=f"mt50 demos ({workers} recorders)", unit="task", disable=not progress) as bar:
+        while any(p.poll() is None for p in procs):
+            time.sleep(5)
+            done = sum(len(_Log(out / "episodes" / t).kept()) >= episodes for t in tasks
+                       if (out / "episodes" / t / "log.json").exists())
+            bar.update(done - bar.n)
+    failed = [i for i, p in enumerate(procs) if p.returncode != 0]
+    if failed:
+        raise RuntimeError(f"recorder(s) {failed} of {workers} failed (their errors are above); run again to go on")
+
+
+def generate(out, episodes: int, split: str = "all", image_size: int = 128, workers: int = 1,
+             progress: bool = True) -> dict:
     """Record (or continue recording) `episodes` successful episodes per task, then write DIR/dataset."""
     import warnings
 
     lerobot_metaworld = _lerobot_metaworld()
     if episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {episodes}")
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
     if image_size < 32 or image_size % 32:
         raise ValueError(f"--image-size must be a multiple of 32, got {image_size}")
     out = Path(out)
@@ -179,8 +217,10 @@ def generate(out, episodes: int, split: str = "all", image_size: int = 128) -> d
     out.mkdir(parents=True, exist_ok=True)
     settings_path.write_text(json.dumps(settings))
     start = time.perf_counter()
+    if workers > 1:
+        _record_in_parallel(out, episodes, tasks, image_size, workers, progress)
     summary = {"tasks": {}}
-    bar = tqdm(tasks, desc="mt50 demos", unit="task")
+    bar = tqdm(tasks, desc="mt50 demos", unit="task", disable=not progress)
     for task in bar:
         bar.set_postfix(task=task)
         with warnings.catch_warnings():
@@ -253,11 +293,15 @@ def add_arguments(p) -> None:
                    help="all (MT50; then writes dataset/), or only record a split (easy, medium, hard, very_hard) or "
                         "comma-separated task names")
     p.add_argument("--image-size", type=int, default=128, help="stored image side (the policy's input size)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="recorder processes, one render thread each (2 on a 2-core machine)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
     try:
-        summary = generate(args.out, args.episodes, args.split, args.image_size)
+        summary = generate(args.out, args.episodes, args.split, args.image_size, args.workers,
+                           progress=not args.no_progress)
     except (ValueError, ImportError, RuntimeError) as e:  # a bad flag, no LeRobot, an expert or a lock in the way
         print(f"xr0 data mt50: {e}", file=sys.stderr)
         return 2
