@@ -85,30 +85,39 @@ train-metaworld: $(STAMP)
 	$(BIN)/python -m xr0.sim.export runs/mw-train runs/mw-data
 
 # MetaWorld MT50 under LeRobot's protocol (docs/mt50.md); needs `make lerobot` first. Demonstrations recorded
-# through LeRobot's own MetaWorld env (about 2 min per task on one core), then the small preset trained in the
-# background at low priority, then exported to checkpoints/mt50 in the LeRobot plugin's folder format (bf16).
-# Re-running continues: recorded episodes are kept, training resumes from its newest checkpoint.
+# through LeRobot's own MetaWorld env (5 per task: 40 min with two recorders), then the small preset trained at low
+# priority (3600 steps: 90 min on 2 cores), then exported to checkpoints/mt50 in the LeRobot plugin's folder format
+# (bf16). Re-running continues: recorded episodes are kept, training resumes from its newest checkpoint.
 LEROBOT_BIN := $(LEROBOT_VENV)/bin
-MT50_EPISODES ?= 10
-MT50_STEPS ?= 12000
+MT50_EPISODES ?= 5
+MT50_STEPS ?= 3600
 train-mt50: $(STAMP)
 	@test -x $(LEROBOT_BIN)/lerobot-eval || { echo "make train-mt50 records through LeRobot's env: make lerobot first"; exit 2; }
-	nice -n 19 env LP_NUM_THREADS=1 MUJOCO_GL=$${MUJOCO_GL:-egl} $(LEROBOT_BIN)/xr0 data mt50 --out runs/mt50 \
-		--episodes $(MT50_EPISODES)
+	nice -n 19 env MUJOCO_GL=$${MUJOCO_GL:-egl} $(LEROBOT_BIN)/xr0 data mt50 --out runs/mt50 \
+		--episodes $(MT50_EPISODES) --workers 2
 	nice -n 19 $(BIN)/xr0 train --recipe post-async --preset small --chunk-len 20 --data runs/mt50/dataset \
 		--robot-type metaworld_mt50 --out runs/mt50-train --steps $(MT50_STEPS) --batch-size 16 --lr 3e-4 --warmup 200 \
 		--save-every 200 --keep 3 --dtype fp32 --env-state-loss 1.0 --start-frames 8 --start-repeat 3 --resume \
 		--no-progress
 	$(LEROBOT_BIN)/python -m lerobot_policy_xr0.export runs/mt50-train checkpoints/mt50
 
-# lerobot-eval on a split (easy | medium | hard | very_hard, or task names) with EPISODES per task, seeds 1000 on.
+# lerobot-eval on a split (easy | medium | hard | very_hard, or comma-separated task names) with EPISODES per task,
+# reset seeds 1000 on. EVAL_BATCH envs step together (a batch lasts as long as its longest episode: 1 is the least
+# CPU). The successes per task are kept in MT50_RESULTS/SPLIT-EPISODES.json (commas become +), so splits run in
+# different sessions make one table: benchmarks/mt50_table.py docs/mt50/results/*.json --markdown.
 SPLIT ?= easy
 EPISODES ?= 10
+EVAL_BATCH ?= 1
 MT50_CHECKPOINT ?= checkpoints/mt50
+# another checkpoint's results go in another folder: MT50_RESULTS=...
+MT50_RESULTS ?= docs/mt50/results
+comma := ,
+MT50_RESULT = $(subst $(comma),+,$(SPLIT))-$(EPISODES)
 eval-mt50:
 	@test -x $(LEROBOT_BIN)/lerobot-eval || { echo "make eval-mt50 runs LeRobot's lerobot-eval: make lerobot first"; exit 2; }
-	rm -rf runs/eval-mt50/$(SPLIT)-$(EPISODES)
+	rm -rf runs/eval-mt50/$(MT50_RESULT)
 	MUJOCO_GL=$${MUJOCO_GL:-egl} $(LEROBOT_BIN)/lerobot-eval --policy.path=$(MT50_CHECKPOINT) --policy.device=cpu \
-		--env.type=metaworld --env.task=$(SPLIT) --eval.n_episodes=$(EPISODES) --eval.batch_size=$(EPISODES) \
-		--output_dir=runs/eval-mt50/$(SPLIT)-$(EPISODES)
-	$(LEROBOT_BIN)/python benchmarks/mt50_table.py runs/eval-mt50/$(SPLIT)-$(EPISODES) --markdown
+		--env.type=metaworld --env.task=$(SPLIT) --eval.n_episodes=$(EPISODES) --eval.batch_size=$(EVAL_BATCH) \
+		--output_dir=runs/eval-mt50/$(MT50_RESULT)
+	$(LEROBOT_BIN)/python benchmarks/mt50_table.py runs/eval-mt50/$(MT50_RESULT) --markdown \
+		--save $(MT50_RESULTS)/$(MT50_RESULT).json

@@ -88,6 +88,7 @@ class _FakeLeRobotMetaWorld:
     DIFFICULTY_TO_TASKS = {"easy": ["reach-v3"], "medium": [], "hard": ["push-v3"], "very_hard": []}
     seeds: list = []
     actions: list = []
+    closed: list = []
 
     class MetaworldEnv:
         def __init__(self, task, obs_type):
@@ -98,7 +99,8 @@ class _FakeLeRobotMetaWorld:
             return {"pixels": np.zeros((48, 48, 3), np.uint8), "agent_pos": np.zeros(4, np.float64)}
 
         def reset(self, seed):
-            _FakeLeRobotMetaWorld.seeds.append((self.task, seed))
+            assert not _FakeLeRobotMetaWorld.closed  # envs close together at the end (a closed one's GL context
+            _FakeLeRobotMetaWorld.seeds.append((self.task, seed))  # can blacken the next env's frames)
             self.seed, self.x = seed, 0.0
             return self._obs(), {}
 
@@ -110,7 +112,7 @@ class _FakeLeRobotMetaWorld:
             return self._obs(), 0.0, success, False, {"is_success": success}
 
         def close(self):
-            pass
+            _FakeLeRobotMetaWorld.closed.append(self.task)
 
 
 def test_xr0_eval_mt50_runs_lerobots_env_through_the_executors(monkeypatch):
@@ -126,5 +128,6 @@ def test_xr0_eval_mt50_runs_lerobots_env_through_the_executors(monkeypatch):
     assert _FakeLeRobotMetaWorld.seeds == [(t, s) for t in ("reach-v3", "push-v3") for s in (1000, 1001, 1002)]
     assert result["successes"] == {"reach-v3": [True, False, True], "push-v3": [True, False, True]}
     assert len(_FakeLeRobotMetaWorld.actions) == 2 * (30 + 500 + 30)
+    assert _FakeLeRobotMetaWorld.closed == ["reach-v3", "push-v3"]
     assert result["mean_time_to_success_s"] == 30 / 80.0 and result["episodes"] == 6
     assert 0.0 < result["idle_fraction"] < 1.0  # the async executor holds only while the first chunk is inferred

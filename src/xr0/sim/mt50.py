@@ -66,7 +66,8 @@ def write_results(path, successes: dict[str, list[bool]], **about) -> None:
     per line. benchmarks/mt50_table.py makes the table from any number of them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ",\n".join(f"  {json.dumps(task)}: {json.dumps([bool(s) for s in done])}" for task, done in successes.items())
+    lines = ",\n".join(f"  {json.dumps(task)}: {json.dumps([bool(s) for s in done])}"
+                        for task, done in successes.items())
     head = "".join(f"{json.dumps(k)}: {json.dumps(v)}, " for k, v in about.items())
     _atomic_write(path, lambda p: p.write_text("{" + head + '"successes": {\n' + lines + "\n}}\n"))
 
@@ -184,12 +185,19 @@ def _record_in_parallel(out: Path, episodes: int, tasks: list[str], image_size: 
         procs.append(subprocess.Popen([sys.executable, "-m", "xr0.cli", "data", "mt50", "--out", str(out),
                                        "--episodes", str(episodes), "--split", order, "--image-size",
                                        str(image_size), "--no-progress"], env=env, stdout=subprocess.DEVNULL))
-    with tqdm(total=len(tasks), desc=f"mt50 demos ({workers} recorders)", unit="task", disable=not progress) as bar:
-        while any(p.poll() is None for p in procs):
-            time.sleep(5)
-            done = sum(len(_Log(out / "episodes" / t).kept()) >= episodes for t in tasks
-                       if (out / "episodes" / t / "log.json").exists())
-            bar.update(done - bar.n)
+    try:
+        with tqdm(total=len(tasks), desc=f"mt50 demos ({workers} recorders)", unit="task",
+                  disable=not progress) as bar:
+            while any(p.poll() is None for p in procs):
+                time.sleep(5)
+                done = sum(len(_Log(out / "episodes" / t).kept()) >= episodes for t in tasks
+                           if (out / "episodes" / t / "log.json").exists())
+                bar.update(done - bar.n)
+    finally:  # interrupted: the recorders stop too (each keeps the episodes it finished)
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait()
     failed = [i for i, p in enumerate(procs) if p.returncode != 0]
     if failed:
         raise RuntimeError(f"recorder(s) {failed} of {workers} failed (their errors are above); run again to go on")

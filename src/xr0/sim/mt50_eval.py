@@ -67,8 +67,11 @@ def evaluate(policy, tasks: list[str], episodes: int, executor: str = "async", l
     hz, wall_ms, rows = policy.config.control_hz, [], []
     bar = tqdm(total=len(tasks) * episodes, desc=f"mt50 {executor} {latency_ms:g} ms", unit="ep",
                disable=not progress)
+    envs = []  # closed together at the end, as lerobot-eval does: a closed env's GL context can leave the next
+    # one rendering black frames in this process (seen with a policy loaded: the second task's frames were all 0)
     for task in tasks:
         env = LeRobotMetaWorld(task, cameras[0], lerobot_metaworld)
+        envs.append(env)
         for ep in range(episodes):
             env.reset(EVAL_FIRST_SEED + ep)
             infer = ChunkPolicy(policy, None, robot.action_dim, seed_of_call=sampling_seeds(EVAL_FIRST_SEED, ep),
@@ -85,8 +88,9 @@ def evaluate(policy, tasks: list[str], episodes: int, executor: str = "async", l
                          "error": error})
             bar.update(1)
             bar.set_postfix(task=task, success=f"{np.mean([r['success'] for r in rows]):.2f}")
-        env.close()
     bar.close()
+    for env in envs:
+        env.close()
     result = summarize(rows, tasks, executor, latency_ms, wall_ms, hz)
     result["successes"] = {t: [r["success"] for r in rows if r["task"] == t] for t in tasks}
     return result
