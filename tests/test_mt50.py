@@ -84,7 +84,7 @@ def test_results_of_several_sessions_make_one_table(tmp_path):
 class _FakeLeRobotMetaWorld:
     """LeRobot's metaworld module as xr0 eval mt50 uses it: a MetaworldEnv whose episode succeeds once the summed
     x actions pass a threshold, on even reset seeds only."""
-    TASK_DESCRIPTIONS = {"reach-v3": "Reach a goal position", "push-v3": "Push the puck to a goal"}
+    TASK_DESCRIPTIONS = {"reach-v3": "Reach a goal position", "push-v3": "Push the puck to a goal", "black-v3": "-"}
     DIFFICULTY_TO_TASKS = {"easy": ["reach-v3"], "medium": [], "hard": ["push-v3"], "very_hard": []}
     seeds: list = []
     actions: list = []
@@ -96,7 +96,8 @@ class _FakeLeRobotMetaWorld:
             self.task = task
 
         def _obs(self):
-            return {"pixels": np.zeros((48, 48, 3), np.uint8), "agent_pos": np.zeros(4, np.float64)}
+            return {"pixels": np.full((48, 48, 3), 0 if self.task == "black-v3" else 90, np.uint8),
+                    "agent_pos": np.zeros(4, np.float64)}
 
         def reset(self, seed):
             assert not _FakeLeRobotMetaWorld.closed  # envs close together at the end (a closed one's GL context
@@ -131,3 +132,6 @@ def test_xr0_eval_mt50_runs_lerobots_env_through_the_executors(monkeypatch):
     assert _FakeLeRobotMetaWorld.closed == ["reach-v3", "push-v3"]
     assert result["mean_time_to_success_s"] == 30 / 80.0 and result["episodes"] == 6
     assert 0.0 < result["idle_fraction"] < 1.0  # the async executor holds only while the first chunk is inferred
+    _FakeLeRobotMetaWorld.closed.clear()
+    with pytest.raises(RuntimeError, match="black-v3: .*all-black frame"):  # a broken renderer is named, not scored
+        mt50_eval.evaluate(policy, ["black-v3"], 1, "async", progress=False)

@@ -33,6 +33,9 @@ class LeRobotMetaWorld:
         self.success, self.ticks, self.success_tick = False, 0, None
 
     def observe(self) -> dict:
+        if not self._obs["pixels"].any():
+            raise RuntimeError(f"{self.task}: LeRobot's env rendered an all-black frame at step {self.ticks} (a "
+                               "broken GL context, e.g. after another env in this process was closed)")
         return {"images": {self.camera: self._obs["pixels"]}, "prompt": self.instruction,
                 "state": np.asarray(self._obs["agent_pos"], dtype=np.float32)}
 
@@ -117,7 +120,7 @@ def run(args) -> int:
         policy = load_policy(args.checkpoint, None)
         policy.config.check_executor(args.executor)
         result = evaluate(policy, tasks, args.episodes, args.executor, args.latency_ms, args.k)
-    except (FileNotFoundError, ValueError, ImportError) as e:
+    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:  # a bad flag, no LeRobot, a black frame
         print(f"xr0 eval mt50: {e}", file=sys.stderr)
         return 2
     print_table(result)
