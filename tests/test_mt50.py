@@ -135,3 +135,13 @@ def test_xr0_eval_mt50_runs_lerobots_env_through_the_executors(monkeypatch):
     _FakeLeRobotMetaWorld.closed.clear()
     with pytest.raises(RuntimeError, match="black-v3: .*all-black frame"):  # a broken renderer is named, not scored
         mt50_eval.evaluate(policy, ["black-v3"], 1, "async", progress=False)
+
+
+def test_the_table_reads_what_lerobot_eval_wrote():
+    """tests/fixtures/lerobot_eval_mt50/eval_info.json: written by LeRobot 0.6.1's lerobot-eval (make eval-mt50
+    SPLIT=button-press-topdown-v3,reach-v3 EPISODES=2 on checkpoints/mt50): task names as groups, task_id 0."""
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "fixtures" / "lerobot_eval_mt50"
+    results = _table().read([str(fixture)], {"easy": ["reach-v3", "button-press-topdown-v3"]})
+    assert results == {"button-press-topdown-v3": [True, True], "reach-v3": [False, False]}

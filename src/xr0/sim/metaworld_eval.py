@@ -138,18 +138,10 @@ def evaluate(policy, tasks, episodes: int = 10, executor: str = "async", latency
                 infer = RemoteChunks(client, sampling_seeds(seed, ep), steps, wall_ms)
             recorder = _VideoRecorder(env) if video_dir else None
             runner = make_runner(policy, executor, recorder or env, infer, latency_ms, k, realtime)
-            try:
-                trace = runner.run(max_ticks, stop=lambda: env.success)
-                error = ""
-            except InferenceFailed as e:
-                trace, error = e.trace, str(e)
-            m = trace.metrics()
+            row, trace = run_episode(runner, env, max_ticks, task, ep, hz)
             if realtime:
                 realtime_stats.append(_tick_stats(trace, runner.clock))
-            rows.append({"task": task, "episode": ep, "success": bool(env.success),
-                         "ticks": env.ticks, "time_to_success_s": env.success_tick / hz if env.success else None,
-                         "idle_fraction": m["idle_fraction"], "boundary_discontinuity": m["boundary_discontinuity"],
-                         "error": error})
+            rows.append(row)
             if recorder is not None:
                 stem = pathlib.Path(video_dir) / f"{task}_ep{ep:02d}_{executor}"
                 recorder.save(stem.with_suffix(".mp4"), hz)
@@ -266,6 +258,20 @@ def make_runner(policy, executor: str, env, infer, latency_ms: float, k: int | N
     if executor == "async":  # the trained prefix; rtc's guided prefix is not capped by it
         kwargs["max_prefix"] = policy.config.max_prefix
     return EXECUTORS[executor](env, infer, clock, **kwargs)
+
+
+def run_episode(runner, env, max_ticks: int, task: str, episode: int, hz: float):
+    """One episode until success or `max_ticks` -> (its row for `summarize`, its trace). A policy that keeps failing
+    ends the episode (the row's "error"), not the evaluation. `env` has success, ticks and success_tick."""
+    try:
+        trace, error = runner.run(max_ticks, stop=lambda: env.success), ""
+    except InferenceFailed as e:
+        trace, error = e.trace, str(e)
+    m = trace.metrics()
+    row = {"task": task, "episode": episode, "success": bool(env.success), "ticks": env.ticks,
+           "time_to_success_s": env.success_tick / hz if env.success else None,
+           "idle_fraction": m["idle_fraction"], "boundary_discontinuity": m["boundary_discontinuity"], "error": error}
+    return row, trace
 
 
 def summarize(rows: list[dict], tasks: list[str], executor: str, latency_ms: float, wall_ms: list[float],

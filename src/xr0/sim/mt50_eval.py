@@ -56,9 +56,8 @@ def evaluate(policy, tasks: list[str], episodes: int, executor: str = "async", l
              k: int | None = None, progress: bool = True) -> dict:
     """Success per task over reset seeds 1000 .. 1000 + episodes - 1 (lerobot-eval's), with the summary of
     `xr0 eval metaworld` (idle fraction, boundary discontinuity, simulated time to success)."""
-    from ..runtime import InferenceFailed
     from .common import ChunkPolicy
-    from .metaworld_eval import make_runner, sampling_seeds, summarize
+    from .metaworld_eval import make_runner, run_episode, sampling_seeds, summarize
 
     lerobot_metaworld = _lerobot_metaworld("xr0 eval mt50")
     if episodes < 1 or latency_ms < 0:
@@ -80,15 +79,7 @@ def evaluate(policy, tasks: list[str], episodes: int, executor: str = "async", l
             infer = ChunkPolicy(policy, None, robot.action_dim, seed_of_call=sampling_seeds(EVAL_FIRST_SEED, ep),
                                 wall_ms=wall_ms)
             runner = make_runner(policy, executor, env, infer, latency_ms, k)
-            try:
-                trace, error = runner.run(EPISODE_LENGTH, stop=lambda: env.success), ""
-            except InferenceFailed as e:
-                trace, error = e.trace, str(e)
-            m = trace.metrics()
-            rows.append({"task": task, "episode": ep, "success": env.success, "ticks": env.ticks,
-                         "time_to_success_s": env.success_tick / hz if env.success else None,
-                         "idle_fraction": m["idle_fraction"], "boundary_discontinuity": m["boundary_discontinuity"],
-                         "error": error})
+            rows.append(run_episode(runner, env, EPISODE_LENGTH, task, ep, hz)[0])
             bar.update(1)
             bar.set_postfix(task=task, success=f"{np.mean([r['success'] for r in rows]):.2f}")
     bar.close()
