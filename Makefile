@@ -40,7 +40,8 @@ test-libero: libero
 # test-lerobot: an xr0-written dataset read, resumed and extended by LeRobot and read back by xr0; xr0 data stats
 # against LeRobot's own stats.json; lerobot-train --policy.type=xr0 on an xr0-written (MetaWorld) and on a
 # LeRobot-written dataset; select_action, the RTC call and a batch against xr0's own sample(); lerobot-eval with the
-# plugin on 2 episodes of LeRobot's MetaWorld env; the lerobot-trained checkpoint evaluated by xr0 eval metaworld.
+# plugin on 2 episodes of LeRobot's MetaWorld env; the lerobot-trained checkpoint evaluated by xr0 eval metaworld;
+# xr0 eval mt50 on two tasks of LeRobot's env in one process (a second env's frames are checked for black).
 # PY312 = a Python 3.12 interpreter.
 LEROBOT_VENV := .venv-lerobot
 # the first candidate that runs and is 3.12 (a pyenv shim on PATH without that version installed does not run)
@@ -73,6 +74,8 @@ test-lerobot: $(STAMP) lerobot
 	MUJOCO_GL=$${MUJOCO_GL:-egl} $(LEROBOT_VENV)/bin/python tests/lerobot/plugin_check.py eval runs/lerobot-eval-mw 2
 	MUJOCO_GL=$${MUJOCO_GL:-egl} $(BIN)/xr0 eval metaworld --checkpoint runs/lerobot-train-mw --tasks reach-v3 \
 		--episodes 1 --max-ticks 20 --json
+	MUJOCO_GL=$${MUJOCO_GL:-egl} $(LEROBOT_BIN)/xr0 eval mt50 --checkpoint checkpoints/mt50 \
+		--split button-press-topdown-v3,button-press-v3 --episodes 1 --json
 
 # Re-create the embedded MetaWorld checkpoint (10-15 min of demonstrations + about 60 min of training on 2 cores).
 MW_TASKS ?= reach-v3,drawer-open-v3,drawer-close-v3,button-press-topdown-v3,window-open-v3,handle-press-v3
